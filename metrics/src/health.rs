@@ -1,0 +1,733 @@
+//! The control loop's record of its own progress, behind `/healthz`, `/readyz` and `/status`.
+//!
+//! The loop reports events (a pass started or finished, the file was written, nats-server
+//! reloaded, the next pass is scheduled, the first usable config is loaded); the HTTP
+//! handlers read the result. Each event also updates the matching metrics, so `/status` and
+//! `/metrics` cannot disagree. Staleness is measured with `tokio::time::Instant` (testable
+//! with paused time); the times shown to people are wall-clock.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::registry::{Metrics, PassResult, ReloadResult, UserKind};
+
+/// Extra allowance on top of the longest legitimate gap between two progress events, for
+/// jitter and scheduling delays.
+const LIVENESS_SLACK: Duration = Duration::from_secs(60);
+
+/// How a pass ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassOutcome {
+    /// The auth file was rewritten.
+    Changed,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// The pass failed. `reason` is the error's metric label (`Error::reason()`); `message`
+    /// is its display text, shown on `/status` and therefore free of secrets.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl PassOutcome {
+    fn result(&self) -> PassResult {
+        match self {
+            Self::Changed => PassResult::Changed,
+            Self::Unchanged => PassResult::Unchanged,
+            Self::Failed { .. } => PassResult::Error,
+        }
+    }
+}
+
+/// Desired users by kind (SPEC §3.1), as computed by a pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredCounts {
+    pub director: usize,
+    pub hm: usize,
+    pub agent: usize,
+    pub agent_bootstrap: usize,
+}
+
+impl DesiredCounts {
+    pub fn total(&self) -> usize {
+        self.director + self.hm + self.agent + self.agent_bootstrap
+    }
+
+    fn by_kind(&self) -> [(UserKind, usize); 4] {
+        [
+            (UserKind::Director, self.director),
+            (UserKind::HealthMonitor, self.hm),
+            (UserKind::Agent, self.agent),
+            (UserKind::AgentBootstrap, self.agent_bootstrap),
+        ]
+    }
+}
+
+/// Everything a finished pass reports. `desired` and `observed_users` are `None` when the
+/// pass failed before computing them; the last known values are then kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassReport {
+    pub outcome: PassOutcome,
+    pub desired: Option<DesiredCounts>,
+    pub observed_users: Option<usize>,
+    /// Mass-removal damping held this pass back (SPEC §6.5); counted in
+    /// `bosh_nats_sync_held_passes_total`.
+    pub held: bool,
+}
+
+impl PassReport {
+    /// A report of a pass that failed before it knew the desired or observed users.
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            outcome: PassOutcome::Failed {
+                reason,
+                message: message.into(),
+            },
+            desired: None,
+            observed_users: None,
+            held: false,
+        }
+    }
+}
+
+/// How a reload of nats-server ended (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Signalled, and the monitoring endpoint confirmed the new config was loaded.
+    Verified,
+    /// Signalled; no monitoring endpoint is configured to confirm it.
+    Unverified,
+    /// Signalling failed or the server did not load the file; `reason` is the error's
+    /// metric label, `message` its display text.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl ReloadOutcome {
+    fn result(&self) -> ReloadResult {
+        match self {
+            Self::Verified => ReloadResult::Ok,
+            Self::Unverified => ReloadResult::Unverified,
+            Self::Failed { .. } => ReloadResult::Failed,
+        }
+    }
+}
+
+/// Why `/healthz` or `/readyz` answers 503: a short sentence for the response body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(String);
+
+/// A moment recorded for both purposes: `instant` for staleness, `wall` for display.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+impl Stamp {
+    fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct FinishedPass {
+    started: Option<Stamp>,
+    finished: Stamp,
+    duration: Option<Duration>,
+    outcome: PassOutcome,
+    held: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Reload {
+    at: Stamp,
+    outcome: ReloadOutcome,
+}
+
+/// The mutable part of [`Health`]. Invariants: `last_progress` is the latest of creation,
+/// the last `pass_started` and the last `pass_finished`; `running` is `Some` exactly
+/// between a `pass_started` and the following `pass_finished`; `consecutive_failures`
+/// counts failed passes since the last successful one.
+#[derive(Debug)]
+struct State {
+    last_progress: Instant,
+    running: Option<Stamp>,
+    last_pass: Option<FinishedPass>,
+    last_success: Option<SystemTime>,
+    consecutive_failures: u64,
+    desired: Option<DesiredCounts>,
+    observed_users: Option<usize>,
+    file_written: Option<SystemTime>,
+    last_reload: Option<Reload>,
+    next_pass: Option<Stamp>,
+    ready_since: Option<SystemTime>,
+}
+
+/// Progress and readiness of the control loop, shared (in an `Arc`) between the loop and
+/// the HTTP server. Updates take a short uncontended lock and never block on I/O.
+#[derive(Debug)]
+pub struct Health {
+    metrics: Arc<Metrics>,
+    /// `/healthz` fails when no pass started or finished for longer than this.
+    staleness_limit: Duration,
+    state: Mutex<State>,
+}
+
+impl Health {
+    /// A loop that has not run a pass yet. Creation counts as progress, so the first pass
+    /// has `staleness_limit` to start. Pass-related events also update `metrics`.
+    pub fn new(metrics: Arc<Metrics>, staleness_limit: Duration) -> Self {
+        Self {
+            metrics,
+            staleness_limit,
+            state: Mutex::new(State {
+                last_progress: Instant::now(),
+                running: None,
+                last_pass: None,
+                last_success: None,
+                consecutive_failures: 0,
+                desired: None,
+                observed_users: None,
+                file_written: None,
+                last_reload: None,
+                next_pass: None,
+                ready_since: None,
+            }),
+        }
+    }
+
+    /// A staleness limit for a loop with these settings: the longest legitimate gap between
+    /// two progress events is the longer of the poll interval and the backoff cap (waiting
+    /// for the next pass) or the pass timeout (a pass running); their sum plus a minute of
+    /// slack is comfortably above either.
+    pub fn liveness_limit(
+        poll_interval: Duration,
+        backoff_cap: Duration,
+        pass_timeout: Duration,
+    ) -> Duration {
+        poll_interval.max(backoff_cap) + pass_timeout + LIVENESS_SLACK
+    }
+
+    /// The configured staleness limit.
+    pub fn staleness_limit(&self) -> Duration {
+        self.staleness_limit
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves `State` consistent field by field, so a panic elsewhere while
+        // holding the lock cannot leave it half-updated in a way that matters here.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A pass begins. Counts as progress for `/healthz`.
+    pub fn pass_started(&self) {
+        let now = Stamp::now();
+        let mut s = self.state();
+        s.last_progress = now.instant;
+        s.running = Some(now);
+        s.next_pass = None;
+    }
+
+    /// A pass ended. Counts as progress; records the outcome for `/status` and in the
+    /// metrics (passes, duration, errors, last success, consecutive failures, users, held).
+    /// The duration is measured from the matching [`Health::pass_started`]; without one it
+    /// is unknown and not observed in the histogram.
+    pub fn pass_finished(&self, report: PassReport) {
+        let now = Stamp::now();
+        let mut s = self.state();
+        let started = s.running.take();
+        let duration = started.map(|st| now.instant.saturating_duration_since(st.instant));
+        s.last_progress = now.instant;
+
+        let result = report.outcome.result();
+        let error_reason = match &report.outcome {
+            PassOutcome::Failed { reason, .. } => Some(*reason),
+            PassOutcome::Changed | PassOutcome::Unchanged => None,
+        };
+        self.metrics.pass_finished(result, error_reason, duration);
+        if error_reason.is_some() {
+            s.consecutive_failures += 1;
+        } else {
+            s.consecutive_failures = 0;
+            s.last_success = Some(now.wall);
+            self.metrics.set_last_success(now.wall);
+        }
+        self.metrics
+            .set_consecutive_failures(s.consecutive_failures);
+        if let Some(desired) = report.desired {
+            for (kind, n) in desired.by_kind() {
+                self.metrics.set_desired_users(kind, n);
+            }
+            s.desired = Some(desired);
+        }
+        if let Some(observed) = report.observed_users {
+            self.metrics.set_observed_users(observed);
+            s.observed_users = Some(observed);
+        }
+        if report.held {
+            self.metrics.pass_held();
+        }
+        s.last_pass = Some(FinishedPass {
+            started,
+            finished: now,
+            duration,
+            outcome: report.outcome,
+            held: report.held,
+        });
+    }
+
+    /// The auth file was written (by a pass or by the start-up bootstrap).
+    pub fn auth_file_written(&self) {
+        self.metrics.auth_file_written();
+        self.state().file_written = Some(SystemTime::now());
+    }
+
+    /// nats-server was signalled to reload (by a pass or by start-up); `outcome` says how
+    /// it went.
+    pub fn reload_finished(&self, outcome: ReloadOutcome) {
+        self.metrics.reload(outcome.result());
+        self.state().last_reload = Some(Reload {
+            at: Stamp::now(),
+            outcome,
+        });
+    }
+
+    /// The loop scheduled its next pass `delay` from now (shown on `/status`).
+    pub fn next_pass_in(&self, delay: Duration) {
+        let now = Stamp::now();
+        self.state().next_pass = Some(Stamp {
+            instant: now.instant + delay,
+            wall: now.wall + delay,
+        });
+    }
+
+    /// The auth file holds a usable config and nats-server has loaded it. From the first
+    /// call on, `/readyz` answers 200 for the rest of the process's life (SPEC §7); later
+    /// calls change nothing.
+    pub fn mark_ready(&self) {
+        let mut s = self.state();
+        if s.ready_since.is_none() {
+            s.ready_since = Some(SystemTime::now());
+        }
+    }
+
+    /// Whether [`Health::mark_ready`] has been called.
+    pub fn is_ready(&self) -> bool {
+        self.state().ready_since.is_some()
+    }
+
+    /// `Ok` while the loop makes progress: a pass started or finished within the staleness
+    /// limit. A failing pass is progress: a down director is not a liveness failure.
+    pub fn liveness(&self) -> Result<(), Unhealthy> {
+        let s = self.state();
+        let silent = Instant::now().saturating_duration_since(s.last_progress);
+        if silent <= self.staleness_limit {
+            return Ok(());
+        }
+        let limit = self.staleness_limit.as_secs();
+        Err(Unhealthy(match s.running {
+            Some(started) => format!(
+                "wedged: the current pass has been running for {}s (limit {limit}s)",
+                Instant::now()
+                    .saturating_duration_since(started.instant)
+                    .as_secs()
+            ),
+            None => format!(
+                "wedged: no pass started or finished for {}s (limit {limit}s)",
+                silent.as_secs()
+            ),
+        }))
+    }
+
+    /// `Ok` once [`Health::mark_ready`] has been called; before that, why not.
+    pub fn readiness(&self) -> Result<(), Unhealthy> {
+        let s = self.state();
+        if s.ready_since.is_some() {
+            return Ok(());
+        }
+        let mut reason =
+            String::from("not ready: nats-server has not loaded a usable auth file yet");
+        if let Some(Reload {
+            outcome: ReloadOutcome::Failed { reason: r, .. },
+            ..
+        }) = &s.last_reload
+        {
+            reason.push_str(&format!(" (last reload failed: {r})"));
+        } else if let Some(FinishedPass {
+            outcome: PassOutcome::Failed { reason: r, .. },
+            ..
+        }) = &s.last_pass
+        {
+            reason.push_str(&format!(" (last pass failed: {r})"));
+        }
+        Err(Unhealthy(reason))
+    }
+
+    /// A snapshot for `/status`.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let s = self.state();
+        Status {
+            live: {
+                let silent = now.saturating_duration_since(s.last_progress);
+                silent <= self.staleness_limit
+            },
+            ready: s.ready_since.is_some(),
+            ready_since: s.ready_since.map(rfc3339),
+            pass_running: s.running.map(|st| RunningPass {
+                started_at: rfc3339(st.wall),
+                running_seconds: now.saturating_duration_since(st.instant).as_secs_f64(),
+            }),
+            last_pass: s.last_pass.as_ref().map(|p| LastPass {
+                started_at: p.started.map(|st| rfc3339(st.wall)),
+                finished_at: rfc3339(p.finished.wall),
+                duration_seconds: p.duration.map(|d| d.as_secs_f64()),
+                result: p.outcome.result().as_str(),
+                held: p.held,
+                error: match &p.outcome {
+                    PassOutcome::Failed { reason, message } => Some(ErrorInfo {
+                        reason,
+                        message: message.clone(),
+                    }),
+                    PassOutcome::Changed | PassOutcome::Unchanged => None,
+                },
+            }),
+            last_success_at: s.last_success.map(rfc3339),
+            consecutive_failures: s.consecutive_failures,
+            desired_users: s.desired.map(|d| DesiredUsers {
+                total: d.total(),
+                by_kind: d,
+            }),
+            observed_users: s.observed_users,
+            auth_file_written_at: s.file_written.map(rfc3339),
+            last_reload: s.last_reload.as_ref().map(|r| LastReload {
+                at: rfc3339(r.at.wall),
+                result: r.outcome.result().as_str(),
+                verified: matches!(r.outcome, ReloadOutcome::Verified),
+                error: match &r.outcome {
+                    ReloadOutcome::Failed { reason, message } => Some(ErrorInfo {
+                        reason,
+                        message: message.clone(),
+                    }),
+                    ReloadOutcome::Verified | ReloadOutcome::Unverified => None,
+                },
+            }),
+            next_pass: s.next_pass.map(|np| NextPass {
+                at: rfc3339(np.wall),
+                in_seconds: np.instant.saturating_duration_since(now).as_secs_f64(),
+            }),
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The `/status` document. Times are RFC 3339 in UTC to the second; durations are seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// What `/healthz` would answer.
+    pub live: bool,
+    /// What `/readyz` would answer.
+    pub ready: bool,
+    pub ready_since: Option<String>,
+    pub pass_running: Option<RunningPass>,
+    pub last_pass: Option<LastPass>,
+    pub last_success_at: Option<String>,
+    pub consecutive_failures: u64,
+    pub desired_users: Option<DesiredUsers>,
+    pub observed_users: Option<usize>,
+    pub auth_file_written_at: Option<String>,
+    pub last_reload: Option<LastReload>,
+    pub next_pass: Option<NextPass>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunningPass {
+    pub started_at: String,
+    pub running_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastPass {
+    /// `None` when the pass was reported finished without having been reported started.
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    pub duration_seconds: Option<f64>,
+    /// `changed`, `unchanged` or `error`.
+    pub result: &'static str,
+    pub held: bool,
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorInfo {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DesiredUsers {
+    pub total: usize,
+    #[serde(flatten)]
+    pub by_kind: DesiredCounts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastReload {
+    pub at: String,
+    /// `ok`, `failed` or `unverified`.
+    pub result: &'static str,
+    pub verified: bool,
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NextPass {
+    pub at: String,
+    /// 0 when the pass is due or overdue.
+    pub in_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const LIMIT: Duration = Duration::from_secs(100);
+
+    fn health() -> (Arc<Metrics>, Health) {
+        let metrics = Arc::new(Metrics::new());
+        (metrics.clone(), Health::new(metrics, LIMIT))
+    }
+
+    fn sample(metrics: &Metrics, series: &str) -> Option<String> {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    fn unchanged(desired: DesiredCounts, observed: usize) -> PassReport {
+        PassReport {
+            outcome: PassOutcome::Unchanged,
+            desired: Some(desired),
+            observed_users: Some(observed),
+            held: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn creation_counts_as_progress_until_the_limit() {
+        let (_, h) = health();
+        assert_eq!(h.liveness(), Ok(()));
+        advance(LIMIT).await;
+        assert_eq!(h.liveness(), Ok(()));
+        advance(Duration::from_secs(1)).await;
+        let err = h.liveness().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "wedged: no pass started or finished for 101s (limit 100s)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_passes_are_progress() {
+        let (_, h) = health();
+        for _ in 0..5 {
+            advance(LIMIT - Duration::from_secs(1)).await;
+            h.pass_started();
+            advance(Duration::from_secs(1)).await;
+            h.pass_finished(PassReport::failed("connection", "director unreachable"));
+            assert_eq!(h.liveness(), Ok(()));
+        }
+        assert_eq!(h.status().consecutive_failures, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_running_past_the_limit_is_wedged() {
+        let (_, h) = health();
+        h.pass_started();
+        advance(LIMIT + Duration::from_secs(5)).await;
+        assert_eq!(
+            h.liveness().unwrap_err().to_string(),
+            "wedged: the current pass has been running for 105s (limit 100s)"
+        );
+        assert!(!h.status().live);
+        h.pass_finished(unchanged(DesiredCounts::default(), 0));
+        assert_eq!(h.liveness(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_once_stays_ready() {
+        let (_, h) = health();
+        h.pass_finished(PassReport::failed("connection", "refused"));
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: nats-server has not loaded a usable auth file yet \
+             (last pass failed: connection)"
+        );
+        h.reload_finished(ReloadOutcome::Failed {
+            reason: "reload",
+            message: "config_load_time did not advance".into(),
+        });
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: nats-server has not loaded a usable auth file yet \
+             (last reload failed: reload)"
+        );
+        h.mark_ready();
+        assert_eq!(h.readiness(), Ok(()));
+        h.pass_finished(PassReport::failed("status", "500"));
+        h.reload_finished(ReloadOutcome::Failed {
+            reason: "reload",
+            message: "x".into(),
+        });
+        assert_eq!(h.readiness(), Ok(()));
+        assert!(h.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_update_status_and_metrics_together() {
+        let (m, h) = health();
+        let desired = DesiredCounts {
+            director: 1,
+            hm: 1,
+            agent: 3,
+            agent_bootstrap: 2,
+        };
+
+        h.pass_started();
+        advance(Duration::from_millis(1500)).await;
+        h.pass_finished(PassReport {
+            outcome: PassOutcome::Changed,
+            desired: Some(desired),
+            observed_users: Some(2),
+            held: false,
+        });
+        h.auth_file_written();
+        h.reload_finished(ReloadOutcome::Verified);
+
+        h.pass_started();
+        h.pass_finished(PassReport::failed("timeout", "pass timed out after 300s"));
+        h.pass_started();
+        h.pass_finished(PassReport::failed("connection", "connection refused"));
+        h.next_pass_in(Duration::from_secs(4));
+        advance(Duration::from_secs(1)).await;
+
+        let st = h.status();
+        assert_eq!(st.consecutive_failures, 2);
+        let last = st.last_pass.expect("a pass finished");
+        assert_eq!(last.result, "error");
+        let err = last.error.expect("the last pass failed");
+        assert_eq!(err.reason, "connection");
+        assert_eq!(err.message, "connection refused");
+        assert_eq!(last.duration_seconds, Some(0.0));
+        // A failed pass keeps the last known user counts.
+        let d = st.desired_users.expect("desired users known");
+        assert_eq!((d.total, d.by_kind), (7, desired));
+        assert_eq!(st.observed_users, Some(2));
+        assert!(st.auth_file_written_at.is_some());
+        assert!(st.last_success_at.is_some());
+        let reload = st.last_reload.expect("reloaded");
+        assert_eq!((reload.result, reload.verified), ("ok", true));
+        assert_eq!(st.next_pass.expect("scheduled").in_seconds, 3.0);
+
+        for (series, value) in [
+            (r#"bosh_nats_sync_passes_total{result="changed"}"#, "1"),
+            (r#"bosh_nats_sync_passes_total{result="error"}"#, "2"),
+            (r#"bosh_nats_sync_errors_total{reason="timeout"}"#, "1"),
+            (r#"bosh_nats_sync_errors_total{reason="connection"}"#, "1"),
+            ("bosh_nats_sync_consecutive_failures", "2"),
+            (r#"bosh_nats_sync_desired_users{kind="agent"}"#, "3"),
+            (
+                r#"bosh_nats_sync_desired_users{kind="agent_bootstrap"}"#,
+                "2",
+            ),
+            (r#"bosh_nats_sync_desired_users{kind="hm"}"#, "1"),
+            ("bosh_nats_sync_observed_users", "2"),
+            ("bosh_nats_sync_auth_file_writes_total", "1"),
+            (r#"bosh_nats_sync_reloads_total{result="ok"}"#, "1"),
+            (
+                r#"bosh_nats_sync_pass_duration_seconds_bucket{result="changed",le="1"}"#,
+                "0",
+            ),
+            (
+                r#"bosh_nats_sync_pass_duration_seconds_bucket{result="changed",le="2.5"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_pass_duration_seconds_sum{result="changed"}"#,
+                "1.5",
+            ),
+        ] {
+            assert_eq!(sample(&m, series).as_deref(), Some(value), "{series}");
+        }
+        let ts: f64 = sample(&m, "bosh_nats_sync_last_success_timestamp_seconds")
+            .expect("gauge exported")
+            .parse()
+            .expect("a number");
+        assert!(ts > 1.7e9, "last success is a unix time, got {ts}");
+
+        h.pass_started();
+        h.pass_finished(unchanged(desired, 7));
+        assert_eq!(h.status().consecutive_failures, 0);
+        assert_eq!(
+            sample(&m, "bosh_nats_sync_consecutive_failures").as_deref(),
+            Some("0")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_passes_are_counted_and_shown() {
+        let (m, h) = health();
+        h.pass_started();
+        h.pass_finished(PassReport {
+            held: true,
+            ..unchanged(DesiredCounts::default(), 40)
+        });
+        assert!(h.status().last_pass.expect("finished").held);
+        assert_eq!(
+            sample(&m, "bosh_nats_sync_held_passes_total").as_deref(),
+            Some("1")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finish_without_a_start_has_no_duration() {
+        let (m, h) = health();
+        h.pass_finished(unchanged(DesiredCounts::default(), 0));
+        let last = h.status().last_pass.expect("finished");
+        assert_eq!((last.started_at, last.duration_seconds), (None, None));
+        assert_eq!(
+            sample(&m, r#"bosh_nats_sync_passes_total{result="unchanged"}"#).as_deref(),
+            Some("1")
+        );
+        assert!(
+            !m.render()
+                .contains("bosh_nats_sync_pass_duration_seconds_count{result=\"unchanged\"}")
+        );
+    }
+
+    #[test]
+    fn liveness_limit_covers_the_longest_gap() {
+        let limit = Health::liveness_limit(
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        );
+        assert_eq!(limit, Duration::from_secs(60 + 300 + 60));
+    }
+}

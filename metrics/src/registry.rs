@@ -1,0 +1,617 @@
+//! The Prometheus registry: every metric of SPEC §8 and typed methods that record them.
+//!
+//! Label values are either small enums defined here or `&'static str` reasons taken from the
+//! program's error enums (`Error::reason()`), so a label can never carry a deployment name,
+//! an agent id or anything else unbounded. The pass, write and reload metrics are recorded
+//! through [`crate::Health`], which keeps `/status` and the metrics in step; everything
+//! else is recorded here directly.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets of the pass duration histogram: a pass with nothing to do on a small director
+/// takes tens of milliseconds; the default pass timeout is 5 minutes.
+const PASS_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Buckets of the director request latency histogram: requests time out after 30 s.
+const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The `result` label of `bosh_nats_sync_passes_total`: what a finished pass did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassResult {
+    /// The auth file differed from the desired users and was rewritten.
+    Changed,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// The pass failed (its reason is counted in `bosh_nats_sync_errors_total`).
+    Error,
+}
+
+impl PassResult {
+    pub const ALL: [PassResult; 3] = [Self::Changed, Self::Unchanged, Self::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::Unchanged => "unchanged",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The `kind` label of `bosh_nats_sync_desired_users`: which rule of SPEC §3.1 made a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UserKind {
+    Director,
+    HealthMonitor,
+    Agent,
+    AgentBootstrap,
+}
+
+impl UserKind {
+    pub const ALL: [UserKind; 4] = [
+        Self::Director,
+        Self::HealthMonitor,
+        Self::Agent,
+        Self::AgentBootstrap,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Director => "director",
+            Self::HealthMonitor => "hm",
+            Self::Agent => "agent",
+            Self::AgentBootstrap => "agent_bootstrap",
+        }
+    }
+}
+
+/// The `reason` label of `bosh_nats_sync_skipped_vms_total` (SPEC §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// `agent_id` null or empty: normal for a moment while a VM is being created.
+    NoAgentId,
+    /// `agent_id` outside `[A-Za-z0-9_-]{1,128}`.
+    InvalidAgentId,
+    /// The same agent id reported a second time.
+    Duplicate,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [Self::NoAgentId, Self::InvalidAgentId, Self::Duplicate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAgentId => "no_agent_id",
+            Self::InvalidAgentId => "invalid_agent_id",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The `kind` label of `bosh_nats_sync_subjects_rejected_total`: whose subject file held a
+/// subject that was rejected (SPEC §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubjectKind {
+    Director,
+    HealthMonitor,
+}
+
+impl SubjectKind {
+    pub const ALL: [SubjectKind; 2] = [Self::Director, Self::HealthMonitor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Director => "director",
+            Self::HealthMonitor => "hm",
+        }
+    }
+}
+
+/// The `result` label of `bosh_nats_sync_reloads_total` (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// Signalled, and nats-server's `config_load_time` advanced.
+    Ok,
+    /// Signalling failed, or the server did not load the new file.
+    Failed,
+    /// Signalled without a monitoring endpoint to confirm the load.
+    Unverified,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 3] = [Self::Ok, Self::Failed, Self::Unverified];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Unverified => "unverified",
+        }
+    }
+}
+
+/// What `bosh_nats_sync_build_info` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The release version, e.g. `0.1.0`.
+    pub version: &'static str,
+    /// The source revision (a git commit), `unknown` when the build did not record one.
+    pub revision: &'static str,
+}
+
+impl BuildInfo {
+    /// This crate's version (the workspace shares one) and the revision in the
+    /// `BOSH_NATS_SYNC_REVISION` environment variable at compile time, if any.
+    pub fn from_build_env() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: option_env!("BOSH_NATS_SYNC_REVISION").unwrap_or("unknown"),
+        }
+    }
+}
+
+/// Every metric the program exports, each registered exactly once in `registry` (so
+/// [`Metrics::render`] shows them all). Counters whose label values form a closed set are
+/// created for every value at start, so a query sees `0` rather than no series.
+pub struct Metrics {
+    registry: Registry,
+    passes: IntCounterVec,
+    pass_duration: HistogramVec,
+    errors: IntCounterVec,
+    last_success: Gauge,
+    consecutive_failures: IntGauge,
+    desired_users: IntGaugeVec,
+    observed_users: IntGauge,
+    skipped_vms: IntCounterVec,
+    subjects_rejected: IntCounterVec,
+    auth_file_writes: IntCounter,
+    reloads: IntCounterVec,
+    held_passes: IntCounter,
+    director_requests: IntCounterVec,
+    director_request_duration: HistogramVec,
+    uaa_token_fetches: IntCounterVec,
+}
+
+/// The metric definitions below are constants of this file; an error from them is a bug
+/// that the unit tests catch, not a runtime condition.
+const STATIC_DEFINITION: &str = "static metric definition is valid";
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect(STATIC_DEFINITION);
+    register(registry, c.clone());
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect(STATIC_DEFINITION);
+    register(registry, c.clone());
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect(STATIC_DEFINITION);
+    register(registry, g.clone());
+    g
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect(STATIC_DEFINITION);
+    register(registry, g.clone());
+    g
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect(STATIC_DEFINITION);
+    register(registry, h.clone());
+    h
+}
+
+fn register(registry: &Registry, c: impl Collector + 'static) {
+    registry
+        .register(Box::new(c))
+        .expect("each metric name is registered once in a fresh registry");
+}
+
+impl Metrics {
+    /// A fresh registry with every metric, build info from [`BuildInfo::from_build_env`].
+    pub fn new() -> Self {
+        Self::with_build_info(BuildInfo::from_build_env())
+    }
+
+    /// A fresh registry with every metric; `build` fills `bosh_nats_sync_build_info`.
+    pub fn with_build_info(build: BuildInfo) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+
+        let passes = counter_vec(
+            r,
+            "bosh_nats_sync_passes_total",
+            "Finished reconciliation passes by result (changed, unchanged, error)",
+            &["result"],
+        );
+        let pass_duration = histogram_vec(
+            r,
+            "bosh_nats_sync_pass_duration_seconds",
+            "Duration of reconciliation passes, by result",
+            &["result"],
+            PASS_DURATION_BUCKETS,
+        );
+        let errors = counter_vec(
+            r,
+            "bosh_nats_sync_errors_total",
+            "Failed passes by error reason",
+            &["reason"],
+        );
+        let last_success = Gauge::new(
+            "bosh_nats_sync_last_success_timestamp_seconds",
+            "Unix time at which the last successful pass finished (0 before the first one)",
+        )
+        .expect(STATIC_DEFINITION);
+        register(r, last_success.clone());
+        let consecutive_failures = int_gauge(
+            r,
+            "bosh_nats_sync_consecutive_failures",
+            "Passes that failed since the last successful one",
+        );
+        let desired_users = gauge_vec(
+            r,
+            "bosh_nats_sync_desired_users",
+            "Users computed from the director on the last pass that got that far, by kind",
+            &["kind"],
+        );
+        let observed_users = int_gauge(
+            r,
+            "bosh_nats_sync_observed_users",
+            "Users found in the auth file on the last pass that read it",
+        );
+        let skipped_vms = counter_vec(
+            r,
+            "bosh_nats_sync_skipped_vms_total",
+            "VMs left out of the desired users, by reason (counted on every pass that sees them)",
+            &["reason"],
+        );
+        let subjects_rejected = counter_vec(
+            r,
+            "bosh_nats_sync_subjects_rejected_total",
+            "Subject files whose content was rejected (e.g. control characters), by whose subject",
+            &["kind"],
+        );
+        let auth_file_writes = counter(
+            r,
+            "bosh_nats_sync_auth_file_writes_total",
+            "Times the auth file was written",
+        );
+        let reloads = counter_vec(
+            r,
+            "bosh_nats_sync_reloads_total",
+            "nats-server reloads by result (ok = verified, failed, unverified)",
+            &["result"],
+        );
+        let held_passes = counter(
+            r,
+            "bosh_nats_sync_held_passes_total",
+            "Passes whose mass removal of agents was held back by damping",
+        );
+        let director_requests = counter_vec(
+            r,
+            "bosh_nats_sync_director_requests_total",
+            "Requests made to the director and UAA, by endpoint and HTTP status (or error class)",
+            &["endpoint", "status"],
+        );
+        let director_request_duration = histogram_vec(
+            r,
+            "bosh_nats_sync_director_request_duration_seconds",
+            "Latency of requests to the director and UAA, by endpoint",
+            &["endpoint"],
+            REQUEST_DURATION_BUCKETS,
+        );
+        let uaa_token_fetches = counter_vec(
+            r,
+            "bosh_nats_sync_uaa_token_fetches_total",
+            "UAA token fetches by result",
+            &["result"],
+        );
+        let build_info = gauge_vec(
+            r,
+            "bosh_nats_sync_build_info",
+            "Always 1; the labels say which build is running",
+            &["version", "revision"],
+        );
+        build_info
+            .with_label_values(&[build.version, build.revision])
+            .set(1);
+
+        #[cfg(target_os = "linux")]
+        register(
+            r,
+            prometheus::process_collector::ProcessCollector::for_self(),
+        );
+
+        for result in PassResult::ALL {
+            passes.with_label_values(&[result.as_str()]);
+        }
+        for reason in SkipReason::ALL {
+            skipped_vms.with_label_values(&[reason.as_str()]);
+        }
+        for kind in SubjectKind::ALL {
+            subjects_rejected.with_label_values(&[kind.as_str()]);
+        }
+        for result in ReloadResult::ALL {
+            reloads.with_label_values(&[result.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            uaa_token_fetches.with_label_values(&[result]);
+        }
+
+        Self {
+            registry,
+            passes,
+            pass_duration,
+            errors,
+            last_success,
+            consecutive_failures,
+            desired_users,
+            observed_users,
+            skipped_vms,
+            subjects_rejected,
+            auth_file_writes,
+            reloads,
+            held_passes,
+            director_requests,
+            director_request_duration,
+            uaa_token_fetches,
+        }
+    }
+
+    /// One request to the director or UAA. `endpoint` is one of `info`, `deployments`, `vms`,
+    /// `uaa_token`; `status` is the HTTP status code ("200", "404") or an error class
+    /// ("connection", "tls", "timeout"). Both must come from a fixed set: never a URL or a
+    /// deployment name.
+    pub fn director_request(&self, endpoint: &str, status: &str, elapsed: Duration) {
+        self.director_requests
+            .with_label_values(&[endpoint, status])
+            .inc();
+        self.director_request_duration
+            .with_label_values(&[endpoint])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One UAA token fetch; `result` is `ok` or `error`.
+    pub fn uaa_token_fetch(&self, result: &str) {
+        self.uaa_token_fetches.with_label_values(&[result]).inc();
+    }
+
+    /// One VM left out of the desired users.
+    pub fn vm_skipped(&self, reason: SkipReason) {
+        self.skipped_vms.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A subject file held a subject that was rejected and treated as unknown.
+    pub fn subject_rejected(&self, kind: SubjectKind) {
+        self.subjects_rejected
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    /// A pass was held back by mass-removal damping (SPEC §6.5); reported through
+    /// `PassReport::held` so `/status` shows it too.
+    pub(crate) fn pass_held(&self) {
+        self.held_passes.inc();
+    }
+
+    /// The registry, for a caller that wants to add its own collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String fails only for a nameless or empty metric family, which
+        // `Registry::gather` never returns; log rather than panic should that ever change.
+        if let Err(err) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+            tracing::error!(error = %err, "encoding metrics failed; the scrape is incomplete");
+        }
+        text
+    }
+
+    pub(crate) fn pass_finished(
+        &self,
+        result: PassResult,
+        error_reason: Option<&'static str>,
+        duration: Option<Duration>,
+    ) {
+        self.passes.with_label_values(&[result.as_str()]).inc();
+        if let Some(duration) = duration {
+            self.pass_duration
+                .with_label_values(&[result.as_str()])
+                .observe(duration.as_secs_f64());
+        }
+        if let Some(reason) = error_reason {
+            self.errors.with_label_values(&[reason]).inc();
+        }
+    }
+
+    pub(crate) fn set_last_success(&self, at: SystemTime) {
+        let unix = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_success.set(unix);
+    }
+
+    pub(crate) fn set_consecutive_failures(&self, n: u64) {
+        self.consecutive_failures.set(saturating_i64(n));
+    }
+
+    pub(crate) fn set_desired_users(&self, kind: UserKind, n: usize) {
+        self.desired_users
+            .with_label_values(&[kind.as_str()])
+            .set(saturating_i64(n as u64));
+    }
+
+    pub(crate) fn set_observed_users(&self, n: usize) {
+        self.observed_users.set(saturating_i64(n as u64));
+    }
+
+    pub(crate) fn auth_file_written(&self) {
+        self.auth_file_writes.inc();
+    }
+
+    pub(crate) fn reload(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample line for `name_and_labels`, e.g. `x_total{a="b"} 1`, if present.
+    fn sample<'a>(text: &'a str, name_and_labels: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn closed_label_sets_start_at_zero() {
+        let text = Metrics::new().render();
+        for (series, value) in [
+            (r#"bosh_nats_sync_passes_total{result="changed"}"#, "0"),
+            (r#"bosh_nats_sync_passes_total{result="error"}"#, "0"),
+            (r#"bosh_nats_sync_reloads_total{result="unverified"}"#, "0"),
+            (
+                r#"bosh_nats_sync_skipped_vms_total{reason="duplicate"}"#,
+                "0",
+            ),
+            (r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#, "0"),
+            (
+                r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
+                "0",
+            ),
+            ("bosh_nats_sync_auth_file_writes_total", "0"),
+            ("bosh_nats_sync_held_passes_total", "0"),
+            ("bosh_nats_sync_last_success_timestamp_seconds", "0"),
+            ("bosh_nats_sync_consecutive_failures", "0"),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+        // Gauges of values only a pass can know are absent rather than a misleading 0.
+        assert!(!text.contains("bosh_nats_sync_desired_users{"), "{text}");
+    }
+
+    #[test]
+    fn build_info_is_one_with_its_labels() {
+        let m = Metrics::with_build_info(BuildInfo {
+            version: "1.2.3",
+            revision: "abc123",
+        });
+        let text = m.render();
+        assert_eq!(
+            sample(
+                &text,
+                r#"bosh_nats_sync_build_info{revision="abc123",version="1.2.3"}"#
+            ),
+            Some("1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn direct_recorders_count() {
+        let m = Metrics::new();
+        m.vm_skipped(SkipReason::InvalidAgentId);
+        m.vm_skipped(SkipReason::InvalidAgentId);
+        m.vm_skipped(SkipReason::NoAgentId);
+        m.subject_rejected(SubjectKind::Director);
+        m.pass_held();
+        m.uaa_token_fetch("ok");
+        m.director_request("vms", "404", Duration::from_millis(20));
+        m.director_request("vms", "200", Duration::from_millis(3));
+        let text = m.render();
+        for (series, value) in [
+            (
+                r#"bosh_nats_sync_skipped_vms_total{reason="invalid_agent_id"}"#,
+                "2",
+            ),
+            (
+                r#"bosh_nats_sync_skipped_vms_total{reason="no_agent_id"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_skipped_vms_total{reason="duplicate"}"#,
+                "0",
+            ),
+            (
+                r#"bosh_nats_sync_subjects_rejected_total{kind="director"}"#,
+                "1",
+            ),
+            ("bosh_nats_sync_held_passes_total", "1"),
+            (
+                r#"bosh_nats_sync_uaa_token_fetches_total{result="ok"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_director_requests_total{endpoint="vms",status="404"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_director_request_duration_seconds_count{endpoint="vms"}"#,
+                "2",
+            ),
+            (
+                r#"bosh_nats_sync_director_request_duration_seconds_bucket{endpoint="vms",le="0.005"}"#,
+                "1",
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported() {
+        let text = Metrics::new().render();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("process_resident_memory_bytes ")),
+            "{text}"
+        );
+    }
+}

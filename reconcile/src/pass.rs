@@ -1,0 +1,192 @@
+//! What one pass is given (its triggers) and what it gives back (an `Action` or an error).
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// What the loop should do after a successful pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run again after this delay, unless a trigger runs a pass sooner.
+    Requeue(Duration),
+    /// Run again only on the next trigger (interval tick, file change, manual trigger).
+    AwaitTrigger,
+}
+
+/// One reason a pass runs. A pass usually has one; triggers that arrive while a pass runs
+/// (or while the loop waits out a backoff) are coalesced into the next pass's set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trigger {
+    /// The first pass after [`Controller::run`](crate::Controller::run) starts.
+    Startup,
+    /// The periodic interval elapsed without a pass.
+    Interval,
+    /// A watched file was written, replaced, truncated or deleted by someone else.
+    FileChanged(PathBuf),
+    /// A [`TriggerHandle::trigger`] call.
+    Manual,
+    /// The delay of an [`Action::Requeue`] elapsed.
+    Requeue,
+    /// The backoff delay after a failed pass elapsed.
+    Retry,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Startup => f.write_str("startup"),
+            Trigger::Interval => f.write_str("interval"),
+            Trigger::FileChanged(path) => write!(f, "file:{}", path.display()),
+            Trigger::Manual => f.write_str("manual"),
+            Trigger::Requeue => f.write_str("requeue"),
+            Trigger::Retry => f.write_str("retry"),
+        }
+    }
+}
+
+/// What the reconciler is told about the pass it runs.
+///
+/// Invariant: `triggers` is non-empty, sorted and free of duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassContext {
+    /// 1 for the first pass, counting up.
+    pub pass: u64,
+    /// Why this pass runs.
+    pub triggers: Vec<Trigger>,
+    /// Failed passes (errors or timeouts) in a row before this one.
+    pub consecutive_failures: u32,
+}
+
+impl PassContext {
+    /// The watched files whose change caused this pass.
+    pub fn changed_paths(&self) -> impl Iterator<Item = &Path> {
+        self.triggers.iter().filter_map(|t| match t {
+            Trigger::FileChanged(p) => Some(p.as_path()),
+            _ => None,
+        })
+    }
+
+    /// Whether `trigger` is among the reasons for this pass.
+    pub fn has(&self, trigger: &Trigger) -> bool {
+        self.triggers.contains(trigger)
+    }
+}
+
+impl fmt::Display for PassContext {
+    /// `pass 3 (interval, file:/x/auth.json)` — for log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pass {} (", self.pass)?;
+        for (i, t) in self.triggers.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{t}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Why a pass did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError<E> {
+    /// The reconciler returned an error.
+    #[error("{0}")]
+    Failed(E),
+    /// The pass outlived the pass timeout and was cancelled (its future dropped).
+    #[error("pass cancelled after the {0:?} pass timeout")]
+    Timeout(Duration),
+}
+
+impl<E> PassError<E> {
+    /// A short, fixed label for metrics. For `Failed`, ask the inner error for a finer one.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PassError::Failed(_) => "reconcile_failed",
+            PassError::Timeout(_) => "pass_timeout",
+        }
+    }
+}
+
+/// A reconciler: called once per pass, it returns a future that does the pass.
+///
+/// Implemented for every `FnMut(PassContext) -> impl Future<Output = Result<Action, E>>`, so
+/// a closure capturing an `Arc<State>` is a reconciler:
+/// `move |ctx| { let s = state.clone(); async move { s.pass(ctx).await } }`.
+/// The future is dropped, not polled to the end, when the pass times out or the loop is
+/// cancelled; a pass must therefore leave nothing half-done at an `.await` point.
+pub trait Reconcile {
+    /// The reconciler's error.
+    type Error;
+    /// The future of one pass.
+    type Future: Future<Output = Result<Action, Self::Error>>;
+    /// Start one pass.
+    fn reconcile(&mut self, ctx: PassContext) -> Self::Future;
+}
+
+impl<F, Fut, E> Reconcile for F
+where
+    F: FnMut(PassContext) -> Fut,
+    Fut: Future<Output = Result<Action, E>>,
+{
+    type Error = E;
+    type Future = Fut;
+
+    fn reconcile(&mut self, ctx: PassContext) -> Fut {
+        self(ctx)
+    }
+}
+
+/// Asks the loop for a pass from outside (a signal handler, an HTTP "sync now", a test).
+///
+/// Cloneable; triggers coalesce like every other trigger and respect the backoff after a
+/// failure. Keeping a handle alive does not keep the loop running.
+#[derive(Debug, Clone)]
+pub struct TriggerHandle {
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl TriggerHandle {
+    /// Request a pass ([`Trigger::Manual`]).
+    pub fn trigger(&self) {
+        // `notify_one` stores a permit when the loop is not waiting, so no request is lost,
+        // and many requests before the loop looks collapse into one.
+        self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_displays_its_triggers_for_logs() {
+        let ctx = PassContext {
+            pass: 3,
+            triggers: vec![
+                Trigger::Interval,
+                Trigger::FileChanged(PathBuf::from("/x/auth.json")),
+            ],
+            consecutive_failures: 0,
+        };
+        assert_eq!(ctx.to_string(), "pass 3 (interval, file:/x/auth.json)");
+        assert_eq!(
+            ctx.changed_paths().collect::<Vec<_>>(),
+            [Path::new("/x/auth.json")]
+        );
+        assert!(ctx.has(&Trigger::Interval));
+        assert!(!ctx.has(&Trigger::Startup));
+    }
+
+    #[test]
+    fn pass_error_reasons_are_labels() {
+        let failed: PassError<std::io::Error> = PassError::Failed(std::io::Error::other("boom"));
+        assert_eq!(failed.reason(), "reconcile_failed");
+        assert_eq!(failed.to_string(), "boom");
+        let timeout: PassError<std::io::Error> = PassError::Timeout(Duration::from_secs(300));
+        assert_eq!(timeout.reason(), "pass_timeout");
+    }
+}

@@ -1,0 +1,209 @@
+//! A real nats-server with verify_and_map: listed certificates connect with their permissions, others are refused.
+
+use std::time::Duration;
+
+use sim::nats::{
+    NatsError, NatsServer, Permission, is_authorization_violation, probe_publish, probe_subscribe,
+};
+use sim::pki::{DIRECTOR_CN, Pki, agent_cn, bosh_subject};
+
+fn auth_file(users: &[(&str, &[&str], &[&str])]) -> String {
+    let users: Vec<serde_json::Value> = users
+        .iter()
+        .map(|(user, publish, subscribe)| {
+            serde_json::json!({"user": user, "permissions": {"publish": publish, "subscribe": subscribe}})
+        })
+        .collect();
+    serde_json::json!({"authorization": {"users": users}}).to_string()
+}
+
+#[tokio::test]
+async fn verify_and_map_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let agent = bosh_subject(&agent_cn("a1"));
+    let director = bosh_subject(DIRECTOR_CN);
+    let auth = dir.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        auth_file(&[
+            (
+                &agent,
+                &["hm.agent.heartbeat.a1", "director.*.a1.*"],
+                &["agent.a1"],
+            ),
+            (
+                &director,
+                &["agent.*"],
+                &["director.>", "hm.agent.heartbeat.*"],
+            ),
+        ]),
+    )
+    .unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    assert!(nats.client_url().starts_with("tls://127.0.0.1:"));
+    assert!(nats.pid_file().exists());
+
+    let agent_files = pki
+        .client(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "a1")
+        .unwrap();
+    let director_files = pki
+        .client(DIRECTOR_CN)
+        .unwrap()
+        .write_to(dir.path(), "director")
+        .unwrap();
+    let agent_client = nats.connect(&agent_files).await.unwrap();
+    let director_client = nats.connect(&director_files).await.unwrap();
+
+    assert_eq!(
+        probe_publish(&agent_client, &director_client, "hm.agent.heartbeat.a1")
+            .await
+            .unwrap(),
+        Permission::Allowed
+    );
+    assert_eq!(
+        probe_publish(&agent_client, &director_client, "hm.agent.heartbeat.a2")
+            .await
+            .unwrap(),
+        Permission::Denied
+    );
+    assert_eq!(
+        probe_publish(&agent_client, &director_client, "director.x.a1.y")
+            .await
+            .unwrap(),
+        Permission::Allowed
+    );
+    assert_eq!(
+        probe_subscribe(&agent_client, &director_client, "agent.a1")
+            .await
+            .unwrap(),
+        Permission::Allowed
+    );
+    assert_eq!(
+        probe_subscribe(&agent_client, &director_client, "agent.a2")
+            .await
+            .unwrap(),
+        Permission::Denied
+    );
+    // The observer itself may not subscribe to this subject: no false "denied".
+    let err = probe_publish(&director_client, &agent_client, "agent.zzz")
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "inconclusive", "{err}");
+    assert!(
+        agent_client
+            .server_errors()
+            .iter()
+            .any(|e| e.contains("Permissions Violation for Publish to \"hm.agent.heartbeat.a2\"")),
+        "{:?}",
+        agent_client.server_errors()
+    );
+
+    // A certificate of the right CA whose subject is not listed is refused.
+    let stranger = pki
+        .client(&agent_cn("a2"))
+        .unwrap()
+        .write_to(dir.path(), "a2")
+        .unwrap();
+    let err = nats.connect(&stranger).await.unwrap_err();
+    assert!(is_authorization_violation(&err), "{err:?}");
+
+    // A listed subject from another CA is refused during the handshake.
+    let forged = pki
+        .other_ca
+        .client_cert(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "forged")
+        .unwrap();
+    assert!(nats.connect(&forged).await.is_err());
+}
+
+#[tokio::test]
+async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{authorization: {token: f0oBar}}").unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let agent_files = pki
+        .client(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "a1")
+        .unwrap();
+    // The BOSH placeholder holds no users: every certificate is refused.
+    assert!(nats.connect(&agent_files).await.is_err());
+
+    let before = nats.config_load_time().await.unwrap();
+    let agent = bosh_subject(&agent_cn("a1"));
+    std::fs::write(&auth, auth_file(&[(&agent, &["x"], &["agent.a1"])])).unwrap();
+    nats.reload().unwrap();
+    let after = nats
+        .wait_for_reload(&before, Duration::from_secs(10))
+        .await
+        .unwrap();
+    nats.connect(&agent_files).await.unwrap();
+
+    // An unparseable file: the signal is accepted, the configuration is not.
+    std::fs::write(
+        &auth,
+        r#"{"authorization": {"users": [{"user": "\u003e"}]}}"#,
+    )
+    .unwrap();
+    nats.reload().unwrap();
+    let err = nats
+        .wait_for_reload(&after, Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NatsError::ReloadTimeout(_)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !nats.log().contains("Invalid escape character 'u'") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", nats.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_broken_auth_file_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("absent.json");
+    let err = NatsServer::start(dir.path(), &pki, &auth)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "exited", "{err}");
+    assert!(
+        err.to_string().contains("error parsing include file"),
+        "{err}"
+    );
+
+    std::fs::write(&auth, "garbage {{").unwrap();
+    let err = NatsServer::start(dir.path(), &pki, &auth)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "exited", "{err}");
+
+    let err = NatsServer::start_with(
+        std::path::Path::new("/nonexistent/nats-server"),
+        dir.path(),
+        &pki,
+        &auth,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), "not_installed");
+    assert!(err.to_string().contains("apt-get install nats-server"));
+}
+
+#[tokio::test]
+async fn include_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = auth_dir.path().join("auth.json");
+    std::fs::write(&auth, "{}").unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let config = std::fs::read_to_string(nats.config_file()).unwrap();
+    assert!(config.contains("include \"../"), "{config}");
+}

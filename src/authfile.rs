@@ -1,0 +1,330 @@
+//! The auth file nats-server includes (SPEC §4): read and classify it, render the desired
+//! users, and replace it atomically.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::users::{User, Users};
+
+/// What the file on disk holds. Only [`Observed::Users`] with at least one user counts as a
+/// usable config; every other state "holds no users" (SPEC §4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// There is no file.
+    Missing,
+    /// Not the JSON we write — e.g. BOSH pre-start's `{authorization: {token: f0oBar}}`
+    /// placeholder, a truncated file or a hand edit gone wrong. Holds the parser's message.
+    Unparseable(String),
+    /// Valid JSON without a users list, e.g. `{}`.
+    Empty,
+    /// A users config (possibly with an empty list).
+    Users(Users),
+}
+
+impl Observed {
+    pub fn users(&self) -> Option<&Users> {
+        match self {
+            Observed::Users(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Whether the file already grants access to someone (so bootstrap must leave it alone).
+    pub fn holds_users(&self) -> bool {
+        self.users().is_some_and(|u| !u.is_empty())
+    }
+
+    /// A short name of the state, for logs and the dry run.
+    pub fn describe(&self) -> String {
+        match self {
+            Observed::Missing => "missing".into(),
+            Observed::Unparseable(why) => format!("not a users config ({why})"),
+            Observed::Empty => "no users".into(),
+            Observed::Users(u) => format!("{} users", u.len()),
+        }
+    }
+}
+
+/// A failure to read or replace the auth file. The file is never left half-written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("cannot read the auth file {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write the auth file {} ({step}): {source}", path.display())]
+    Write {
+        path: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+impl AuthFileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFileError::Read { .. } => "auth_file_read",
+            AuthFileError::Write { .. } => "auth_file_write",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBody<U> {
+    #[serde(default = "Option::default")]
+    authorization: Option<Authorization<U>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Authorization<U> {
+    #[serde(default = "Option::default")]
+    users: Option<U>,
+}
+
+/// Reads and classifies the file. Only I/O failures other than "not found" are errors: any
+/// content at all is a state the next write corrects.
+pub fn read(path: &Path) -> Result<Observed, AuthFileError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Observed::Missing),
+        Err(source) => {
+            return Err(AuthFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    Ok(classify(&bytes))
+}
+
+/// Classifies file content (see [`Observed`]).
+pub fn classify(bytes: &[u8]) -> Observed {
+    match serde_json::from_slice::<FileBody<Vec<User>>>(bytes) {
+        Ok(FileBody {
+            authorization: Some(Authorization { users: Some(users) }),
+        }) => Observed::Users(Users(users)),
+        Ok(_) => Observed::Empty,
+        Err(e) => Observed::Unparseable(e.to_string()),
+    }
+}
+
+/// The file content for `users`: one JSON object, one user per line. nats-server's parser
+/// rejects `\u` escapes; serde_json only writes them for control characters, which neither a
+/// validated agent id nor a validated subject can contain.
+pub fn render(users: &Users) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + users.len() * 320);
+    out.extend_from_slice(b"{\"authorization\":{\"users\":[");
+    for (i, user) in users.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, user).expect("serialising a User into a Vec cannot fail");
+    }
+    out.extend_from_slice(b"\n]}}\n");
+    out
+}
+
+/// Replaces the file with `users`, atomically: a temporary file in the same directory is
+/// written, fsynced, given the old file's mode (and owner, when root), renamed over the
+/// target, and the directory is fsynced. Any failure leaves the old file as it was.
+/// Returns the new file's metadata (so the caller can recognise its own write).
+pub fn write(path: &Path, users: &Users) -> Result<fs::Metadata, AuthFileError> {
+    write_bytes(path, &render(users))
+}
+
+fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileError> {
+    let err = |step: &'static str| {
+        move |source: io::Error| AuthFileError::Write {
+            path: path.to_owned(),
+            step,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let old = fs::metadata(path).ok();
+
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".auth-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(err("create a temporary file"))?;
+    {
+        let mut w = BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
+        w.write_all(content).map_err(err("write"))?;
+        w.flush().map_err(err("write"))?;
+    }
+    let mode = old.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err("set the mode"))?;
+    if let Some(m) = &old {
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid()))
+                .map_err(err("set the owner"))?;
+        }
+    }
+    tmp.as_file().sync_all().map_err(err("fsync"))?;
+    let file = tmp
+        .persist(path)
+        .map_err(|e| err("rename over the target")(e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("fsync the directory"))?;
+    file.metadata().map_err(err("stat the new file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{self, Subject, Subjects};
+    use crate::director::Vm;
+
+    fn fixture() -> Users {
+        let subjects = Subjects {
+            director: Subject::parse("C=USA, O=Cloud Foundry, CN=default.director.bosh-internal")
+                .unwrap(),
+            hm: Subject::parse("C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal").unwrap(),
+        };
+        let vms = [
+            Vm {
+                agent_id: Some("perm-1".into()),
+                permanent_nats_credentials: true,
+            },
+            Vm {
+                agent_id: Some("boot-2".into()),
+                permanent_nats_credentials: false,
+            },
+        ];
+        desired::compute(&subjects, &vms).users
+    }
+
+    #[test]
+    fn renders_the_exact_json_with_literal_wildcards() {
+        let text = String::from_utf8(render(&fixture())).unwrap();
+        let expected = r#"{"authorization":{"users":[
+{"user":"C=USA, O=Cloud Foundry, CN=default.director.bosh-internal","permissions":{"publish":["agent.*","hm.director.alert"],"subscribe":["director.>"]}},
+{"user":"C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal","permissions":{"publish":[],"subscribe":["hm.agent.heartbeat.*","hm.agent.alert.*","hm.agent.shutdown.*","hm.director.alert"]}},
+{"user":"C=USA, O=Cloud Foundry, CN=boot-2.bootstrap.agent.bosh-internal","permissions":{"publish":["hm.agent.heartbeat.boot-2","hm.agent.alert.boot-2","hm.agent.shutdown.boot-2","director.*.boot-2.*"],"subscribe":["agent.boot-2"]}},
+{"user":"C=USA, O=Cloud Foundry, CN=boot-2.agent.bosh-internal","permissions":{"publish":["hm.agent.heartbeat.boot-2","hm.agent.alert.boot-2","hm.agent.shutdown.boot-2","director.*.boot-2.*"],"subscribe":["agent.boot-2"]}},
+{"user":"C=USA, O=Cloud Foundry, CN=perm-1.agent.bosh-internal","permissions":{"publish":["hm.agent.heartbeat.perm-1","hm.agent.alert.perm-1","hm.agent.shutdown.perm-1","director.*.perm-1.*"],"subscribe":["agent.perm-1"]}}
+]}}
+"#;
+        assert_eq!(text, expected);
+        assert!(!text.contains("\\u"), "nats-server rejects \\u escapes");
+        assert!(text.contains("director.>"));
+    }
+
+    #[test]
+    fn non_ascii_is_written_as_utf8_not_escaped() {
+        let users = Users(vec![User::new("CN=Zürich", vec![], vec!["a.>".into()])]);
+        let text = String::from_utf8(render(&users)).unwrap();
+        assert!(text.contains("CN=Zürich") && text.contains("a.>") && !text.contains("\\u"));
+    }
+
+    #[test]
+    fn classifies_every_state() {
+        assert_eq!(classify(b"{}"), Observed::Empty);
+        assert_eq!(classify(b"{\"authorization\":{}}"), Observed::Empty);
+        assert!(matches!(
+            classify(b"{authorization: {token: f0oBar}}"),
+            Observed::Unparseable(_)
+        ));
+        assert!(matches!(classify(b""), Observed::Unparseable(_)));
+        assert!(matches!(
+            classify(b"{\"authorization\":{\"users\":[{\"user\":\"a\""),
+            Observed::Unparseable(_)
+        ));
+        // Something that would change the server's config besides users is not ours.
+        assert!(matches!(
+            classify(b"{\"port\":4222}"),
+            Observed::Unparseable(_)
+        ));
+        let users = fixture();
+        match classify(&render(&users)) {
+            Observed::Users(read) => assert_eq!(read, users),
+            other => panic!("expected users, got {other:?}"),
+        }
+        assert!(!Observed::Users(Users::default()).holds_users());
+        assert!(Observed::Users(users).holds_users());
+    }
+
+    #[test]
+    fn a_missing_file_is_a_state_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            read(&dir.path().join("auth.json")).unwrap(),
+            Observed::Missing
+        );
+    }
+
+    #[test]
+    fn writes_atomically_keeping_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        fs::write(&path, "{authorization: {token: f0oBar}}").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let users = fixture();
+        let meta = write(&path, &users).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        assert_eq!(read(&path).unwrap(), Observed::Users(users));
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["auth.json"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_new_file_is_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        let meta = write(&path, &fixture()).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o644);
+    }
+
+    /// Root ignores directory permissions, so when the tests run as root this test re-runs
+    /// itself in a child process that drops to `nobody` first: the check is real either way.
+    #[test]
+    fn a_write_into_a_read_only_directory_leaves_the_old_file() {
+        const CHILD: &str = "BNS_TEST_AS_NOBODY";
+        if std::env::var_os(CHILD).is_some() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .unwrap()
+                .expect("user nobody exists");
+            nix::unistd::setgid(nobody.gid).unwrap();
+            nix::unistd::setuid(nobody.uid).unwrap();
+        } else if nix::unistd::geteuid().is_root() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "authfile::tests::a_write_into_a_read_only_directory_leaves_the_old_file",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "child run failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        fs::write(&path, "old content").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o555)).unwrap();
+        let result = write(&path, &fixture());
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let e = result.unwrap_err();
+        assert_eq!(e.reason(), "auth_file_write");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old content");
+    }
+}

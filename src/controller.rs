@@ -1,0 +1,336 @@
+//! One reconcile pass (SPEC §6): observe the auth file, compute the desired users from the
+//! director, write when they differ, reload nats-server. The loop that decides *when* a
+//! pass runs lives in the `reconcile` crate; this module only knows *what* a pass does.
+
+use std::fs::Metadata;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metrics::{DesiredCounts, Health, Metrics, ReloadOutcome, SkipReason, SubjectKind};
+
+use crate::authfile::{self, AuthFileError, Observed};
+use crate::config::Config;
+use crate::desired::{self, Desired, Subject, Subjects};
+use crate::director;
+use crate::nats::{ReloadError, Reloaded, Reloader};
+use crate::users::Users;
+
+/// Why a pass failed. Nothing on disk was changed by a failed pass except the bootstrap
+/// config (SPEC §6.2, §6.3).
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Director(#[from] director::Error),
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+}
+
+impl PassError {
+    /// A short, fixed label for metrics and `/status`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PassError::Director(e) => e.reason(),
+            PassError::AuthFile(e) => e.reason(),
+            PassError::Reload(e) => e.reason(),
+        }
+    }
+}
+
+/// A problem found while building the controller: bad CA files and the like.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Director(#[from] director::ConfigError),
+}
+
+/// What a successful pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Whether the auth file was rewritten.
+    pub written: bool,
+    /// The reload performed in this pass, if any.
+    pub reloaded: Option<Reloaded>,
+    pub desired: desired::Counts,
+    pub skipped: desired::Skipped,
+    pub observed_users: usize,
+    /// Subjects added and removed by this pass's write.
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// The difference between the file and the director, computed without acting on it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub observed: Observed,
+    pub desired: Desired,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Subjects present on both sides whose permissions differ.
+    pub changed: Vec<String>,
+}
+
+impl Plan {
+    pub fn in_sync(&self) -> bool {
+        self.observed
+            .users()
+            .is_some_and(|u| u.same_as(&self.desired.users))
+    }
+}
+
+/// A hook told about every write of the auth file, so the file watcher can ignore the
+/// events of our own writes.
+pub type WriteHook = Arc<dyn Fn(&Path, &Metadata) + Send + Sync>;
+
+/// Owns everything a pass needs. Passes are serialised by `state`'s lock, so two callers
+/// can never interleave writes and reloads.
+pub struct Controller {
+    config: Config,
+    director: director::Client,
+    reloader: Reloader,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    on_write: Option<WriteHook>,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// Carried across passes.
+struct State {
+    /// nats-server may not have loaded the current file: true at start-up (SPEC §5.3),
+    /// after every write, and after a failed reload until one succeeds.
+    reload_pending: bool,
+}
+
+impl Controller {
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, StartError> {
+        let director = director::Client::new(config.director.clone(), metrics.clone())?;
+        let reloader = Reloader::new(config.nats.clone());
+        Ok(Self {
+            config,
+            director,
+            reloader,
+            metrics,
+            health,
+            on_write: None,
+            state: tokio::sync::Mutex::new(State {
+                reload_pending: true,
+            }),
+        })
+    }
+
+    /// Registers the hook called after each write of the auth file.
+    pub fn on_write(mut self, hook: WriteHook) -> Self {
+        self.on_write = Some(hook);
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The paths whose change should trigger a pass: the auth file and the subject files.
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.config.nats.auth_file.clone()];
+        paths.extend(self.config.director_subject_file.iter().cloned());
+        paths.extend(self.config.hm_subject_file.iter().cloned());
+        paths
+    }
+
+    /// One level-triggered pass. Cancel-safe: dropping the future at any await point leaves
+    /// the file either untouched or completely replaced (the write itself is synchronous and
+    /// atomic), and a reload interrupted by cancellation stays pending for the next pass.
+    pub async fn pass(&self) -> Result<PassReport, PassError> {
+        let mut state = self.state.lock().await;
+        let subjects = self.read_subjects();
+        let mut observed = authfile::read(&self.config.nats.auth_file)?;
+
+        if !observed.holds_users() && subjects.any_known() {
+            observed = self.bootstrap(&mut state, &subjects, &observed).await?;
+        }
+
+        let vms = self.director.fetch_vms().await?;
+        let desired = desired::compute(&subjects, &vms);
+        self.record_skips(&desired.skipped);
+        let observed_users = observed.users().cloned().unwrap_or_default();
+
+        let mut report = PassReport {
+            written: false,
+            reloaded: None,
+            desired: desired.counts,
+            skipped: desired.skipped,
+            observed_users: observed_users.len(),
+            added: 0,
+            removed: 0,
+        };
+        if observed.users().is_none_or(|u| !u.same_as(&desired.users)) {
+            let (added, removed) = observed_users.diff(&desired.users);
+            report.added = added.len();
+            report.removed = removed.len();
+            self.write(&desired.users)?;
+            report.written = true;
+            state.reload_pending = true;
+        }
+        if state.reload_pending {
+            report.reloaded = Some(self.reload(&mut state, !desired.users.is_empty()).await?);
+        }
+        Ok(report)
+    }
+
+    /// SPEC §6.2: before the director answers, a file that admits nobody gets the director
+    /// and health-monitor users, so those two can reach NATS while the director starts.
+    async fn bootstrap(
+        &self,
+        state: &mut State,
+        subjects: &Subjects,
+        observed: &Observed,
+    ) -> Result<Observed, PassError> {
+        let users = desired::bootstrap(subjects).users;
+        tracing::info!(
+            file = %self.config.nats.auth_file.display(),
+            state = %observed.describe(),
+            users = users.len(),
+            "the auth file admits nobody: writing the director/health-monitor users before contacting the director"
+        );
+        self.write(&users)?;
+        state.reload_pending = true;
+        // A failed reload here is not the end of the pass: the director may still answer,
+        // and the reload is retried at the end of this pass.
+        if let Err(e) = self.reload(state, true).await {
+            tracing::warn!(error = %e, "reloading nats-server with the bootstrap users failed");
+        }
+        Ok(Observed::Users(users))
+    }
+
+    /// The dry run: what a pass would change, without writing or reloading.
+    pub async fn plan(&self) -> Result<Plan, PassError> {
+        let subjects = self.read_subjects();
+        let observed = authfile::read(&self.config.nats.auth_file)?;
+        let vms = self.director.fetch_vms().await?;
+        let desired = desired::compute(&subjects, &vms);
+        let empty = Users::default();
+        let current = observed.users().unwrap_or(&empty);
+        let (added, removed) = current.diff(&desired.users);
+        let changed = current
+            .iter()
+            .filter_map(|old| {
+                let new = desired.users.iter().find(|n| n.user == old.user)?;
+                (new.permissions != old.permissions).then(|| old.user.clone())
+            })
+            .collect();
+        Ok(Plan {
+            added: added.into_iter().map(str::to_owned).collect(),
+            removed: removed.into_iter().map(str::to_owned).collect(),
+            changed,
+            observed,
+            desired,
+        })
+    }
+
+    fn write(&self, users: &Users) -> Result<(), AuthFileError> {
+        let path = &self.config.nats.auth_file;
+        let meta = authfile::write(path, users)?;
+        if let Some(hook) = &self.on_write {
+            hook(path, &meta);
+        }
+        self.health.auth_file_written();
+        tracing::debug!(file = %path.display(), users = users.len(), "wrote the auth file");
+        Ok(())
+    }
+
+    async fn reload(&self, state: &mut State, usable: bool) -> Result<Reloaded, ReloadError> {
+        match self.reloader.reload().await {
+            Ok(how) => {
+                state.reload_pending = false;
+                self.health.reload_finished(match how {
+                    Reloaded::Verified => ReloadOutcome::Verified,
+                    Reloaded::Unverified => ReloadOutcome::Unverified,
+                });
+                if usable {
+                    self.health.mark_ready();
+                }
+                Ok(how)
+            }
+            Err(e) => {
+                self.health.reload_finished(ReloadOutcome::Failed {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn record_skips(&self, skipped: &desired::Skipped) {
+        let m = &self.metrics;
+        for (reason, n) in [
+            (SkipReason::NoAgentId, skipped.no_agent_id),
+            (SkipReason::InvalidAgentId, skipped.invalid_agent_id),
+            (SkipReason::Duplicate, skipped.duplicate),
+        ] {
+            for _ in 0..n {
+                m.vm_skipped(reason);
+            }
+        }
+    }
+
+    /// Reads both subject files (SPEC §3.2). Missing, unreadable or blank = unknown; a
+    /// subject with control characters is refused, logged and counted.
+    pub fn read_subjects(&self) -> Subjects {
+        Subjects {
+            director: self.read_subject(
+                self.config.director_subject_file.as_deref(),
+                SubjectKind::Director,
+            ),
+            hm: self.read_subject(
+                self.config.hm_subject_file.as_deref(),
+                SubjectKind::HealthMonitor,
+            ),
+        }
+    }
+
+    fn read_subject(&self, path: Option<&Path>, kind: SubjectKind) -> Option<Subject> {
+        let path = path?;
+        let content = match std::fs::read_to_string(path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the subject file; treating the subject as unknown");
+                return None;
+            }
+        };
+        match Subject::parse(&content) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "refusing the subject; treating it as unknown");
+                self.metrics.subject_rejected(kind);
+                None
+            }
+        }
+    }
+}
+
+impl PassReport {
+    pub fn desired_total(&self) -> usize {
+        self.desired.director + self.desired.hm + self.desired.agent + self.desired.agent_bootstrap
+    }
+}
+
+impl From<&PassReport> for DesiredCounts {
+    fn from(r: &PassReport) -> Self {
+        DesiredCounts {
+            director: r.desired.director,
+            hm: r.desired.hm,
+            agent: r.desired.agent,
+            agent_bootstrap: r.desired.agent_bootstrap,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `bosh-nats-sync demo`: the real controller against a built-in simulated director, so a
+//! newcomer sees it work with one command. Everything lives in one directory: a generated
+//! CA, the simulated director over HTTPS (basic auth) with VMs that come and go, subject
+//! files, the auth file, the config file — and a real nats-server with `verify_and_map` when
+//! one is on PATH (otherwise this process stands in for it and receives the SIGHUP reloads).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sim::churn::{Churn, ChurnConfig};
+use sim::director::{DirectorConfig, DirectorSim, Vm};
+use sim::nats::NatsServer;
+use sim::pki::Pki;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+
+/// Options of the `demo` subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Directory for the generated files (default: a new temporary directory, kept).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Deployments on the simulated director.
+    #[arg(long, default_value_t = 3)]
+    pub deployments: usize,
+    /// VMs per deployment (the churn keeps each deployment around this size).
+    #[arg(long, default_value_t = 4)]
+    pub vms: usize,
+    /// Milliseconds between VM creations/deletions per deployment (0 = no churn).
+    #[arg(long, default_value_t = 3000)]
+    pub churn_ms: u64,
+    /// Seconds between passes (intervals.poll_user_sync).
+    #[arg(long, default_value_t = 5.0)]
+    pub poll: f64,
+    /// Address for /metrics, /healthz, /readyz, /status.
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Do not start nats-server even if one is on PATH.
+    #[arg(long)]
+    pub no_nats: bool,
+}
+
+const USER: &str = "admin";
+const PASSWORD: &str = "demo-password";
+const DIRECTOR_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal";
+const HM_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal";
+
+pub fn demo(args: DemoArgs) -> ExitCode {
+    crate::telemetry::init(LogFormat::Text, "info", None).ok();
+    crate::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect(
+            "building a current-thread tokio runtime only fails if the OS denies timers or epoll",
+        );
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bosh-nats-sync demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            std::fs::canonicalize(d)?
+        }
+        None => tempfile::Builder::new()
+            .prefix("bosh-nats-sync-demo-")
+            .tempdir()?
+            .keep(),
+    };
+    let pki = Pki::generate()?;
+    let pki_dir = dir.join("pki");
+    std::fs::create_dir_all(&pki_dir)?;
+    let files = pki.write_to(&pki_dir)?;
+
+    let director =
+        DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(pki.server_config()?))
+            .await?;
+    let mut churns = Vec::new();
+    let mut n = 0u64;
+    for d in 0..args.deployments {
+        let name = format!("deployment-{d}");
+        let vms = (0..args.vms)
+            .map(|_| {
+                n += 1;
+                Vm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}")).permanent(n % 3 == 0)
+            })
+            .collect();
+        director.set_deployment(&name, vms);
+        if args.churn_ms > 0 {
+            churns.push(Churn::start(
+                director.handle(),
+                ChurnConfig::new(&name, Duration::from_millis(args.churn_ms), args.vms),
+            ));
+        }
+    }
+
+    std::fs::write(
+        dir.join("director-subject"),
+        format!("{DIRECTOR_SUBJECT}\n"),
+    )?;
+    std::fs::write(dir.join("hm-subject"), format!("subject={HM_SUBJECT}\n"))?;
+    let auth_file = dir.join("auth.json");
+    // What BOSH's pre-start writes before the first sync: valid NATS syntax, no users.
+    std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n")?;
+
+    let nats = if !args.no_nats && on_path("nats-server") {
+        let nats_dir = dir.join("nats");
+        std::fs::create_dir_all(&nats_dir)?;
+        Some(NatsServer::start(&nats_dir, &pki, &auth_file).await?)
+    } else {
+        None
+    };
+    let reloads = Arc::new(AtomicU64::new(0));
+    let (pid_file, monitoring) = match &nats {
+        Some(server) => (
+            server.pid_file().to_owned(),
+            format!("  monitoring_url: {}\n", server.monitoring_url()),
+        ),
+        None => {
+            let pid_file = dir.join("stand-in-nats.pid");
+            std::fs::write(&pid_file, std::process::id().to_string())?;
+            stand_in_for_nats(reloads.clone())?;
+            (pid_file, String::new())
+        }
+    };
+
+    let config_path = dir.join("bosh_nats_sync_config.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "---\n# Written by `bosh-nats-sync demo`: the BOSH job template's keys plus a few new ones.\n\
+             director:\n  url: {url}\n  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n\
+             \x20 ca_cert: {ca}\n  director_subject_file: {dir}/director-subject\n  hm_subject_file: {dir}/hm-subject\n\
+             intervals:\n  poll_user_sync: {poll}\n\
+             nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}\
+             http:\n  listen: {listen}\n",
+            url = director.url(),
+            ca = files.ca_cert.display(),
+            dir = dir.display(),
+            poll = args.poll,
+            auth = auth_file.display(),
+            pid = pid_file.display(),
+            listen = args.listen,
+        ),
+    )?;
+    let config = Config::load(&config_path, |_| None)?;
+
+    println!("bosh-nats-sync demo — everything is in {}", dir.display());
+    println!(
+        "  simulated director: {} ({} deployments × ~{} VMs, churn every {} ms)",
+        director.url(),
+        args.deployments,
+        args.vms,
+        args.churn_ms
+    );
+    match &nats {
+        Some(server) => println!(
+            "  nats-server:        {} (verify_and_map; pid {}; monitoring {})",
+            server.client_url(),
+            server.pid(),
+            server.monitoring_url()
+        ),
+        None => println!(
+            "  nats-server:        not on PATH (apt-get install nats-server); this process receives the SIGHUP reloads instead"
+        ),
+    }
+    println!("  config:             {}", config_path.display());
+    println!(
+        "  auth file:          {}   (watch it: watch -n1 cat {})",
+        auth_file.display(),
+        auth_file.display()
+    );
+    println!(
+        "  status:             curl -s http://{}/status; curl -s http://{}/metrics",
+        args.listen, args.listen
+    );
+    println!("  Ctrl-C stops it.\n");
+
+    let cancel = CancellationToken::new();
+    if let Some(secs) = args.duration {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            cancel.cancel();
+        });
+    }
+    let code = crate::app::run_until_cancelled(config, cancel, true).await;
+    for churn in &churns {
+        churn.stop();
+    }
+    if nats.is_none() {
+        println!(
+            "the stand-in received {} reload signals",
+            reloads.load(Ordering::Relaxed)
+        );
+    }
+    Ok(code)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| is_executable(&p.join(program))))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Without nats-server, this process is the reload target: the pid file names it, and each
+/// SIGHUP the controller sends is counted and logged.
+fn stand_in_for_nats(reloads: Arc<AtomicU64>) -> std::io::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let n = reloads.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(
+                reloads = n,
+                "stand-in nats-server: reload signal (SIGHUP) received"
+            );
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Director state + subjects → the desired NATS users (SPEC §3). Pure: no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::director::Vm;
+use crate::users::{User, Users};
+
+/// An agent id that is safe inside a NATS subject and a DN: `[A-Za-z0-9_-]{1,128}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentId(String);
+
+/// Why an agent id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidAgentId {
+    Empty,
+    TooLong,
+    ForbiddenCharacter,
+}
+
+impl AgentId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidAgentId> {
+        if raw.is_empty() {
+            return Err(InvalidAgentId::Empty);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(InvalidAgentId::TooLong);
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(InvalidAgentId::ForbiddenCharacter);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client-certificate subject DN as read from a subject file: trimmed, without an
+/// `openssl x509 -subject` style `subject=` prefix, non-empty, free of control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(String);
+
+/// A subject file's content that cannot be used as a NATS user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("the subject contains a control character")]
+    ControlCharacter,
+}
+
+impl Subject {
+    /// `Ok(None)` for blank content ("unknown"), `Err` for content that must be refused.
+    pub fn parse(content: &str) -> Result<Option<Self>, SubjectError> {
+        let trimmed = content.trim();
+        let trimmed = trimmed
+            .strip_prefix("subject=")
+            .map_or(trimmed, str::trim_start);
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(SubjectError::ControlCharacter);
+        }
+        Ok(Some(Self(trimmed.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The subjects of the two BOSH components that always get a NATS user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subjects {
+    pub director: Option<Subject>,
+    pub hm: Option<Subject>,
+}
+
+impl Subjects {
+    pub fn any_known(&self) -> bool {
+        self.director.is_some() || self.hm.is_some()
+    }
+}
+
+/// VMs left out of the desired users, by reason (SPEC §3.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub no_agent_id: usize,
+    pub invalid_agent_id: usize,
+    pub duplicate: usize,
+}
+
+/// Desired users by kind, for metrics and the pass summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub director: usize,
+    pub hm: usize,
+    pub agent: usize,
+    pub agent_bootstrap: usize,
+}
+
+/// The outcome of computing desired state: the users in file order plus what was skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub users: Users,
+    pub counts: Counts,
+    pub skipped: Skipped,
+}
+
+const AGENT_DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
+
+fn director_user(subject: &Subject) -> User {
+    User::new(
+        subject.as_str().to_owned(),
+        vec!["agent.*".into(), "hm.director.alert".into()],
+        vec!["director.>".into()],
+    )
+}
+
+fn hm_user(subject: &Subject) -> User {
+    User::new(
+        subject.as_str().to_owned(),
+        vec![],
+        vec![
+            "hm.agent.heartbeat.*".into(),
+            "hm.agent.alert.*".into(),
+            "hm.agent.shutdown.*".into(),
+            "hm.director.alert".into(),
+        ],
+    )
+}
+
+fn agent_user(id: &AgentId, bootstrap: bool) -> User {
+    let cn_suffix = if bootstrap {
+        ".bootstrap.agent.bosh-internal"
+    } else {
+        ".agent.bosh-internal"
+    };
+    User::new(
+        format!("{AGENT_DN_PREFIX}{id}{cn_suffix}"),
+        vec![
+            format!("hm.agent.heartbeat.{id}"),
+            format!("hm.agent.alert.{id}"),
+            format!("hm.agent.shutdown.{id}"),
+            format!("director.*.{id}.*"),
+        ],
+        vec![format!("agent.{id}")],
+    )
+}
+
+/// The director/health-monitor-only users: what bootstrap writes before the director answers.
+pub fn bootstrap(subjects: &Subjects) -> Desired {
+    compute(subjects, &[])
+}
+
+/// The full desired state (SPEC §3.1). Deterministic: the same inputs in any order give the
+/// same users in the same order. An agent id reported twice yields its users once; if any of
+/// its reports lacks permanent credentials, it keeps its bootstrap user too (so the result
+/// does not depend on which report came first).
+pub fn compute(subjects: &Subjects, vms: &[Vm]) -> Desired {
+    let mut skipped = Skipped::default();
+    // agent id -> needs a bootstrap user
+    let mut agents: BTreeMap<AgentId, bool> = BTreeMap::new();
+    for vm in vms {
+        let raw = match vm.agent_id.as_deref() {
+            None | Some("") => {
+                skipped.no_agent_id += 1;
+                continue;
+            }
+            Some(raw) => raw,
+        };
+        let Ok(id) = AgentId::parse(raw) else {
+            skipped.invalid_agent_id += 1;
+            tracing::warn!(agent_id = ?raw, "skipping a VM whose agent id is not [A-Za-z0-9_-]{{1,128}}");
+            continue;
+        };
+        let bootstrap = !vm.permanent_nats_credentials;
+        match agents.entry(id) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(bootstrap);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                skipped.duplicate += 1;
+                *e.get_mut() |= bootstrap;
+            }
+        }
+    }
+
+    let mut counts = Counts::default();
+    let mut users = Vec::with_capacity(2 + agents.len() * 2);
+    if let Some(s) = &subjects.director {
+        users.push(director_user(s));
+        counts.director = 1;
+    }
+    if let Some(s) = &subjects.hm {
+        users.push(hm_user(s));
+        counts.hm = 1;
+    }
+    for (id, bootstrap) in &agents {
+        if *bootstrap {
+            users.push(agent_user(id, true));
+            counts.agent_bootstrap += 1;
+        }
+        users.push(agent_user(id, false));
+        counts.agent += 1;
+    }
+    Desired {
+        users: Users(users),
+        counts,
+        skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(id: Option<&str>, permanent: bool) -> Vm {
+        Vm {
+            agent_id: id.map(str::to_owned),
+            permanent_nats_credentials: permanent,
+        }
+    }
+
+    #[test]
+    fn agent_id_table() {
+        let long = "a".repeat(129);
+        for bad in [
+            "x.>", "*", ">", "a b", "a,b=c", "a\"b", "a'b", "a\\b", "ä", "a\tb", "a\nb", "", "a.b",
+            &long,
+        ] {
+            assert!(AgentId::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        let max = "Z".repeat(128);
+        for good in [
+            "4e3f6a3c-2b1d-4b8a-9c1e-0f2d3c4b5a69",
+            "abc_DEF-123",
+            "a",
+            &max,
+        ] {
+            assert_eq!(AgentId::parse(good).unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn subject_parsing() {
+        let p = |s: &str| Subject::parse(s).map(|o| o.map(|s| s.0));
+        assert_eq!(
+            p("C=USA, O=Cloud Foundry, CN=default.director.bosh-internal\n"),
+            Ok(Some(
+                "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal".into()
+            ))
+        );
+        assert_eq!(
+            p("subject=C=USA, O=Cloud Foundry, CN=d\n"),
+            Ok(Some("C=USA, O=Cloud Foundry, CN=d".into()))
+        );
+        assert_eq!(
+            p("subject= C = USA, O = Cloud Foundry, CN = d"),
+            Ok(Some("C = USA, O = Cloud Foundry, CN = d".into()))
+        );
+        assert_eq!(p("  \n\t"), Ok(None));
+        assert_eq!(p(""), Ok(None));
+        assert_eq!(p("subject="), Ok(None));
+        assert_eq!(p("CN=a\u{7}b"), Err(SubjectError::ControlCharacter));
+        assert_eq!(p("CN=a\nCN=b"), Err(SubjectError::ControlCharacter));
+    }
+
+    #[test]
+    fn skips_missing_invalid_and_duplicate_agent_ids() {
+        let subjects = Subjects::default();
+        let d = compute(
+            &subjects,
+            &[
+                vm(None, false),
+                vm(Some(""), true),
+                vm(Some("x.>"), false),
+                vm(Some("a"), true),
+                vm(Some("a"), true),
+            ],
+        );
+        assert_eq!(
+            d.skipped,
+            Skipped {
+                no_agent_id: 2,
+                invalid_agent_id: 1,
+                duplicate: 1
+            }
+        );
+        let names: Vec<_> = d.users.iter().map(|u| u.user.as_str()).collect();
+        assert_eq!(names, ["C=USA, O=Cloud Foundry, CN=a.agent.bosh-internal"]);
+    }
+
+    #[test]
+    fn order_of_director_responses_does_not_matter() {
+        let subjects = Subjects {
+            director: Subject::parse("CN=d").unwrap(),
+            hm: Subject::parse("CN=h").unwrap(),
+        };
+        let mut vms = vec![
+            vm(Some("b"), false),
+            vm(Some("a"), true),
+            vm(Some("c"), false),
+            vm(Some("a"), false),
+        ];
+        let one = compute(&subjects, &vms);
+        vms.reverse();
+        assert_eq!(compute(&subjects, &vms), one);
+        // "a" is reported once without permanent credentials, so it keeps its bootstrap user.
+        assert_eq!(
+            one.counts,
+            Counts {
+                director: 1,
+                hm: 1,
+                agent: 3,
+                agent_bootstrap: 3
+            }
+        );
+    }
+
+    #[test]
+    fn bootstrap_holds_only_known_subjects() {
+        let only_hm = Subjects {
+            director: None,
+            hm: Subject::parse("CN=h").unwrap(),
+        };
+        let d = bootstrap(&only_hm);
+        assert_eq!(d.users.len(), 1);
+        assert_eq!(d.users.0[0].user, "CN=h");
+        assert!(bootstrap(&Subjects::default()).users.is_empty());
+    }
+}

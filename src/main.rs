@@ -1,0 +1,75 @@
+//! The `bosh-nats-sync` command line: parse arguments, load the configuration, start
+//! logging, run the chosen mode, map the outcome to an exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bosh_nats_sync::config::Config;
+use bosh_nats_sync::{app, telemetry};
+
+/// Keeps a BOSH director's NATS users in line with the director's VMs.
+#[derive(Parser)]
+#[command(version = app::VERSION, about, long_about = None)]
+struct Cli {
+    /// The configuration file (the BOSH job's bosh_nats_sync_config.yml).
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller until SIGTERM or SIGINT (the default).
+    Run,
+    /// Reconcile once and exit: status 0 when the file and nats-server are converged, 1 when not.
+    Once,
+    /// Print the users a pass would add, remove or change, without writing or reloading:
+    /// status 0 when in sync, 3 when a pass would change something, 1 on error.
+    Diff,
+    /// Validate the configuration file (keys, values, CA files) and exit: 0 valid, 2 not.
+    CheckConfig,
+    /// Run against a built-in simulated director (no configuration needed): see the README.
+    Demo(bosh_nats_sync::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Demo(args) = command {
+        return bosh_nats_sync::demo::demo(args);
+    }
+    let Some(path) = cli.config else {
+        eprintln!("bosh-nats-sync: a configuration file is required: bosh-nats-sync -c FILE");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bosh-nats-sync: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = command {
+        return app::check_config(&config);
+    }
+    if let Err(e) = telemetry::init(
+        config.log_format,
+        &config.log_level,
+        config.logfile.as_deref(),
+    ) {
+        eprintln!("bosh-nats-sync: {e}");
+        return ExitCode::from(2);
+    }
+    for key in &config.unknown_keys {
+        tracing::warn!(file = %config.path.display(), key, "ignoring an unknown configuration key");
+    }
+    match command {
+        Command::Run => app::run(config),
+        Command::Once => app::once(config),
+        Command::Diff => app::diff(config),
+        Command::CheckConfig | Command::Demo(_) => unreachable!("handled above"),
+    }
+}

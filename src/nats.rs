@@ -1,0 +1,307 @@
+//! Making nats-server load the auth file (SPEC §5): signal a reload, then — when the
+//! monitoring endpoint is known — verify the server really reloaded.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::NatsSettings;
+
+/// A reload that did not happen (or could not be confirmed to have happened).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot read the nats-server pid file {}: {source}", path.display())]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the nats-server pid file {} does not hold a pid ({content:?})", path.display())]
+    BadPid { path: PathBuf, content: String },
+    #[error("nats-server (pid {pid} from {}) is not running: {source}", path.display())]
+    NotRunning {
+        pid: i32,
+        path: PathBuf,
+        source: nix::Error,
+    },
+    #[error("cannot run {}: {source}", executable.display())]
+    Spawn {
+        executable: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("cannot read nats-server's monitoring endpoint {url}: {message}")]
+    Monitor { url: String, message: String },
+    #[error(
+        "nats-server did not reload within {waited:?}: /varz config_load_time stayed {before} \
+         (the server rejected the file or never got the signal; see its log)"
+    )]
+    NotApplied { before: String, waited: Duration },
+}
+
+impl ReloadError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReloadError::PidFile { .. }
+            | ReloadError::BadPid { .. }
+            | ReloadError::NotRunning { .. } => "reload_pid",
+            ReloadError::Spawn { .. } | ReloadError::Command { .. } => "reload_signal",
+            ReloadError::Monitor { .. } => "reload_monitor",
+            ReloadError::NotApplied { .. } => "reload_rejected",
+        }
+    }
+}
+
+/// How a successful reload was confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// `config_load_time` advanced after the signal.
+    Verified,
+    /// The signal was delivered; no monitoring endpoint to confirm it.
+    Unverified,
+}
+
+impl Reloaded {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reloaded::Verified => "ok",
+            Reloaded::Unverified => "unverified",
+        }
+    }
+}
+
+/// Signals and verifies reloads of one nats-server.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    settings: NatsSettings,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Varz {
+    config_load_time: String,
+}
+
+impl Reloader {
+    pub fn new(settings: NatsSettings) -> Self {
+        crate::tls::install_crypto_provider();
+        // The monitoring endpoint is local; the short timeouts keep a wedged server from
+        // holding a pass for long.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a reqwest client with only timeouts set always builds");
+        Self { settings, http }
+    }
+
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    /// Signals a reload and, with a monitoring URL, waits until the server shows it loaded
+    /// its configuration again.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let Some(base) = &self.settings.monitoring_url else {
+            self.signal().await?;
+            return Ok(Reloaded::Unverified);
+        };
+        let varz = base.join("varz").map_err(|e| ReloadError::Monitor {
+            url: base.to_string(),
+            message: e.to_string(),
+        })?;
+        let before = self.config_load_time(&varz).await?;
+        self.signal().await?;
+        let waited = self.settings.reload_verify_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        loop {
+            // A read error while the server reloads is retried until the deadline.
+            if let Ok(now) = self.config_load_time(&varz).await {
+                if now != before {
+                    return Ok(Reloaded::Verified);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReloadError::NotApplied { before, waited });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn config_load_time(&self, varz: &url::Url) -> Result<String, ReloadError> {
+        let err = |message: String| ReloadError::Monitor {
+            url: varz.to_string(),
+            message,
+        };
+        let resp = self
+            .http
+            .get(varz.clone())
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(err(format!("HTTP status {}", resp.status())));
+        }
+        let body: Varz = resp.json().await.map_err(|e| err(e.to_string()))?;
+        Ok(body.config_load_time)
+    }
+
+    /// Delivers the reload signal (SPEC §5.1).
+    pub async fn signal(&self) -> Result<(), ReloadError> {
+        match &self.settings.executable {
+            Some(exe) => signal_with_executable(exe, &self.settings.pid_file).await,
+            None => sighup(&self.settings.pid_file),
+        }
+    }
+}
+
+/// `EXECUTABLE --signal reload=PIDFILE`, as the older programs did.
+async fn signal_with_executable(exe: &Path, pid_file: &Path) -> Result<(), ReloadError> {
+    let arg = format!("reload={}", pid_file.display());
+    let out = tokio::process::Command::new(exe)
+        .arg("--signal")
+        .arg(&arg)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| ReloadError::Spawn {
+            executable: exe.to_owned(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(ReloadError::Command {
+        command: format!("{} --signal {arg}", exe.display()),
+        status: out.status.to_string(),
+        output: output.trim().to_owned(),
+    })
+}
+
+/// SIGHUP to the pid in the pid file: works from a sidecar sharing the pod's process
+/// namespace, where there is no nats-server binary to run.
+fn sighup(pid_file: &Path) -> Result<(), ReloadError> {
+    let content = std::fs::read_to_string(pid_file).map_err(|source| ReloadError::PidFile {
+        path: pid_file.to_owned(),
+        source,
+    })?;
+    let pid: i32 = content
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| ReloadError::BadPid {
+            path: pid_file.to_owned(),
+            content: content.trim().chars().take(40).collect(),
+        })?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|source| ReloadError::NotRunning {
+        pid,
+        path: pid_file.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, executable: Option<PathBuf>) -> NatsSettings {
+        NatsSettings {
+            auth_file: dir.join("auth.json"),
+            executable,
+            pid_file: dir.join("nats.pid"),
+            monitoring_url: None,
+            reload_verify_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn sighup_reaches_the_process_in_the_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child that exits 0 only when it receives SIGHUP.
+        let mut child = tokio::process::Command::new("bash")
+            .args([
+                "-c",
+                "trap 'exit 0' HUP; echo ready; while :; do sleep 0.05; done",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+            .await
+            .unwrap();
+        std::fs::write(
+            dir.path().join("nats.pid"),
+            format!("{}\n", child.id().unwrap()),
+        )
+        .unwrap();
+        let r = Reloader::new(settings(dir.path(), None));
+        assert_eq!(r.reload().await.unwrap(), Reloaded::Unverified);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_stale_pid_file_is_a_reload_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reloader::new(settings(dir.path(), None));
+        let e = r.reload().await.unwrap_err();
+        assert_eq!(e.reason(), "reload_pid");
+        assert!(e.to_string().contains("nats.pid"), "{e}");
+
+        std::fs::write(dir.path().join("nats.pid"), "garbage").unwrap();
+        assert!(matches!(
+            r.reload().await.unwrap_err(),
+            ReloadError::BadPid { .. }
+        ));
+
+        // A pid that surely is not running: a child we already reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        std::fs::write(dir.path().join("nats.pid"), pid.to_string()).unwrap();
+        assert!(matches!(
+            r.reload().await.unwrap_err(),
+            ReloadError::NotRunning { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failing_executable_reports_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("fake-nats-server");
+        std::fs::write(
+            &exe,
+            "#!/bin/sh\necho \"unable to signal: $*\" >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = Reloader::new(settings(dir.path(), Some(exe)));
+        let e = r.reload().await.unwrap_err().to_string();
+        assert!(
+            e.contains("--signal reload=")
+                && e.contains("unable to signal: --signal reload=")
+                && e.contains("nats.pid"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! NATS users and their permissions: the values both desired and observed state are made of.
+
+use serde::{Deserialize, Serialize};
+
+/// What a NATS user may publish and subscribe to. `None` means the key is absent, which to
+/// nats-server means "no restriction" — so an absent list and an empty list differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<String>>,
+}
+
+/// One entry of `authorization.users`: a certificate subject DN and its permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
+}
+
+impl User {
+    pub fn new(user: String, publish: Vec<String>, subscribe: Vec<String>) -> Self {
+        Self {
+            user,
+            permissions: Some(Permissions {
+                publish: Some(publish),
+                subscribe: Some(subscribe),
+            }),
+        }
+    }
+}
+
+/// A list of users in file order. Comparison with [`Users::same_as`] is by value: the order
+/// of users and of subjects inside a permission list does not matter to nats-server, so it
+/// must not cause a write either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Users(pub Vec<User>);
+
+impl Users {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &User> {
+        self.0.iter()
+    }
+
+    /// True when both lists grant exactly the same rights to the same subjects.
+    pub fn same_as(&self, other: &Users) -> bool {
+        self.len() == other.len() && self.canonical() == other.canonical()
+    }
+
+    /// Sorted users with sorted permission lists; duplicates are kept, so a file that lists
+    /// a user twice never compares equal to one that lists it once.
+    fn canonical(&self) -> Vec<User> {
+        let mut users: Vec<User> = self
+            .0
+            .iter()
+            .map(|u| {
+                let mut u = u.clone();
+                if let Some(p) = u.permissions.as_mut() {
+                    for list in [p.publish.as_mut(), p.subscribe.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        list.sort_unstable();
+                    }
+                }
+                u
+            })
+            .collect();
+        users.sort_unstable_by(|a, b| {
+            a.user
+                .cmp(&b.user)
+                .then_with(|| format!("{:?}", a.permissions).cmp(&format!("{:?}", b.permissions)))
+        });
+        users
+    }
+
+    /// The subjects in `self` that `other` lacks, and those `other` has that `self` lacks,
+    /// for the dry run and the pass summary: `(added, removed)` going from `self` to `other`.
+    pub fn diff<'a>(&'a self, other: &'a Users) -> (Vec<&'a str>, Vec<&'a str>) {
+        use std::collections::BTreeSet;
+        let mine: BTreeSet<&str> = self.iter().map(|u| u.user.as_str()).collect();
+        let theirs: BTreeSet<&str> = other.iter().map(|u| u.user.as_str()).collect();
+        let added = theirs.difference(&mine).copied().collect();
+        let removed = mine.difference(&theirs).copied().collect();
+        (added, removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(name: &str, publish: &[&str], subscribe: &[&str]) -> User {
+        User::new(
+            name.into(),
+            publish.iter().map(|s| s.to_string()).collect(),
+            subscribe.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn order_does_not_matter_but_content_does() {
+        let a = Users(vec![u("a", &["x", "y"], &["s"]), u("b", &[], &["t"])]);
+        let b = Users(vec![u("b", &[], &["t"]), u("a", &["y", "x"], &["s"])]);
+        assert!(a.same_as(&b));
+        let c = Users(vec![u("b", &[], &["t"]), u("a", &["y"], &["s"])]);
+        assert!(!a.same_as(&c));
+        let dup = Users(vec![
+            u("a", &["x", "y"], &["s"]),
+            u("a", &["x", "y"], &["s"]),
+        ]);
+        assert!(!dup.same_as(&Users(vec![u("a", &["x", "y"], &["s"])])));
+    }
+
+    #[test]
+    fn an_absent_list_is_not_an_empty_list() {
+        let empty = Users(vec![u("hm", &[], &["s"])]);
+        let mut absent = empty.clone();
+        absent.0[0].permissions.as_mut().unwrap().publish = None;
+        assert!(!empty.same_as(&absent));
+    }
+
+    #[test]
+    fn diff_names_added_and_removed_subjects() {
+        let old = Users(vec![u("a", &[], &[]), u("b", &[], &[])]);
+        let new = Users(vec![u("b", &[], &[]), u("c", &[], &[])]);
+        assert_eq!(old.diff(&new), (vec!["c"], vec!["a"]));
+    }
+}
