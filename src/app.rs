@@ -398,6 +398,6 @@ fn log_pass_error(
         reason,
         error = %error,
         duration_ms = duration.as_millis() as u64,
-        "pass failed; the auth file was not changed by it"
+        "pass failed"
     );
 }

@@ -406,6 +406,13 @@ impl Metrics {
         self.skipped_vms.with_label_values(&[reason.as_str()]).inc();
     }
 
+    /// `count` VMs left out of the desired users for the same reason.
+    pub fn vms_skipped(&self, reason: SkipReason, count: u64) {
+        self.skipped_vms
+            .with_label_values(&[reason.as_str()])
+            .inc_by(count);
+    }
+
     /// A subject file held a subject that was rejected and treated as unknown.
     pub fn subject_rejected(&self, kind: SubjectKind) {
         self.subjects_rejected
@@ -558,7 +565,8 @@ mod tests {
         let m = Metrics::new();
         m.vm_skipped(SkipReason::InvalidAgentId);
         m.vm_skipped(SkipReason::InvalidAgentId);
-        m.vm_skipped(SkipReason::NoAgentId);
+        m.vms_skipped(SkipReason::NoAgentId, 1);
+        m.vms_skipped(SkipReason::Duplicate, 0);
         m.subject_rejected(SubjectKind::Director);
         m.pass_held();
         m.uaa_token_fetch("ok");

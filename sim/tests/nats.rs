@@ -207,3 +207,104 @@ async fn include_from_another_directory() {
     let config = std::fs::read_to_string(nats.config_file()).unwrap();
     assert!(config.contains("include \"../"), "{config}");
 }
+
+/// Danger worth knowing: with no users at all, verify_and_map admits every certificate the CA
+/// signed, with no permission limits (the BOSH placeholder `token` config admits none).
+#[tokio::test]
+async fn an_empty_object_admits_any_certificate_of_the_ca_without_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{}").unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let anyone = pki
+        .client("anyone")
+        .unwrap()
+        .write_to(dir.path(), "anyone")
+        .unwrap();
+    let other = pki
+        .client("other")
+        .unwrap()
+        .write_to(dir.path(), "other")
+        .unwrap();
+    let anyone = nats.connect(&anyone).await.unwrap();
+    let other = nats.connect(&other).await.unwrap();
+    assert_eq!(
+        probe_publish(&anyone, &other, "agent.whatever")
+            .await
+            .unwrap(),
+        Permission::Allowed
+    );
+}
+
+/// nats-server 2.9.10 matches the OpenSSL spelling `C = USA, O = …, CN = …` too.
+#[tokio::test]
+async fn openssl_spelling_of_the_subject_matches_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    let spaced = format!("C = USA, O = Cloud Foundry, CN = {}", agent_cn("a1"));
+    let director = bosh_subject(DIRECTOR_CN);
+    std::fs::write(
+        &auth,
+        auth_file(&[(&spaced, &["x.>"], &[]), (&director, &[], &["x.>"])]),
+    )
+    .unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let a1 = pki
+        .client(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "a1")
+        .unwrap();
+    let d = pki
+        .client(DIRECTOR_CN)
+        .unwrap()
+        .write_to(dir.path(), "d")
+        .unwrap();
+    let a1 = nats.connect(&a1).await.unwrap();
+    let d = nats.connect(&d).await.unwrap();
+    assert_eq!(
+        probe_publish(&a1, &d, "x.y").await.unwrap(),
+        Permission::Allowed
+    );
+}
+
+/// A reload that drops a user closes that user's open connections.
+#[tokio::test]
+async fn removing_a_user_disconnects_it_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    let agent = bosh_subject(&agent_cn("a1"));
+    let director = bosh_subject(DIRECTOR_CN);
+    std::fs::write(
+        &auth,
+        auth_file(&[
+            (&agent, &["x.>"], &["agent.a1"]),
+            (&director, &["agent.*"], &[]),
+        ]),
+    )
+    .unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let a1 = pki
+        .client(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "a1")
+        .unwrap();
+    let client = nats.connect(&a1).await.unwrap();
+    std::fs::write(&auth, auth_file(&[(&director, &["agent.*"], &[])])).unwrap();
+    let before = nats.config_load_time().await.unwrap();
+    nats.reload().unwrap();
+    nats.wait_for_reload(&before, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.client().connection_state() == async_nats::connection::State::Connected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still connected after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(nats.connect(&a1).await.is_err());
+}

@@ -190,11 +190,13 @@ impl Client {
             let plan = self.plan(mode)?;
             let deployments = self.deployments(&plan).await?;
             tracing::Span::current().record("deployments", deployments.len());
+            let plan = &plan;
+            // Owned names: a stream over borrowed ones makes this future's `Send` proof fail
+            // (a higher-ranked lifetime rustc cannot name), and the controller spawns it.
             let mut per_deployment: Vec<(usize, Vec<Vm>)> =
-                futures::stream::iter(deployments.iter().enumerate())
-                    .map(|(index, name)| {
-                        let plan = &plan;
-                        async move { Ok::<_, Error>((index, self.vms(plan, name).await?)) }
+                futures::stream::iter(deployments.into_iter().enumerate())
+                    .map(move |(index, name)| async move {
+                        Ok::<_, Error>((index, self.vms(plan, &name).await?))
                     })
                     .buffer_unordered(self.settings.max_concurrency.max(1))
                     .try_collect()

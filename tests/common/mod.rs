@@ -1,0 +1,227 @@
+//! The shared integration-test environment: a generated PKI, the simulated director (and
+//! UAA) over real HTTPS, a real nats-server with TLS `verify_and_map`, subject files, an
+//! auth file, a config file written the way the BOSH job template writes it, and the real
+//! `bosh-nats-sync` binary.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use sim::director::{DirectorConfig, DirectorSim, Vm};
+use sim::nats::{NatsClient, NatsServer, Permission};
+use sim::pki::{CertFiles, Pki, PkiFiles};
+use sim::uaa::{UaaConfig, UaaSim};
+use tempfile::TempDir;
+
+pub const USER: &str = "nats-sync";
+pub const PASSWORD: &str = "pw-Sekr1t-d1rector";
+pub const CLIENT_ID: &str = "nats-sync-client";
+pub const CLIENT_SECRET: &str = "cs-Sekr1t-uaa-client";
+pub const DIRECTOR_CN: &str = "default.director.bosh-internal";
+pub const HM_CN: &str = "default.hm.bosh-internal";
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_bosh-nats-sync")
+}
+
+/// The absolute path of nats-server on PATH; fails with the package to install.
+pub fn nats_server_path() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.is_file()))
+        .expect("nats-server is not on PATH: apt-get install nats-server")
+}
+
+/// How the simulated director authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    Basic,
+    Uaa,
+}
+
+/// One test's world. Everything lives in `dir` and stops when dropped.
+pub struct Env {
+    pub dir: TempDir,
+    pub pki: Pki,
+    pub files: PkiFiles,
+    pub director: DirectorSim,
+    pub uaa: Option<UaaSim>,
+    pub nats: NatsServer,
+    pub auth_file: PathBuf,
+    pub director_subject_file: PathBuf,
+    pub hm_subject_file: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Env {
+    /// Director (with `vms` in deployment `cf`), nats-server started on the BOSH pre-start
+    /// placeholder auth file, subject files for the director and health monitor, and a
+    /// config file in the BOSH template's shape.
+    pub async fn start(auth: Auth, vms: Vec<Vm>) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Pki::generate().expect("pki");
+        let pki_dir = dir.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let files = pki.write_to(&pki_dir).expect("pki files");
+        let tls = pki.server_config().expect("server tls");
+        let (director, uaa) = match auth {
+            Auth::Basic => (DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(tls)).await.unwrap(), None),
+            Auth::Uaa => {
+                let uaa = UaaSim::start(UaaConfig::new(CLIENT_ID, CLIENT_SECRET).with_tls(tls.clone())).await.unwrap();
+                let director = DirectorSim::start(DirectorConfig::uaa(uaa.director_auth()).with_tls(tls)).await.unwrap();
+                (director, Some(uaa))
+            }
+        };
+        director.set_deployment("cf", vms);
+        let auth_file = dir.path().join("auth.json");
+        std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n").unwrap();
+        let director_subject_file = dir.path().join("director-subject");
+        let hm_subject_file = dir.path().join("hm-subject");
+        std::fs::write(&director_subject_file, format!("{}\n", sim::pki::bosh_subject(DIRECTOR_CN))).unwrap();
+        std::fs::write(&hm_subject_file, format!("{}\n", sim::pki::bosh_subject(HM_CN))).unwrap();
+        let nats_dir = dir.path().join("nats");
+        std::fs::create_dir_all(&nats_dir).unwrap();
+        let nats = NatsServer::start(&nats_dir, &pki, &auth_file).await.expect("nats-server starts");
+        let config_path = dir.path().join("bosh_nats_sync_config.yml");
+        let env = Env {
+            dir,
+            pki,
+            files,
+            director,
+            uaa,
+            nats,
+            auth_file,
+            director_subject_file,
+            hm_subject_file,
+            config_path,
+        };
+        env.write_config("");
+        env
+    }
+
+    /// Writes the config file: the BOSH job template's keys (with `ca_cert`, as the
+    /// template spells it), reload through the nats-server executable, no HTTP server, a
+    /// short connection wait — then `extra` YAML lines appended under their sections.
+    pub fn write_config(&self, extra: &str) {
+        self.write_config_with(60.0, extra);
+    }
+
+    /// [`Env::write_config`] with another `intervals.poll_user_sync`.
+    pub fn write_config_with(&self, poll_seconds: f64, extra: &str) {
+        let creds = match self.uaa {
+            Some(_) => format!("  user:\n  password:\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"),
+            None => format!("  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n"),
+        };
+        let text = format!(
+            "---\ndirector:\n  url: {url}\n{creds}  ca_cert: {ca}\n  director_subject_file: {ds}\n  hm_subject_file: {hs}\n\
+             \x20 connection_wait_timeout: 0\n\
+             intervals:\n  poll_user_sync: {poll_seconds}\n\
+             nats:\n  config_file_path: {auth}\n  nats_server_executable: {exe}\n  nats_server_pid_file: {pid}\n\
+             \x20 monitoring_url: {mon}\n\
+             logfile: {log}\n\
+             http:\n  enabled: false\n{extra}",
+            url = self.director.url(),
+            ca = self.files.ca_cert.display(),
+            ds = self.director_subject_file.display(),
+            hs = self.hm_subject_file.display(),
+            auth = self.auth_file.display(),
+            exe = nats_server_path().display(),
+            pid = self.nats.pid_file().display(),
+            mon = self.nats.monitoring_url(),
+            log = self.log_path().display(),
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("bosh-nats-sync.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `bosh-nats-sync -c CONFIG ARGS…` to completion.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(binary()).arg("-c").arg(&self.config_path).args(args).kill_on_drop(true).output(),
+        )
+        .await
+        .expect("the command finishes within 60 s")
+        .expect("the binary runs");
+        out
+    }
+
+    /// `once`, asserting its exit status.
+    pub async fn once(&self, expect_success: bool) -> Output {
+        let out = self.run(&["once"]).await;
+        assert_eq!(
+            out.status.success(),
+            expect_success,
+            "once exited {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        out
+    }
+
+    pub fn auth_text(&self) -> String {
+        std::fs::read_to_string(&self.auth_file).unwrap()
+    }
+
+    /// Writes a client certificate for `C=USA, O=Cloud Foundry, CN=<cn>` into the test dir.
+    pub fn cert(&self, cn: &str) -> CertFiles {
+        let certs = self.dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        self.pki.client(cn).unwrap().write_to(&certs, cn).unwrap()
+    }
+
+    /// Connects to nats-server as `cn`.
+    pub async fn connect(&self, cn: &str) -> Result<NatsClient, async_nats::ConnectError> {
+        self.nats.connect(&self.cert(cn)).await
+    }
+
+    /// Whether nats-server admits a client certificate for `cn` (refusal must be an
+    /// authorization violation, not some other failure).
+    pub async fn admitted(&self, cn: &str) -> bool {
+        match self.connect(cn).await {
+            Ok(_) => true,
+            Err(e) if sim::nats::is_authorization_violation(&e) => false,
+            Err(e) => panic!("connecting as {cn} failed for another reason: {e}"),
+        }
+    }
+
+    /// May agent `cn` publish to `subject`? The health monitor observes.
+    pub async fn may_publish(&self, cn: &str, subject: &str) -> Permission {
+        let publisher = self.connect(cn).await.expect("publisher connects");
+        let observer = self.connect(HM_CN).await.expect("the health monitor connects");
+        sim::nats::probe_publish(&publisher, &observer, subject).await.expect("probe is conclusive")
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The file's identity, to show it was not rewritten.
+pub fn identity(path: &Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
