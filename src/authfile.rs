@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn non_ascii_is_written_as_utf8_not_escaped() {
-        let users = Users(vec![User::new("CN=Zürich", vec![], vec!["a.>".into()])]);
+        let users = Users(vec![User::new("CN=Zürich".into(), vec![], vec!["a.>".into()])]);
         let text = String::from_utf8(render(&users)).unwrap();
         assert!(text.contains("CN=Zürich") && text.contains("a.>") && !text.contains("\\u"));
     }

@@ -276,8 +276,8 @@ impl Controller {
             (SkipReason::InvalidAgentId, skipped.invalid_agent_id),
             (SkipReason::Duplicate, skipped.duplicate),
         ] {
-            for _ in 0..n {
-                m.vm_skipped(reason);
+            if n > 0 {
+                m.vms_skipped(reason, n as u64);
             }
         }
     }

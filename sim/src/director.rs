@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -227,7 +227,7 @@ const RECORD_LIMIT: usize = 10_000;
 #[derive(Debug, Default)]
 struct Stats {
     counts: HashMap<(Endpoint, u16), u64>,
-    records: Vec<RequestRecord>,
+    records: VecDeque<RequestRecord>,
 }
 
 #[derive(Debug)]
@@ -473,7 +473,7 @@ impl DirectorHandle {
 
     /// The most recent requests (up to 10 000), oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.shared.stats).records.clone()
+        lock(&self.shared.stats).records.iter().cloned().collect()
     }
 
     /// The raw query strings of every recorded `GET /deployments` (empty string when none).
@@ -486,7 +486,8 @@ impl DirectorHandle {
             .collect()
     }
 
-    /// The largest number of `/vms` requests that were being handled at the same time.
+    /// The largest number of `/vms` requests that were being handled at the same time (a
+    /// request counts from its arrival until its response head is ready, fault delays included).
     pub fn max_concurrent_vms(&self) -> usize {
         self.shared.vms_max_in_flight.load(Ordering::SeqCst)
     }
@@ -512,9 +513,9 @@ impl Shared {
         let mut stats = lock(&self.stats);
         *stats.counts.entry((endpoint, status.as_u16())).or_default() += 1;
         if stats.records.len() >= RECORD_LIMIT {
-            stats.records.remove(0);
+            stats.records.pop_front();
         }
-        stats.records.push(RequestRecord {
+        stats.records.push_back(RequestRecord {
             endpoint,
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),

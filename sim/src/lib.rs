@@ -4,6 +4,9 @@
 //! - [`director`]: the director API (`/info`, `/deployments`, `/deployments/{name}/vms`).
 //! - [`uaa`]: the UAA token endpoint (client-credentials grant, RSA-signed JWTs).
 //! - [`fault`]: fault rules shared by the director and the UAA.
+//! - [`churn`]: a background task that keeps adding and removing VMs (demo, soak).
+//! - [`nats`]: a real `nats-server` with `verify_and_map`, and probes of what a certificate
+//!   may publish or subscribe.
 //!
 //! Every server binds `127.0.0.1:0`, serves from a Tokio task and stops when dropped.
 
@@ -15,4 +18,6 @@ pub mod pki;
 mod server;
 pub mod uaa;
 
+/// The NATS client the [`nats`] probes use, re-exported so callers use the same version.
+pub use async_nats;
 pub use server::Transport;

@@ -450,8 +450,17 @@ impl NatsClient {
         lock(&self.errors).clone()
     }
 
-    fn has_error(&self, needle: &str) -> bool {
-        lock(&self.errors).iter().any(|e| e.contains(needle))
+    /// How many server errors have been received so far; a probe only looks at later ones,
+    /// so a violation from before a reload cannot answer a probe made after it.
+    fn error_mark(&self) -> usize {
+        lock(&self.errors).len()
+    }
+
+    fn has_error_since(&self, mark: usize, needle: &str) -> bool {
+        lock(&self.errors)
+            .iter()
+            .skip(mark)
+            .any(|e| e.contains(needle))
     }
 }
 
@@ -478,6 +487,7 @@ pub async fn probe_publish(
     subject: &str,
 ) -> Result<Permission, NatsError> {
     let nonce = format!("probe-{:016x}", rand::random::<u64>());
+    let (publisher_mark, observer_mark) = (publisher.error_mark(), observer.error_mark());
     let mut sub = observer
         .client
         .subscribe(subject.to_owned())
@@ -492,10 +502,10 @@ pub async fn probe_publish(
     let observer_denied = violation("Subscription", subject);
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let result = loop {
-        if publisher.has_error(&deny) {
+        if publisher.has_error_since(publisher_mark, &deny) {
             break Ok(Permission::Denied);
         }
-        if observer.has_error(&observer_denied) {
+        if observer.has_error_since(observer_mark, &observer_denied) {
             break Err(NatsError::Inconclusive {
                 subject: subject.to_owned(),
                 why: "the observer may not subscribe to it".into(),
@@ -536,6 +546,7 @@ pub async fn probe_subscribe(
     subject: &str,
 ) -> Result<Permission, NatsError> {
     let nonce = format!("probe-{:016x}", rand::random::<u64>());
+    let (subscriber_mark, publisher_mark) = (subscriber.error_mark(), publisher.error_mark());
     let mut sub = subscriber
         .client
         .subscribe(subject.to_owned())
@@ -550,10 +561,10 @@ pub async fn probe_subscribe(
     let publisher_denied = violation("Publish", subject);
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let result = loop {
-        if subscriber.has_error(&deny) {
+        if subscriber.has_error_since(subscriber_mark, &deny) {
             break Ok(Permission::Denied);
         }
-        if publisher.has_error(&publisher_denied) {
+        if publisher.has_error_since(publisher_mark, &publisher_denied) {
             break Err(NatsError::Inconclusive {
                 subject: subject.to_owned(),
                 why: "the publisher may not publish to it".into(),

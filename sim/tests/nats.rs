@@ -138,7 +138,13 @@ async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
     let before = nats.config_load_time().await.unwrap();
     let agent = bosh_subject(&agent_cn("a1"));
     std::fs::write(&auth, auth_file(&[(&agent, &["x"], &["agent.a1"])])).unwrap();
-    nats.reload().unwrap();
+    // The pid file works with the reload command the BOSH job's programs use.
+    let signal = std::process::Command::new("nats-server")
+        .arg("--signal")
+        .arg(format!("reload={}", nats.pid_file().display()))
+        .output()
+        .unwrap();
+    assert!(signal.status.success(), "{signal:?}");
     let after = nats
         .wait_for_reload(&before, Duration::from_secs(10))
         .await
