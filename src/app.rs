@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{BuildInfo, Health, Metrics, PassOutcome};
 use reconcile::{Action, BackoffConfig, PassContext, SelfWrites};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::controller::{Controller, PassError, PassReport};
@@ -140,7 +141,7 @@ pub fn once(config: Config) -> ExitCode {
         cancel_on_signals(cancel.clone());
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, controller.pass()) => r,
+            r = tokio::time::timeout(timeout, controller.pass().instrument(tracing::info_span!("pass", pass = 1u64, triggers = "once"))) => r,
             _ = cancel.cancelled() => {
                 tracing::warn!("cancelled before the pass finished");
                 return ExitCode::from(EXIT_FAILED);
@@ -276,11 +277,12 @@ pub async fn run_until_cancelled(
     let reconciler = {
         let controller = controller.clone();
         let last_report = last_report.clone();
-        move |_ctx: PassContext| {
+        move |ctx: PassContext| {
             let controller = controller.clone();
             let last_report = last_report.clone();
+            let span = tracing::info_span!("pass", pass = ctx.pass, triggers = %ctx);
             async move {
-                let report = controller.pass().await?;
+                let report = controller.pass().instrument(span).await?;
                 *last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
                 Ok::<_, PassError>(Action::AwaitTrigger)
             }

@@ -6,6 +6,8 @@ use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use metrics::{DesiredCounts, Health, Metrics, ReloadOutcome, SkipReason, SubjectKind};
 
 use crate::authfile::{self, AuthFileError, Observed};
@@ -237,6 +239,7 @@ impl Controller {
 
     fn write(&self, users: &Users) -> Result<(), AuthFileError> {
         let path = &self.config.nats.auth_file;
+        let _span = tracing::info_span!("write_auth_file", file = %path.display(), users = users.len()).entered();
         let meta = authfile::write(path, users)?;
         if let Some(hook) = &self.on_write {
             hook(path, &meta);
@@ -247,7 +250,12 @@ impl Controller {
     }
 
     async fn reload(&self, state: &mut State, usable: bool) -> Result<Reloaded, ReloadError> {
-        match self.reloader.reload().await {
+        let span = tracing::info_span!(
+            "reload",
+            method = if self.config.nats.executable.is_some() { "executable" } else { "sighup" },
+            verified = self.config.nats.monitoring_url.is_some()
+        );
+        match self.reloader.reload().instrument(span).await {
             Ok(how) => {
                 state.reload_pending = false;
                 self.health.reload_finished(match how {

@@ -225,3 +225,112 @@ pub fn identity(path: &Path) -> (u64, i64, i64) {
     let m = std::fs::metadata(path).unwrap();
     (m.ino(), m.mtime(), m.mtime_nsec())
 }
+
+impl Env {
+    /// [`Env::write_config_with`], then each `("section.key", "value")` of `keys` set in the
+    /// written file: the key's line in its section is replaced, or added to the section (a
+    /// missing section is appended). A second `intervals:` mapping would be a duplicate YAML
+    /// key, hence this instead of more `extra` text.
+    pub fn write_config_full(&self, poll_seconds: f64, keys: &[(&str, &str)], extra: &str) {
+        self.write_config_with(poll_seconds, extra);
+        let mut lines: Vec<String> = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for (dotted, value) in keys {
+            let (section, key) = dotted.split_once('.').expect("keys are spelled section.key");
+            let line = format!("  {key}: {value}");
+            let Some(start) = lines.iter().position(|l| *l == format!("{section}:")) else {
+                lines.push(format!("{section}:"));
+                lines.push(line);
+                continue;
+            };
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| !l.starts_with("  "))
+                .map_or(lines.len(), |i| start + 1 + i);
+            match lines[start + 1..end].iter().position(|l| l.starts_with(&format!("  {key}:"))) {
+                Some(i) => lines[start + 1 + i] = line,
+                None => lines.insert(end, line),
+            }
+        }
+        std::fs::write(&self.config_path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// Starts `bosh-nats-sync -c CONFIG` (the long-running mode the BOSH job uses) as a child
+    /// that is killed when the handle is dropped. Its stdout and stderr go to
+    /// [`Env::run_output_path`] (the log itself goes to the configured `logfile`).
+    pub fn spawn_run(&self) -> Running {
+        let out = std::fs::File::create(self.run_output_path()).unwrap();
+        let child = tokio::process::Command::new(binary())
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        Running { child }
+    }
+
+    pub fn run_output_path(&self) -> PathBuf {
+        self.dir.path().join("run-output.txt")
+    }
+
+    /// The log and the process output, for assertion messages.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "--- log:\n{}\n--- stdout/stderr:\n{}\n--- nats-server log (tail):\n{}",
+            self.log(),
+            std::fs::read_to_string(self.run_output_path()).unwrap_or_default(),
+            self.nats.log().lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+        )
+    }
+
+    /// Waits until the log holds at least `n` occurrences of `needle`.
+    pub async fn log_count_reaches(&self, within: Duration, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.log().matches(needle).count() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {within:?} waiting for {n} × {needle:?} in the log\n{}",
+                self.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A running `bosh-nats-sync -c CONFIG`; killed when dropped.
+pub struct Running {
+    pub child: tokio::process::Child,
+}
+
+impl Running {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let pid = self.child.id().expect("the process has not been reaped yet");
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"))
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("the process can be signalled");
+    }
+
+    /// Whether the process is still running (it must not exit on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait works").is_none()
+    }
+
+    /// Waits for the exit, failing the test after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the process did not exit within {within:?}"))
+            .expect("waiting for the child works")
+    }
+}
