@@ -347,7 +347,7 @@ impl reconcile::Observer<PassError> for LoopObserver {
                     } else {
                         report.observed_users
                     }),
-                    held: false,
+                    held: report.held.is_some(),
                 });
             }
             (Ok(_), None) => {
@@ -377,6 +377,7 @@ fn log_pass_success(ctx: Option<&PassContext>, r: &PassReport, duration: Duratio
         added = r.added,
         removed = r.removed,
         written = r.written,
+        held_removals = r.held,
         reloaded = r.reloaded.map(|r| r.label()),
         skipped_vms = r.skipped.no_agent_id + r.skipped.invalid_agent_id + r.skipped.duplicate,
         duration_ms = duration.as_millis() as u64,

@@ -72,6 +72,8 @@ pub struct Config {
     pub log_level: String,
     /// Address of the metrics/health server; `None` when disabled.
     pub http_listen: Option<SocketAddr>,
+    /// Mass-removal damping (SPEC §6.5).
+    pub damping: crate::damping::DampingSettings,
     /// Keys the file has that this program does not know (warned about, then ignored).
     pub unknown_keys: Vec<String>,
 }
@@ -276,6 +278,22 @@ impl Config {
             )
         })?;
 
+        // damping
+        let damping = crate::damping::DampingSettings {
+            enabled: r.boolean(&root, "damping.enabled", true)?,
+            max_removal_fraction: match r.number(&root, "damping.max_removal_fraction")? {
+                None => 0.5,
+                Some(f) if (0.0..=1.0).contains(&f) => f,
+                Some(f) => return Err(r.error(Some("damping.max_removal_fraction"), format!("must be between 0 and 1, got {f}"))),
+            },
+            min_removals: match r.number(&root, "damping.min_removals")? {
+                None => 10,
+                Some(v) if v >= 0.0 && v.fract() == 0.0 => v as usize,
+                Some(v) => return Err(r.error(Some("damping.min_removals"), format!("must be a whole number, got {v}"))),
+            },
+            confirmations: r.count(&root, "damping.confirmations", 3)? as u32,
+        };
+
         r.collect_unknown(&root, "");
         Ok(Config {
             path: path.to_owned(),
@@ -309,6 +327,7 @@ impl Config {
             log_format,
             log_level,
             http_listen: http_enabled.then_some(listen),
+            damping,
             unknown_keys: r.unknown,
         })
     }
@@ -535,6 +554,16 @@ logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"
             )
         );
         assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert_eq!(c.damping, crate::damping::DampingSettings::default());
+    }
+
+    #[test]
+    fn damping_is_configurable() {
+        let text = format!("{BOSH_TEMPLATE}damping:\n  enabled: false\n  max_removal_fraction: 0.25\n  min_removals: 0\n  confirmations: 5\n");
+        let d = parse(&text).unwrap().damping;
+        assert_eq!((d.enabled, d.max_removal_fraction, d.min_removals, d.confirmations), (false, 0.25, 0, 5));
+        assert!(err(&format!("{BOSH_TEMPLATE}damping:\n  max_removal_fraction: 2\n")).contains("damping.max_removal_fraction: must be between 0 and 1"));
+        assert!(err(&format!("{BOSH_TEMPLATE}damping:\n  confirmations: 0\n")).contains("damping.confirmations"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use metrics::{DesiredCounts, Health, Metrics, ReloadOutcome, SkipReason, Subject
 
 use crate::authfile::{self, AuthFileError, Observed};
 use crate::config::Config;
+use crate::damping::{Damper, Verdict};
 use crate::desired::{self, Desired, Subject, Subjects};
 use crate::director;
 use crate::nats::{ReloadError, Reloaded, Reloader};
@@ -60,6 +61,8 @@ pub struct PassReport {
     /// Subjects added and removed by this pass's write.
     pub added: usize,
     pub removed: usize,
+    /// Mass-removal damping held back this many agent removals (SPEC §6.5).
+    pub held: Option<usize>,
 }
 
 /// The difference between the file and the director, computed without acting on it.
@@ -102,6 +105,8 @@ struct State {
     /// nats-server may not have loaded the current file: true at start-up (SPEC §5.3),
     /// after every write, and after a failed reload until one succeeds.
     reload_pending: bool,
+    /// Counts confirmations of a held mass removal across passes.
+    damper: Damper,
 }
 
 impl Controller {
@@ -112,6 +117,7 @@ impl Controller {
     ) -> Result<Self, StartError> {
         let director = director::Client::new(config.director.clone(), metrics.clone())?;
         let reloader = Reloader::new(config.nats.clone());
+        let config_damping = config.damping;
         Ok(Self {
             config,
             director,
@@ -121,6 +127,7 @@ impl Controller {
             on_write: None,
             state: tokio::sync::Mutex::new(State {
                 reload_pending: true,
+                damper: Damper::new(config_damping),
             }),
         })
     }
@@ -159,10 +166,31 @@ impl Controller {
             observed = self.bootstrap(&mut state, &subjects, &observed).await?;
         }
 
-        let vms = self.director.fetch_vms().await?;
-        let desired = desired::compute(&subjects, &vms);
+        let mut vms = self.director.fetch_vms().await?;
+        let mut desired = desired::compute(&subjects, &vms);
         self.record_skips(&desired.skipped);
         let observed_users = observed.users().cloned().unwrap_or_default();
+
+        let mut held = None;
+        if let Verdict::Hold { keep, removing, agents_in_file, seen, needed } = state.damper.judge(&observed_users, &desired.users) {
+            tracing::warn!(
+                removing,
+                agents_in_file,
+                seen,
+                needed,
+                "holding a mass removal of agents: it applies once the director reports the same state on {needed} consecutive passes"
+            );
+            // The held agents stay, written exactly as the director last described them;
+            // everything else — additions included — applies now.
+            vms.extend(keep.into_iter().map(|(id, bootstrap)| director::Vm {
+                agent_id: Some(id.as_str().to_owned()),
+                permanent_nats_credentials: !bootstrap,
+            }));
+            let counts_before = desired.skipped;
+            desired = desired::compute(&subjects, &vms);
+            desired.skipped = counts_before;
+            held = Some(removing);
+        }
 
         let mut report = PassReport {
             written: false,
@@ -172,6 +200,7 @@ impl Controller {
             observed_users: observed_users.len(),
             added: 0,
             removed: 0,
+            held,
         };
         if observed.users().is_none_or(|u| !u.same_as(&desired.users)) {
             let (added, removed) = observed_users.diff(&desired.users);

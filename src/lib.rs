@@ -6,6 +6,7 @@ pub mod app;
 pub mod authfile;
 pub mod config;
 pub mod controller;
+pub mod damping;
 pub mod demo;
 pub mod desired;
 pub mod director;

@@ -66,10 +66,13 @@ fn main() -> ExitCode {
     for key in &config.unknown_keys {
         tracing::warn!(file = %config.path.display(), key, "ignoring an unknown configuration key");
     }
-    match command {
+    let code = match command {
         Command::Run => app::run(config),
         Command::Once => app::once(config),
         Command::Diff => app::diff(config),
         Command::CheckConfig | Command::Demo(_) => unreachable!("handled above"),
-    }
+    };
+    // After the runtime is gone: the last pass's spans reach the collector before exit.
+    telemetry::shutdown();
+    code
 }

@@ -336,6 +336,44 @@ async fn uaa_tokens_failing_verification_are_never_sent() {
 }
 
 #[tokio::test]
+async fn a_token_the_director_refuses_is_not_reused() {
+    let env = Env::new();
+    let uaa = env.uaa().await;
+    // The director trusts another key than the one UAA signs with, so it answers 401.
+    let auth = sim::director::DirectorAuth::Uaa {
+        url: uaa.url(),
+        public_key_pem: sim::uaa::WRONG_PUBLIC_KEY_PEM.to_string(),
+    };
+    let config = DirectorConfig::uaa(auth).with_tls(env.pki.server_config().expect("tls"));
+    let director = DirectorSim::start(config).await.expect("start director");
+    director.set_deployment("cf", vec![SimVm::agent("a1")]);
+    let h = client(env.settings(&director.url()));
+    for _ in 0..2 {
+        let err = h
+            .client
+            .fetch_vms()
+            .await
+            .expect_err("refused token accepted");
+        assert!(
+            matches!(
+                err,
+                Error::Status {
+                    endpoint: "deployments",
+                    status: 401,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        uaa.tokens_issued(),
+        2,
+        "each pass after a 401 asks UAA for a fresh token"
+    );
+}
+
+#[tokio::test]
 async fn uaa_refusing_the_client_is_an_auth_error() {
     let env = Env::new();
     let uaa = env.uaa().await;

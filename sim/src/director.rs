@@ -759,3 +759,19 @@ async fn not_found(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderM
     shared.record(Endpoint::Other, &uri, &headers, response.status());
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let config = DirectorConfig::basic("admin", "hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let uaa = DirectorAuth::Uaa {
+            url: "https://u".into(),
+            public_key_pem: "KEY".into(),
+        };
+        assert!(format!("{uaa:?}").contains("https://u"));
+    }
+}

@@ -7,6 +7,12 @@
 //! - A missing or unparseable included file stops the server at start-up (exit 1,
 //!   `error parsing include file …`); an empty file, `{}` and the BOSH placeholder
 //!   `{authorization: {token: f0oBar}}` all start.
+//! - With an empty file or `{}` no authorization is configured: every certificate the CA
+//!   signed connects, with no permission limits. The placeholder `token` config refuses every
+//!   certificate client (`Authorization Violation`).
+//! - `verify_and_map` matches the subject spelled `C=USA, O=Cloud Foundry, CN=x`,
+//!   `C = USA, O = Cloud Foundry, CN = x` (OpenSSL) and `CN=x,O=Cloud Foundry,C=USA` (RFC 2253).
+//! - A reload that removes a user closes that user's open connections.
 //! - `--signal reload` / SIGHUP with an unparseable file exits 0 but the server keeps the old
 //!   configuration; only `/varz` `config_load_time` tells (it advances on a successful reload).
 //! - With `listen`/`http` port `-1` and `ports_file_dir`, the server writes

@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+/// The JWT signing algorithms ([`UaaHandle::set_algorithm`]), re-exported from `jsonwebtoken`.
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -144,7 +146,6 @@ pub struct TokenRequest {
     pub status: u16,
 }
 
-#[derive(Debug)]
 struct Shared {
     client_id: String,
     client_secret: String,
@@ -155,6 +156,18 @@ struct Shared {
     issued: AtomicU64,
     requests: Mutex<Vec<TokenRequest>>,
     faults: FaultTable<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client secret stays out of Debug output.
+        f.debug_struct("Shared")
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("expires_in", &self.expires_in)
+            .field("issued", &self.issued)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A cloneable handle on a running UAA.
@@ -436,7 +449,7 @@ mod tests {
     fn shared(expires_in: i64) -> Shared {
         Shared {
             client_id: "c".into(),
-            client_secret: "s".into(),
+            client_secret: "topsecret".into(),
             url: Mutex::new("https://127.0.0.1:1".into()),
             expires_in: AtomicI64::new(expires_in),
             algorithm: Mutex::new(Algorithm::RS256),
@@ -445,6 +458,14 @@ mod tests {
             requests: Mutex::new(Vec::new()),
             faults: FaultTable::new(),
         }
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let s = shared(1);
+        assert!(!format!("{s:?}").contains("topsecret"));
+        let config = UaaConfig::new("id", "hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -406,6 +406,30 @@ async fn uaa_mode() {
         .unwrap();
     assert_eq!(basic.status(), 401);
 
+    uaa.set_algorithm(sim::uaa::Algorithm::RS512);
+    let form_token: Value = http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "nats-sync"),
+            ("client_secret", "s3cret"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(uaa.requests().last().unwrap().client_auth, ClientAuth::Form);
+    let rs512 = form_token["access_token"].as_str().unwrap();
+    let ok = http
+        .get(format!("{}/deployments", director.url()))
+        .bearer_auth(rs512)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
     uaa.set_sign_with_wrong_key(true);
     let forged = uaa.issue_token().unwrap();
     let rejected = http

@@ -218,61 +218,76 @@ async fn include_from_another_directory() {
 /// signed, with no permission limits (the BOSH placeholder `token` config admits none).
 #[tokio::test]
 async fn an_empty_object_admits_any_certificate_of_the_ca_without_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate().unwrap();
-    let auth = dir.path().join("auth.json");
-    std::fs::write(&auth, "{}").unwrap();
-    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
-    let anyone = pki
-        .client("anyone")
-        .unwrap()
-        .write_to(dir.path(), "anyone")
-        .unwrap();
-    let other = pki
-        .client("other")
-        .unwrap()
-        .write_to(dir.path(), "other")
-        .unwrap();
-    let anyone = nats.connect(&anyone).await.unwrap();
-    let other = nats.connect(&other).await.unwrap();
-    assert_eq!(
-        probe_publish(&anyone, &other, "agent.whatever")
+    for contents in ["{}", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate().unwrap();
+        let auth = dir.path().join("auth.json");
+        std::fs::write(&auth, contents).unwrap();
+        let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+        let anyone = pki
+            .client("anyone")
+            .unwrap()
+            .write_to(dir.path(), "anyone")
+            .unwrap();
+        let other = pki
+            .client("other")
+            .unwrap()
+            .write_to(dir.path(), "other")
+            .unwrap();
+        let anyone = nats.connect(&anyone).await.unwrap();
+        let other = nats.connect(&other).await.unwrap();
+        let outcome = probe_publish(&anyone, &other, "agent.whatever")
             .await
-            .unwrap(),
-        Permission::Allowed
-    );
+            .unwrap();
+        assert_eq!(outcome, Permission::Allowed, "auth file {contents:?}");
+    }
 }
 
-/// nats-server 2.9.10 matches the OpenSSL spelling `C = USA, O = …, CN = …` too.
+/// nats-server 2.9.10 matches the BOSH spelling `C=USA, O=…, CN=…`, the OpenSSL spelling
+/// `C = USA, O = …, CN = …` and the RFC 2253 spelling `CN=…,O=…,C=USA` of the same subject.
 #[tokio::test]
-async fn openssl_spelling_of_the_subject_matches_too() {
+async fn all_three_spellings_of_the_subject_match() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate().unwrap();
     let auth = dir.path().join("auth.json");
-    let spaced = format!("C = USA, O = Cloud Foundry, CN = {}", agent_cn("a1"));
+    let bosh = bosh_subject(&agent_cn("a1"));
+    let openssl = format!("C = USA, O = Cloud Foundry, CN = {}", agent_cn("a2"));
+    let rfc2253 = format!("CN={},O=Cloud Foundry,C=USA", agent_cn("a3"));
     let director = bosh_subject(DIRECTOR_CN);
     std::fs::write(
         &auth,
-        auth_file(&[(&spaced, &["x.>"], &[]), (&director, &[], &["x.>"])]),
+        auth_file(&[
+            (&bosh, &["x.a1"], &[]),
+            (&openssl, &["x.a2"], &[]),
+            (&rfc2253, &["x.a3"], &[]),
+            (&director, &[], &["x.>"]),
+        ]),
     )
     .unwrap();
     let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
-    let a1 = pki
-        .client(&agent_cn("a1"))
-        .unwrap()
-        .write_to(dir.path(), "a1")
-        .unwrap();
     let d = pki
         .client(DIRECTOR_CN)
         .unwrap()
         .write_to(dir.path(), "d")
         .unwrap();
-    let a1 = nats.connect(&a1).await.unwrap();
     let d = nats.connect(&d).await.unwrap();
-    assert_eq!(
-        probe_publish(&a1, &d, "x.y").await.unwrap(),
-        Permission::Allowed
-    );
+    for id in ["a1", "a2", "a3"] {
+        let files = pki
+            .client(&agent_cn(id))
+            .unwrap()
+            .write_to(dir.path(), id)
+            .unwrap();
+        let client = nats
+            .connect(&files)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let own = probe_publish(&client, &d, &format!("x.{id}"))
+            .await
+            .unwrap();
+        assert_eq!(own, Permission::Allowed, "{id}");
+        let other = probe_publish(&client, &d, "x.other").await.unwrap();
+        assert_eq!(other, Permission::Denied, "{id}");
+    }
 }
 
 /// A reload that drops a user closes that user's open connections.

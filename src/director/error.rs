@@ -31,6 +31,8 @@ pub enum ConfigError {
     Tls { detail: String },
     #[error("director.uaa_public_key is not a usable RSA public key in PEM form: {detail}")]
     UaaPublicKey { detail: String },
+    #[error("director.url {url} is not an http(s) URL with a host")]
+    DirectorUrl { url: String },
     #[error("HTTP client setup: {detail}")]
     HttpClient { detail: String },
     #[error("the director uses {mode} authentication but {keys} are not configured")]

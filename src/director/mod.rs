@@ -1,25 +1,16 @@
 //! The BOSH director API client (SPEC §2): `/info`, `/deployments`, `/deployments/{name}/vms`,
 //! basic or UAA authentication, TLS trust selection, timeouts, body cap, error classes.
 //!
-//! CONTRACT (written before the implementation; the controller codes against it):
+//! One [`Client`] lives for the whole process: it holds one connection pool per trust domain
+//! (director, UAA; shared when both trust the same roots) and the cached UAA token, so
+//! connections and tokens are reused across passes. [`Client::fetch_vms`] is one full read;
+//! every request is a `director.request` tracing span (endpoint, URL, status) and is counted
+//! in `metrics` by endpoint and HTTP status or error class.
 //!
-//! ```ignore
-//! pub struct Settings { … }            // below
-//! pub struct Vm { … }                  // below
-//! pub struct Client;                   // one per process: connection pool + cached UAA token
-//! impl Client {
-//!     /// Builds the HTTP clients (director and UAA trust, TLS 1.2 minimum, rustls/ring).
-//!     /// A CA file that exists, is non-blank and holds no certificate is a `ConfigError`.
-//!     pub fn new(settings: Settings, metrics: std::sync::Arc<metrics::Metrics>) -> Result<Client, ConfigError>;
-//!     /// One full read of the director: `/info` (retrying connection-class failures about
-//!     /// every second for `connection_wait_timeout`), `/deployments?exclude_*=true`, then
-//!     /// every deployment's `/vms` with at most `max_concurrency` requests in flight.
-//!     /// A 404 on one `/vms` = that deployment has no VMs. Any other failure = `Err`.
-//!     /// Cancel-safe: dropping the future aborts in-flight requests and sleeps.
-//!     pub async fn fetch_vms(&self) -> Result<Vec<Vm>, Error>;
-//! }
-//! pub enum Error { … }                 // impl Error { pub fn reason(&self) -> &'static str; pub fn is_transient(&self) -> bool }
-//! ```
+//! - `tls`: which CA file (or the system store) each pool trusts.
+//! - `auth`: the mode `/info` announces, basic credentials, the UAA token cache and JWT checks.
+//! - `http`: one request with its size cap, error classification, span and metrics.
+//! - `error`: [`Error`] (per fetch) and [`ConfigError`] (construction or missing credentials).
 
 mod auth;
 mod error;
@@ -134,11 +125,8 @@ impl Client {
             || settings.url.cannot_be_a_base()
             || settings.url.host().is_none()
         {
-            return Err(ConfigError::HttpClient {
-                detail: format!(
-                    "director.url {} is not an HTTP(S) URL",
-                    display_url(&settings.url)
-                ),
+            return Err(ConfigError::DirectorUrl {
+                url: display_url(&settings.url),
             });
         }
         let director_ca = settings.director_ca.as_deref();
@@ -451,9 +439,7 @@ fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
                 .extend(["deployments", deployment, "vms"]);
         }
         Err(()) => {
-            return Err(Error::Config(ConfigError::HttpClient {
-                detail: format!("director.url {shown} cannot have a path"),
-            }));
+            return Err(Error::Config(ConfigError::DirectorUrl { url: shown }));
         }
     }
     Ok(url)
@@ -692,7 +678,7 @@ mod tests {
             metrics,
         )
         .expect_err("mailto accepted");
-        assert!(matches!(err, ConfigError::HttpClient { .. }), "{err}");
+        assert!(matches!(err, ConfigError::DirectorUrl { .. }), "{err}");
     }
 
     fn connection_error() -> Error {

@@ -29,7 +29,11 @@ pub fn binary() -> &'static str {
 /// The absolute path of nats-server on PATH; fails with the package to install.
 pub fn nats_server_path() -> PathBuf {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .find(|p| p.is_file())
+        })
         .expect("nats-server is not on PATH: apt-get install nats-server")
 }
 
@@ -66,10 +70,21 @@ impl Env {
         let files = pki.write_to(&pki_dir).expect("pki files");
         let tls = pki.server_config().expect("server tls");
         let (director, uaa) = match auth {
-            Auth::Basic => (DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(tls)).await.unwrap(), None),
+            Auth::Basic => (
+                DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(tls))
+                    .await
+                    .unwrap(),
+                None,
+            ),
             Auth::Uaa => {
-                let uaa = UaaSim::start(UaaConfig::new(CLIENT_ID, CLIENT_SECRET).with_tls(tls.clone())).await.unwrap();
-                let director = DirectorSim::start(DirectorConfig::uaa(uaa.director_auth()).with_tls(tls)).await.unwrap();
+                let uaa =
+                    UaaSim::start(UaaConfig::new(CLIENT_ID, CLIENT_SECRET).with_tls(tls.clone()))
+                        .await
+                        .unwrap();
+                let director =
+                    DirectorSim::start(DirectorConfig::uaa(uaa.director_auth()).with_tls(tls))
+                        .await
+                        .unwrap();
                 (director, Some(uaa))
             }
         };
@@ -78,11 +93,21 @@ impl Env {
         std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n").unwrap();
         let director_subject_file = dir.path().join("director-subject");
         let hm_subject_file = dir.path().join("hm-subject");
-        std::fs::write(&director_subject_file, format!("{}\n", sim::pki::bosh_subject(DIRECTOR_CN))).unwrap();
-        std::fs::write(&hm_subject_file, format!("{}\n", sim::pki::bosh_subject(HM_CN))).unwrap();
+        std::fs::write(
+            &director_subject_file,
+            format!("{}\n", sim::pki::bosh_subject(DIRECTOR_CN)),
+        )
+        .unwrap();
+        std::fs::write(
+            &hm_subject_file,
+            format!("{}\n", sim::pki::bosh_subject(HM_CN)),
+        )
+        .unwrap();
         let nats_dir = dir.path().join("nats");
         std::fs::create_dir_all(&nats_dir).unwrap();
-        let nats = NatsServer::start(&nats_dir, &pki, &auth_file).await.expect("nats-server starts");
+        let nats = NatsServer::start(&nats_dir, &pki, &auth_file)
+            .await
+            .expect("nats-server starts");
         let config_path = dir.path().join("bosh_nats_sync_config.yml");
         let env = Env {
             dir,
@@ -110,8 +135,12 @@ impl Env {
     /// [`Env::write_config`] with another `intervals.poll_user_sync`.
     pub fn write_config_with(&self, poll_seconds: f64, extra: &str) {
         let creds = match self.uaa {
-            Some(_) => format!("  user:\n  password:\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"),
-            None => format!("  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n"),
+            Some(_) => format!(
+                "  user:\n  password:\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"
+            ),
+            None => {
+                format!("  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n")
+            }
         };
         let text = format!(
             "---\ndirector:\n  url: {url}\n{creds}  ca_cert: {ca}\n  director_subject_file: {ds}\n  hm_subject_file: {hs}\n\
@@ -146,7 +175,12 @@ impl Env {
     pub async fn run(&self, args: &[&str]) -> Output {
         let out = tokio::time::timeout(
             Duration::from_secs(60),
-            tokio::process::Command::new(binary()).arg("-c").arg(&self.config_path).args(args).kill_on_drop(true).output(),
+            tokio::process::Command::new(binary())
+                .arg("-c")
+                .arg(&self.config_path)
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
         )
         .await
         .expect("the command finishes within 60 s")
@@ -198,8 +232,13 @@ impl Env {
     /// May agent `cn` publish to `subject`? The health monitor observes.
     pub async fn may_publish(&self, cn: &str, subject: &str) -> Permission {
         let publisher = self.connect(cn).await.expect("publisher connects");
-        let observer = self.connect(HM_CN).await.expect("the health monitor connects");
-        sim::nats::probe_publish(&publisher, &observer, subject).await.expect("probe is conclusive")
+        let observer = self
+            .connect(HM_CN)
+            .await
+            .expect("the health monitor connects");
+        sim::nats::probe_publish(&publisher, &observer, subject)
+            .await
+            .expect("probe is conclusive")
     }
 }
 
@@ -214,7 +253,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -239,7 +281,9 @@ impl Env {
             .map(str::to_owned)
             .collect();
         for (dotted, value) in keys {
-            let (section, key) = dotted.split_once('.').expect("keys are spelled section.key");
+            let (section, key) = dotted
+                .split_once('.')
+                .expect("keys are spelled section.key");
             let line = format!("  {key}: {value}");
             let Some(start) = lines.iter().position(|l| *l == format!("{section}:")) else {
                 lines.push(format!("{section}:"));
@@ -250,7 +294,10 @@ impl Env {
                 .iter()
                 .position(|l| !l.starts_with("  "))
                 .map_or(lines.len(), |i| start + 1 + i);
-            match lines[start + 1..end].iter().position(|l| l.starts_with(&format!("  {key}:"))) {
+            match lines[start + 1..end]
+                .iter()
+                .position(|l| l.starts_with(&format!("  {key}:")))
+            {
                 Some(i) => lines[start + 1 + i] = line,
                 None => lines.insert(end, line),
             }
@@ -285,7 +332,16 @@ impl Env {
             "--- log:\n{}\n--- stdout/stderr:\n{}\n--- nats-server log (tail):\n{}",
             self.log(),
             std::fs::read_to_string(self.run_output_path()).unwrap_or_default(),
-            self.nats.log().lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+            self.nats
+                .log()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n"),
         )
     }
 
@@ -313,7 +369,10 @@ pub struct Running {
 
 impl Running {
     pub fn pid(&self) -> nix::unistd::Pid {
-        let pid = self.child.id().expect("the process has not been reaped yet");
+        let pid = self
+            .child
+            .id()
+            .expect("the process has not been reaped yet");
         nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"))
     }
 
@@ -332,5 +391,32 @@ impl Running {
             .await
             .unwrap_or_else(|_| panic!("the process did not exit within {within:?}"))
             .expect("waiting for the child works")
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel does not hand the same
+/// ephemeral port out again right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    /// [`Env::write_config_full`] with the HTTP server enabled on `127.0.0.1:<free port>`;
+    /// returns its base URL (`http://127.0.0.1:PORT`).
+    pub fn write_config_http(
+        &self,
+        poll_seconds: f64,
+        keys: &[(&str, &str)],
+        extra: &str,
+    ) -> String {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut all = vec![("http.enabled", "true"), ("http.listen", listen.as_str())];
+        all.extend_from_slice(keys);
+        self.write_config_full(poll_seconds, &all, extra);
+        format!("http://{listen}")
     }
 }

@@ -1,0 +1,95 @@
+{{/* Names, labels and the file layout shared by both containers. */}}
+
+{{- define "bosh-nats-sync.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "bosh-nats-sync.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "bosh-nats-sync.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bosh-nats-sync.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "bosh-nats-sync.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "bosh-nats-sync.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The file layout. Every path below is used by both configurations, so the sidecar always
+writes the file nats-server includes and signals the pid nats-server writes.
+*/}}
+{{- define "bosh-nats-sync.natsConfDir" -}}/etc/nats{{- end }}
+{{- define "bosh-nats-sync.natsTlsDir" -}}/etc/nats-tls{{- end }}
+{{- define "bosh-nats-sync.syncConfDir" -}}/etc/bosh-nats-sync{{- end }}
+{{- define "bosh-nats-sync.stateDir" -}}{{ .Values.state.mountPath | trimSuffix "/" }}{{- end }}
+{{- define "bosh-nats-sync.authFile" -}}{{ include "bosh-nats-sync.stateDir" . }}/auth.json{{- end }}
+{{- define "bosh-nats-sync.pidFile" -}}{{ include "bosh-nats-sync.stateDir" . }}/nats.pid{{- end }}
+
+{{/*
+nats-server (2.9, 2.10) joins an include path to the directory of the main configuration
+file even when the include is absolute ("/a/b" becomes "<conf dir>/a/b"), so the auth file is
+included by a path relative to the configuration directory: one "../" per level of that
+directory, then the absolute path without its leading slash.
+*/}}
+{{- define "bosh-nats-sync.authInclude" -}}
+{{- $depth := len (splitList "/" (trimAll "/" (include "bosh-nats-sync.natsConfDir" .))) -}}
+{{ repeat $depth "../" }}{{ trimPrefix "/" (include "bosh-nats-sync.authFile" .) }}
+{{- end }}
+
+{{- define "bosh-nats-sync.secretName" -}}
+{{- if .Values.director.existingSecret }}
+{{- .Values.director.existingSecret }}
+{{- else }}
+{{- include "bosh-nats-sync.fullname" . }}-director
+{{- end }}
+{{- end }}
+
+{{- define "bosh-nats-sync.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "bosh-nats-sync.fullname" .)) .Values.nats.tls.secretName }}
+{{- end }}
+
+{{- define "bosh-nats-sync.image" -}}
+{{- printf "%s:%s" .repository (toString .tag) }}
+{{- end }}
+
+{{/* The sidecar's configuration file (SPEC §1.2 keys), as a dict for toYaml. */}}
+{{- define "bosh-nats-sync.syncConfig" -}}
+{{- $d := .Values.director }}
+{{- $conf := include "bosh-nats-sync.syncConfDir" . }}
+{{- $director := dict "url" $d.url "connection_wait_timeout" $d.connectionWaitTimeout "max_concurrency" $d.maxConcurrency "request_timeout" $d.requestTimeout }}
+{{- if $d.user }}{{ $_ := set $director "user" $d.user }}{{ end }}
+{{- if $d.clientId }}{{ $_ := set $director "client_id" $d.clientId }}{{ end }}
+{{- if $d.caCert }}{{ $_ := set $director "director_ca_cert" (printf "%s/director-ca.crt" $conf) }}{{ end }}
+{{- if $d.uaaCaCert }}{{ $_ := set $director "uaa_ca_cert" (printf "%s/uaa-ca.crt" $conf) }}{{ end }}
+{{- if $d.uaaPublicKey }}{{ $_ := set $director "uaa_public_key" $d.uaaPublicKey }}{{ end }}
+{{- if .Values.subjects.director }}{{ $_ := set $director "director_subject_file" (printf "%s/director-subject" $conf) }}{{ end }}
+{{- if .Values.subjects.healthMonitor }}{{ $_ := set $director "hm_subject_file" (printf "%s/hm-subject" $conf) }}{{ end }}
+{{- $s := .Values.sync }}
+{{- $config := dict
+  "director" $director
+  "intervals" (dict "poll_user_sync" $s.pollInterval "backoff_min" $s.backoffMin "backoff_max" $s.backoffMax "pass_timeout" $s.passTimeout)
+  "nats" (dict
+    "config_file_path" (include "bosh-nats-sync.authFile" .)
+    "nats_server_pid_file" (include "bosh-nats-sync.pidFile" .)
+    "monitoring_url" (printf "http://127.0.0.1:%d" (int .Values.nats.monitoringPort))
+    "reload_verify_timeout" $s.reloadVerifyTimeout)
+  "log" (dict "format" $s.log.format "level" $s.log.level)
+  "http" (dict "enabled" true "listen" (printf "0.0.0.0:%d" (int $s.httpPort)))
+}}
+{{- toYaml $config }}
+{{- end }}

@@ -1,0 +1,305 @@
+"""The Helm chart: lint, schema, Kubernetes schemas, and the invariants that make the pod
+work — both containers agree on the auth file and pid file, probes reach the sidecar's
+endpoints, secrets stay out of ConfigMaps."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import posixpath
+import re
+import subprocess
+import tempfile
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+import chartlib
+from chartlib import VARIANTS, container, manifests, one, render
+
+KUBE_VERSION = "1.30.0"
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request):
+    name = request.param
+    values = VARIANTS[name]
+    rendered = render(values)
+    return name, values, rendered, manifests(rendered)
+
+
+def pod_spec(objects):
+    return one(objects, "Deployment")["spec"]["template"]["spec"]
+
+
+def sidecar_config(objects):
+    return yaml.safe_load(one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"])
+
+
+def nats_conf(objects):
+    return one(objects, "ConfigMap", "-nats")["data"]["nats.conf"]
+
+
+def conf_value(conf: str, key: str) -> str:
+    """A top-level or tls-block `key: "value"` from nats.conf (the chart quotes every path)."""
+    found = re.findall(rf'^\s*{re.escape(key)}:\s*"([^"]*)"\s*$', conf, re.M)
+    assert len(found) == 1, f"want one {key} in nats.conf, got {found}\n{conf}"
+    return found[0]
+
+
+def mount_of(c, volume):
+    found = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == volume]
+    assert len(found) == 1, f"{c['name']} mounts {volume} {len(found)} times"
+    return found[0]
+
+
+def test_lint_is_clean_for_every_variant():
+    for name, values in VARIANTS.items():
+        report = helm.lint(str(chartlib.CHART), values, strict=True, kube_version="v" + KUBE_VERSION)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        assert not problems, f"{name}: {problems}"
+
+
+def test_every_manifest_is_valid_kubernetes(variant):
+    name, _, _, objects = variant
+    kinds = set()
+    for obj in objects:
+        kinds.add(obj["kind"])
+        if obj["kind"] == "ServiceMonitor":
+            check_service_monitor_shape(obj)
+            continue
+        # strict: unknown fields are errors too (a typo in a template would pass silently).
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    assert {"Deployment", "ConfigMap", "Service"} <= kinds, f"{name}: {kinds}"
+
+
+def check_service_monitor_shape(obj):
+    """ServiceMonitor is a CRD (prometheus-operator): no schema ships with kubernetes-validate."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = obj["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}, spec
+    assert spec["selector"]["matchLabels"], spec
+    for ep in spec["endpoints"]:
+        assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}, ep
+        assert ep["path"] == "/metrics"
+        assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", ep["interval"]), ep
+
+
+def test_the_schema_rejects_bad_values():
+    bad = [
+        {"sync": {"httpPort": 0}},
+        {"sync": {"httpPort": "9758"}},
+        {"sync": {"log": {"format": "xml"}}},
+        {"sync": {"pollInterval": 0}},
+        {"director": {"url": "10.0.0.6:25555"}},
+        {"director": {"maxConcurrency": 0}},
+        {"director": {"caCert": "not a certificate"}},
+        {"subjects": {"director": "CN=x\nCN=y"}},
+        {"nats": {"port": 70000}},
+        {"metrics": {"serviceMonitor": {"interval": "often"}}},
+        {"containerSecurityContext": {"privileged": True}},
+        {"state": {"mountPath": "relative/dir"}},
+        {"unknownTopLevelKey": 1},
+        {"director": {"pasword": "typo"}},
+    ]
+    with helm.Chart.load(str(chartlib.CHART)) as chart:
+        for values in bad:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(values)
+            with pytest.raises(helm.HelmError):
+                # Rendering validates too: `helm install` would refuse the same values.
+                chart.render(values, name="x", namespace="y")
+
+
+def test_the_pod_layout_is_consistent(variant):
+    name, values, _, objects = variant
+    spec = pod_spec(objects)
+    assert spec["shareProcessNamespace"] is True
+    sync = container(spec, "bosh-nats-sync")
+    nats = container(spec, "nats")
+    init = container(spec, "auth-placeholder", init=True)
+    config = sidecar_config(objects)
+    conf = nats_conf(objects)
+
+    # The auth file: the sidecar writes the file nats-server includes, on the shared volume.
+    conf_dir = posixpath.dirname(nats["command"][nats["command"].index("--config") + 1])
+    assert conf_dir == mount_of(nats, "nats-config")
+    include = re.findall(r'^include\s+"([^"]+)"\s*$', conf, re.M)
+    assert len(include) == 1, conf
+    # nats-server joins the include to the config's directory, even an absolute one.
+    included = posixpath.normpath(posixpath.join(conf_dir, include[0].lstrip("/")
+                                                 if include[0].startswith("/") else include[0]))
+    auth_file = config["nats"]["config_file_path"]
+    assert included == auth_file, (included, auth_file)
+    state = mount_of(sync, "state")
+    assert mount_of(nats, "state") == state == mount_of(init, "state")
+    assert posixpath.dirname(auth_file) == state
+    # The init container writes the placeholder at that very path.
+    assert {e["name"]: e["value"] for e in init["env"]}["AUTH_FILE"] == auth_file
+    assert "{authorization: {token: f0oBar}}" in init["command"][-1]
+
+    # The pid file nats-server writes is the one the sidecar reads; SIGHUP, not an executable.
+    assert conf_value(conf, "pid_file") == config["nats"]["nats_server_pid_file"]
+    assert posixpath.dirname(config["nats"]["nats_server_pid_file"]) == state
+    assert "nats_server_executable" not in config["nats"]
+
+    # Reload verification: the sidecar polls the monitoring endpoint nats-server serves locally.
+    http = conf_value(conf, "http")
+    assert http.startswith("127.0.0.1:"), http
+    assert config["nats"]["monitoring_url"] == f"http://{http}"
+
+    # TLS with verify_and_map, certificates from the mounted Secret.
+    assert re.search(r"^\s*verify_and_map:\s*true\s*$", conf, re.M), conf
+    tls_dir = mount_of(nats, "nats-tls")
+    for key, file in [("cert_file", "tls.crt"), ("key_file", "tls.key"), ("ca_file", "ca.crt")]:
+        assert conf_value(conf, key) == f"{tls_dir}/{file}"
+    listen = conf_value(conf, "listen")
+    assert listen == f"0.0.0.0:{port(nats, 'nats')}"
+
+    # Probes: the binary's endpoints, on the port the sidecar listens on.
+    listen_host, listen_port = config["http"]["listen"].rsplit(":", 1)
+    assert listen_host == "0.0.0.0" and config["http"]["enabled"] is True
+    assert int(listen_port) == chartlib.port_number(sync, "http") == values.get("sync", {}).get("httpPort", 9758)
+    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        get = sync[probe]["httpGet"]
+        assert get["path"] == path
+        assert chartlib.port_number(sync, get["port"]) == int(listen_port)
+
+    # The sidecar reads its config from its ConfigMap mount, and the subject files from there.
+    cfg_arg = sync["args"][sync["args"].index("-c") + 1]
+    conf_mount = mount_of(sync, "sync-config")
+    assert cfg_arg == f"{conf_mount}/config.yml"
+    cm_keys = set(one(objects, "ConfigMap", "-sidecar")["data"])
+    for key in ("director_subject_file", "hm_subject_file", "director_ca_cert", "uaa_ca_cert"):
+        if key in config["director"]:
+            path = config["director"][key]
+            assert posixpath.dirname(path) == conf_mount and posixpath.basename(path) in cm_keys, path
+
+
+def port(c, name):
+    return chartlib.port_number(c, name)
+
+
+def test_the_security_context_is_restrictive(variant):
+    _, _, _, objects = variant
+    spec = pod_spec(objects)
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
+    assert spec["automountServiceAccountToken"] is False
+    uids = set()
+    for c in spec["initContainers"] + spec["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert not sc.get("privileged"), c["name"]
+        uids.add(sc.get("runAsUser", pod_sc["runAsUser"]))
+        assert c["resources"]["limits"]["memory"], c["name"]
+    # Same UID for both containers: that is what lets the sidecar SIGHUP nats-server
+    # without CAP_KILL.
+    assert len(uids) == 1, uids
+
+
+def test_secrets_never_reach_a_configmap(variant):
+    name, values, rendered, objects = variant
+    secrets = [s for s in (chartlib.PASSWORD, chartlib.CLIENT_SECRET)]
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = json.dumps(obj)
+        for secret in secrets:
+            assert secret not in text, f"{name}: secret in {obj['kind']} {obj['metadata']['name']}"
+    assert not any(s in rendered.get("bosh-nats-sync/templates/NOTES.txt", "") for s in secrets)
+    spec = pod_spec(objects)
+    sync = container(spec, "bosh-nats-sync")
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in sync["env"]}
+    director = values.get("director", {})
+    secret_name = director.get("existingSecret") or f"{chartlib.RELEASE}-bosh-nats-sync-director"
+    assert env["BOSH_NATS_SYNC_DIRECTOR_PASSWORD"]["name"] == secret_name
+    assert env["BOSH_NATS_SYNC_DIRECTOR_PASSWORD"]["key"] == director.get("passwordKey", "password")
+    assert env["BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET"]["name"] == secret_name
+    created = [o for o in objects if o["kind"] == "Secret"]
+    if director.get("existingSecret"):
+        assert not created, f"{name}: an existing Secret means the chart creates none"
+    else:
+        data = one(objects, "Secret")["data"] if "data" in one(objects, "Secret") else {}
+        import base64
+        decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+        if director.get("password"):
+            assert decoded[director.get("passwordKey", "password")] == director["password"]
+        if director.get("clientSecret"):
+            assert decoded[director.get("clientSecretKey", "client-secret")] == director["clientSecret"]
+
+
+def test_metrics_wiring(variant):
+    name, values, _, objects = variant
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    metrics = values.get("metrics", {})
+    enabled = metrics.get("enabled", True)
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    metric_services = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics")]
+    spec = pod_spec(objects)
+    http_port = chartlib.port_number(container(spec, "bosh-nats-sync"), "http")
+    if not enabled:
+        assert "prometheus.io/scrape" not in annotations
+        assert not monitors and not metric_services
+        return
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(http_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    svc = metric_services[0]
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    if metrics.get("serviceMonitor", {}).get("enabled"):
+        (monitor,) = monitors
+        labels = svc["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+        assert monitor["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        # The client Service must not be selected too (it has no metrics port).
+        client = one(objects, "Service", "bosh-nats-sync")
+        assert not all(client["metadata"]["labels"].get(k) == v
+                       for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    else:
+        assert not monitors
+
+
+def test_notes_tell_how_to_check():
+    rendered = render(VARIANTS["basic-auth"])
+    notes = rendered["bosh-nats-sync/templates/NOTES.txt"]
+    for needle in ("rollout status", "/status", "/metrics", "logs", " diff"):
+        assert needle in notes, needle
+    assert "WARNING" not in notes
+    assert "WARNING" in render({})["bosh-nats-sync/templates/NOTES.txt"]
+
+
+def binary():
+    path = os.environ.get("BOSH_NATS_SYNC_BIN") or str(chartlib.ROOT / "target" / "debug" / "bosh-nats-sync")
+    return path if os.access(path, os.X_OK) else None
+
+
+@pytest.mark.skipif(binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")
+@pytest.mark.parametrize("name", [n for n in sorted(VARIANTS) if n != "default"])
+def test_the_binary_accepts_the_rendered_config(name):
+    """`bosh-nats-sync check-config` on each rendered sidecar config: every key is known."""
+    objects = manifests(render(VARIANTS[name]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "config.yml"
+        path.write_text(one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"])
+        env = dict(os.environ, BOSH_NATS_SYNC_DIRECTOR_PASSWORD=chartlib.PASSWORD,
+                   BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET=chartlib.CLIENT_SECRET)
+        out = subprocess.run([binary(), "-c", str(path), "check-config"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "unknown key" not in out.stdout + out.stderr, out.stdout
+        assert "reload via SIGHUP" in out.stdout, out.stdout
+
+
+def test_the_sidecar_fixture_is_up_to_date():
+    """tests/sidecar.rs runs the rendered files for real; they must match the chart."""
+    want = chartlib.fixture_files(VARIANTS[chartlib.FIXTURE_VARIANT])
+    have = {str(p.relative_to(chartlib.FIXTURE_DIR)): p.read_text()
+            for p in chartlib.FIXTURE_DIR.rglob("*") if p.is_file()}
+    assert have == want, "stale fixture: run tests/chart/run.sh --update-fixture"

@@ -1,0 +1,88 @@
+//! Mass-removal damping end to end (SPEC §6.5): the real binary in run mode against the
+//! simulated director and a real nats-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Auth, Env, eventually};
+use sim::director::Vm;
+use sim::pki::agent_cn;
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("agent-{i:03}")).collect()
+}
+
+fn vms(ids: &[String]) -> Vec<Vm> {
+    ids.iter().map(|id| Vm::agent(id).permanent(true)).collect()
+}
+
+async fn run(env: &Env) -> tokio::process::Child {
+    tokio::process::Command::new(common::binary())
+        .arg("-c")
+        .arg(&env.config_path)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn holds(env: &Env) -> usize {
+    env.log().matches("holding a mass removal").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_director_that_suddenly_lists_nothing_is_believed_only_after_k_passes() {
+    let old = ids(0..12);
+    let env = Env::start(Auth::Basic, vms(&old)).await;
+    env.write_config_with(0.3, "");
+    let mut child = run(&env).await;
+    eventually(Duration::from_secs(20), "all agents in the file", || async {
+        old.iter().all(|id| env.auth_text().contains(&agent_cn(id)))
+    })
+    .await;
+
+    // Everything disappears, and one new VM arrives in another deployment at the same time.
+    env.director.set_deployments([("cf".to_owned(), vec![]), ("new".to_owned(), vms(&["fresh-1".to_owned()]))]);
+    eventually(Duration::from_secs(20), "the new agent added while the removal is held", || async {
+        env.auth_text().contains(&agent_cn("fresh-1"))
+    })
+    .await;
+    assert!(holds(&env) >= 1, "the removal is held:\n{}", env.log());
+    assert!(old.iter().all(|id| env.auth_text().contains(&agent_cn(id))), "old agents stay while held");
+    assert!(env.admitted(&agent_cn(&old[0])).await, "and nats-server still admits them");
+    assert!(env.admitted(&agent_cn("fresh-1")).await);
+
+    eventually(Duration::from_secs(20), "the removal applied after confirmations", || async {
+        !env.auth_text().contains(&agent_cn(&old[0]))
+    })
+    .await;
+    child.kill().await.unwrap();
+    assert_eq!(holds(&env), 2, "held on exactly K-1 = 2 passes:\n{}", env.log());
+    assert!(env.auth_text().contains(&agent_cn("fresh-1")));
+    assert!(!env.admitted(&agent_cn(&old[0])).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_below_the_minimum_count_applies_at_once() {
+    let all = ids(0..8);
+    let env = Env::start(Auth::Basic, vms(&all)).await;
+    env.once(true).await;
+    env.director.set_deployment("cf", vms(&all[5..]));
+    env.once(true).await;
+    let text = env.auth_text();
+    assert!(all[..5].iter().all(|id| !text.contains(&agent_cn(id))), "5 of 8 removed at once:\n{text}");
+    assert!(all[5..].iter().all(|id| text.contains(&agent_cn(id))));
+    assert_eq!(holds(&env), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damping_can_be_disabled() {
+    let all = ids(0..12);
+    let env = Env::start(Auth::Basic, vms(&all)).await;
+    env.write_config_with(60.0, "damping:\n  enabled: false\n");
+    env.once(true).await;
+    env.director.set_deployment("cf", vec![]);
+    env.once(true).await;
+    assert!(!env.auth_text().contains(&agent_cn(&all[0])));
+    assert_eq!(holds(&env), 0);
+}
