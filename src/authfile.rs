@@ -19,10 +19,22 @@ pub enum Observed {
     /// Not the JSON we write — e.g. BOSH pre-start's `{authorization: {token: f0oBar}}`
     /// placeholder, a truncated file or a hand edit gone wrong. Holds the parser's message.
     Unparseable(String),
-    /// Valid JSON without a users list, e.g. `{}`.
+    /// Valid JSON without users, e.g. `{}` or `"users": []`. Beware: nats-server treats
+    /// both as "no authorization" and admits every certificate its CA signed.
     Empty,
-    /// A users config (possibly with an empty list).
+    /// A users config. An empty list here means the file holds only [`NOBODY`]: it denies
+    /// everyone.
     Users(Users),
+}
+
+/// The one user of a file that must admit nobody. nats-server reads an empty users list as
+/// "no authorization at all" (every client admitted, observed with 2.9.10), so "no users"
+/// is written as this subject with no rights instead: no certificate is meant to carry it,
+/// and one that did could neither publish nor subscribe.
+pub const NOBODY: &str = "CN=nobody.bosh-nats-sync.invalid";
+
+fn nobody() -> User {
+    User::new(NOBODY.to_owned(), vec![], vec![])
 }
 
 impl Observed {
@@ -106,6 +118,12 @@ pub fn classify(bytes: &[u8]) -> Observed {
     match serde_json::from_slice::<FileBody<Vec<User>>>(bytes) {
         Ok(FileBody {
             authorization: Some(Authorization { users: Some(users) }),
+        }) if users.is_empty() => Observed::Empty,
+        Ok(FileBody {
+            authorization: Some(Authorization { users: Some(users) }),
+        }) if users.len() == 1 && users[0] == nobody() => Observed::Users(Users::default()),
+        Ok(FileBody {
+            authorization: Some(Authorization { users: Some(users) }),
         }) => Observed::Users(Users(users)),
         Ok(_) => Observed::Empty,
         Err(e) => Observed::Unparseable(e.to_string()),
@@ -114,11 +132,14 @@ pub fn classify(bytes: &[u8]) -> Observed {
 
 /// The file content for `users`: one JSON object, one user per line. nats-server's parser
 /// rejects `\u` escapes; serde_json only writes them for control characters, which neither a
-/// validated agent id nor a validated subject can contain.
+/// validated agent id nor a validated subject can contain. No users is written as
+/// [`NOBODY`], never as an empty list.
 pub fn render(users: &Users) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + users.len() * 320);
+    let nobody = [nobody()];
+    let list: &[User] = if users.is_empty() { &nobody } else { &users.0 };
+    let mut out = Vec::with_capacity(64 + list.len() * 320);
     out.extend_from_slice(b"{\"authorization\":{\"users\":[");
-    for (i, user) in users.iter().enumerate() {
+    for (i, user) in list.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         serde_json::to_writer(&mut out, user).expect("serialising a User into a Vec cannot fail");
     }
@@ -230,6 +251,7 @@ mod tests {
     fn classifies_every_state() {
         assert_eq!(classify(b"{}"), Observed::Empty);
         assert_eq!(classify(b"{\"authorization\":{}}"), Observed::Empty);
+        assert_eq!(classify(b"{\"authorization\":{\"users\":[]}}"), Observed::Empty, "admits everyone");
         assert!(matches!(
             classify(b"{authorization: {token: f0oBar}}"),
             Observed::Unparseable(_)
@@ -251,6 +273,14 @@ mod tests {
         }
         assert!(!Observed::Users(Users::default()).holds_users());
         assert!(Observed::Users(users).holds_users());
+    }
+
+    #[test]
+    fn no_users_is_written_as_nobody_never_as_an_empty_list() {
+        let text = String::from_utf8(render(&Users::default())).unwrap();
+        assert_eq!(text, format!("{{\"authorization\":{{\"users\":[\n{{\"user\":\"{NOBODY}\",\"permissions\":{{\"publish\":[],\"subscribe\":[]}}}}\n]}}}}\n"));
+        assert_eq!(classify(text.as_bytes()), Observed::Users(Users::default()));
+        assert!(!classify(text.as_bytes()).holds_users());
     }
 
     #[test]

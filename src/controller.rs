@@ -162,17 +162,22 @@ impl Controller {
         let subjects = self.read_subjects();
         let mut observed = authfile::read(&self.config.nats.auth_file)?;
 
-        if !observed.holds_users() && subjects.any_known() {
-            observed = self.bootstrap(&mut state, &subjects, &observed).await?;
+        if !observed.holds_users() {
+            let users = desired::bootstrap(&subjects).users;
+            if observed.users() != Some(&users) {
+                observed = self.bootstrap(&mut state, users, &observed).await?;
+            }
         }
 
         let mut vms = self.director.fetch_vms().await?;
         let mut desired = desired::compute(&subjects, &vms);
         self.record_skips(&desired.skipped);
-        let observed_users = observed.users().cloned().unwrap_or_default();
+        // Borrowed, not cloned: on a big director the users are most of the pass's memory.
+        let no_users = Users::default();
+        let observed_users = observed.users().unwrap_or(&no_users);
 
         let mut held = None;
-        if let Verdict::Hold { keep, removing, agents_in_file, seen, needed } = state.damper.judge(&observed_users, &desired.users) {
+        if let Verdict::Hold { keep, removing, agents_in_file, seen, needed } = state.damper.judge(observed_users, &desired.users) {
             tracing::warn!(
                 removing,
                 agents_in_file,
@@ -212,30 +217,30 @@ impl Controller {
         }
         if state.reload_pending {
             report.reloaded = Some(self.reload(&mut state, !desired.users.is_empty()).await?);
+        } else if !desired.users.is_empty() {
+            // Converged and nats-server has loaded this content (the last reload succeeded).
+            self.health.mark_ready();
         }
         Ok(report)
     }
 
-    /// SPEC §6.2: before the director answers, a file that admits nobody gets the director
-    /// and health-monitor users, so those two can reach NATS while the director starts.
-    async fn bootstrap(
-        &self,
-        state: &mut State,
-        subjects: &Subjects,
-        observed: &Observed,
-    ) -> Result<Observed, PassError> {
-        let users = desired::bootstrap(subjects).users;
+    /// SPEC §6.2: before the director answers, a file that holds no users gets the director
+    /// and health-monitor users, so those two can reach NATS while the director starts. A
+    /// file that admits everyone (`{}`, an empty list) is closed the same way, even when no
+    /// subject is known yet.
+    async fn bootstrap(&self, state: &mut State, users: Users, observed: &Observed) -> Result<Observed, PassError> {
+        let usable = !users.is_empty();
         tracing::info!(
             file = %self.config.nats.auth_file.display(),
             state = %observed.describe(),
             users = users.len(),
-            "the auth file admits nobody: writing the director/health-monitor users before contacting the director"
+            "the auth file holds no users: writing the director/health-monitor users before contacting the director"
         );
         self.write(&users)?;
         state.reload_pending = true;
         // A failed reload here is not the end of the pass: the director may still answer,
         // and the reload is retried at the end of this pass.
-        if let Err(e) = self.reload(state, true).await {
+        if let Err(e) = self.reload(state, usable).await {
             tracing::warn!(error = %e, "reloading nats-server with the bootstrap users failed");
         }
         Ok(Observed::Users(users))
@@ -250,10 +255,16 @@ impl Controller {
         let empty = Users::default();
         let current = observed.users().unwrap_or(&empty);
         let (added, removed) = current.diff(&desired.users);
+        // By subject (the first user of a subject, as a linear search would find), so a dry
+        // run over 150 000 users is not quadratic.
+        let mut wanted = std::collections::HashMap::with_capacity(desired.users.len());
+        for u in desired.users.iter() {
+            wanted.entry(u.user.as_str()).or_insert(u);
+        }
         let changed = current
             .iter()
             .filter_map(|old| {
-                let new = desired.users.iter().find(|n| n.user == old.user)?;
+                let new = wanted.get(old.user.as_str())?;
                 (new.permissions != old.permissions).then(|| old.user.clone())
             })
             .collect();

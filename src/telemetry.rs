@@ -148,7 +148,7 @@ pub fn otlp_requested(env: impl Fn(&str) -> Option<String>) -> Option<&'static s
 pub fn pass_span(pass: u64, triggers: &str) -> Span {
     tracing::info_span!(
         "pass",
-        pass,
+        pass = i64::try_from(pass).unwrap_or(i64::MAX),
         triggers,
         result = tracing::field::Empty,
         reason = tracing::field::Empty,
@@ -169,19 +169,16 @@ pub fn pass_span(pass: u64, triggers: &str) -> Span {
 pub fn record_pass(span: &Span, result: Result<&PassReport, &PassError>) {
     match result {
         Ok(r) => {
-            span.record(
-                "result",
-                if r.written { "changed" } else { "unchanged" },
-            );
-            span.record("desired", r.desired_total() as u64);
-            span.record("agents", r.desired.agent as u64);
-            span.record("added", r.added as u64);
-            span.record("removed", r.removed as u64);
+            span.record("result", if r.written { "changed" } else { "unchanged" });
+            span.record("desired", count(r.desired_total()));
+            span.record("agents", count(r.desired.agent));
+            span.record("added", count(r.added));
+            span.record("removed", count(r.removed));
             span.record("written", r.written);
             span.record("reloaded", r.reloaded.map_or("no", |how| how.label()));
             span.record(
                 "skipped_vms",
-                (r.skipped.no_agent_id + r.skipped.invalid_agent_id + r.skipped.duplicate) as u64,
+                count(r.skipped.no_agent_id + r.skipped.invalid_agent_id + r.skipped.duplicate),
             );
             span.record("otel.status_code", "OK");
         }
@@ -194,6 +191,12 @@ pub fn record_pass(span: &Span, result: Result<&PassReport, &PassError>) {
             span.record("otel.status_description", e.reason());
         }
     }
+}
+
+/// A count as a span field. `i64`, because tracing-opentelemetry exports `u64` fields as
+/// strings, and a trace backend can only compare numbers (`added > 0`).
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The log formatter with its own level filter, so the exported spans do not depend on
@@ -291,10 +294,8 @@ fn resource() -> Resource {
         builder = builder.with_service_name(SERVICE_NAME);
     }
     if !versioned {
-        builder = builder.with_attribute(KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ));
+        builder =
+            builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     }
     builder.build()
 }
@@ -333,7 +334,10 @@ mod tests {
         assert_eq!(
             otlp_requested(env(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces"
+                ),
             ])),
             Some("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         );
@@ -359,8 +363,16 @@ mod tests {
         let targets = exported_targets();
         assert!(targets.would_enable("bosh_nats_sync::controller", &tracing::Level::INFO));
         assert!(!targets.would_enable("bosh_nats_sync::controller", &tracing::Level::DEBUG));
-        for target in ["opentelemetry_sdk", "opentelemetry-otlp", "hyper_util::client", "reqwest::connect"] {
-            assert!(!targets.would_enable(target, &tracing::Level::ERROR), "{target}");
+        for target in [
+            "opentelemetry_sdk",
+            "opentelemetry-otlp",
+            "hyper_util::client",
+            "reqwest::connect",
+        ] {
+            assert!(
+                !targets.would_enable(target, &tracing::Level::ERROR),
+                "{target}"
+            );
         }
     }
 
@@ -376,7 +388,9 @@ mod tests {
                 .with_filter(exported_targets()),
         );
         tracing::subscriber::with_default(subscriber, f);
-        provider.force_flush().expect("the in-memory exporter flushes");
+        provider
+            .force_flush()
+            .expect("the in-memory exporter flushes");
         exporter.get_finished_spans().expect("finished spans")
     }
 

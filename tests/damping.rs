@@ -56,10 +56,19 @@ async fn a_director_that_suddenly_lists_nothing_is_believed_only_after_k_passes(
         !env.auth_text().contains(&agent_cn(&old[0]))
     })
     .await;
+    eventually(Duration::from_secs(20), "nats-server reloaded without the old agents", || async {
+        !env.admitted(&agent_cn(&old[0])).await
+    })
+    .await;
     child.kill().await.unwrap();
-    assert_eq!(holds(&env), 2, "held on exactly K-1 = 2 passes:\n{}", env.log());
+    // A pass that raced the change may have seen a half-updated director and started its
+    // own count; what must hold is that the removal applied right after the (K-1)th
+    // consecutive held pass.
+    let log = env.log();
+    let held: Vec<&str> = log.lines().filter(|l| l.contains("holding a mass removal")).collect();
+    assert!(held.len() >= 2, "held on at least K-1 = 2 passes:\n{log}");
+    assert!(held[held.len() - 1].contains("seen=2") && held[held.len() - 2].contains("seen=1"), "{log}");
     assert!(env.auth_text().contains(&agent_cn("fresh-1")));
-    assert!(!env.admitted(&agent_cn(&old[0])).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

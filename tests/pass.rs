@@ -143,3 +143,22 @@ async fn a_director_ca_from_another_authority_fails_with_a_tls_error() {
     let log = env.log();
     assert!(log.contains("reason=\"tls\"") && log.contains("invalid peer certificate"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_admits_everyone_is_closed_even_with_nothing_to_admit() {
+    let env = Env::start(Auth::Basic, vec![]).await;
+    std::fs::remove_file(&env.director_subject_file).unwrap();
+    std::fs::remove_file(&env.hm_subject_file).unwrap();
+    // `{}` means "no authorization" to nats-server: any certificate of the CA gets in.
+    std::fs::write(&env.auth_file, "{}").unwrap();
+    env.nats.reload().unwrap();
+    common::eventually(Duration::from_secs(10), "nats-server admits anyone with {}", || async {
+        env.admitted("stranger.example").await
+    })
+    .await;
+
+    env.once(true).await;
+    let text = env.auth_text();
+    assert!(text.contains(bosh_nats_sync::authfile::NOBODY) && !text.contains("\"users\":[]"), "{text}");
+    assert!(!env.admitted("stranger.example").await, "no users must mean nobody, not everybody");
+}

@@ -412,6 +412,7 @@ async fn failing_passes_back_off_exponentially_up_to_the_cap_and_recover() {
         .windows(2)
         .map(|w| (w[1] - w[0]).rem_euclid(86_400.0))
         .collect();
+    eprintln!("gaps between failing passes: {gaps:.3?}");
     let why = format!(
         "gaps between failing passes: {gaps:?}\n{}",
         env.diagnostics()

@@ -108,6 +108,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `chown -R uid:uid root`.
+fn chown_tree(root: &Path, uid: u32) {
+    let id = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    );
+    nix::unistd::chown(root, id.0, id.1).unwrap();
+    if root.is_dir() {
+        for entry in std::fs::read_dir(root).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
 /// Replaces the value of a top-level `key: "..."` line of nats.conf; exactly one must exist.
 fn replace_conf_line(conf: &str, key: &str, value: &str) -> String {
     let prefix = format!("{key}:");
@@ -184,9 +198,44 @@ async fn http_status(port: u16, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Spawns `argv` with stdout and stderr into `log`; killed when dropped.
-fn spawn(argv: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
+/// Who a container's processes run as: the test's own user, or (the test running as root) a
+/// UID with no capabilities at all, as the chart's security context gives each container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunAs {
+    Me,
+    Uid(u32),
+}
+
+impl RunAs {
+    /// `argv` prefixed with `setpriv` so it runs as this identity: that UID and group, no
+    /// supplementary groups, empty inheritable and bounding capability sets, no_new_privs
+    /// (`allowPrivilegeEscalation: false`).
+    fn argv(self, argv: &[String]) -> Vec<String> {
+        match self {
+            RunAs::Me => argv.to_vec(),
+            RunAs::Uid(uid) => {
+                let mut full: Vec<String> = [
+                    "setpriv".to_owned(),
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".to_owned(),
+                    "--inh-caps=-all".to_owned(),
+                    "--bounding-set=-all".to_owned(),
+                    "--no-new-privs".to_owned(),
+                    "--".to_owned(),
+                ]
+                .into();
+                full.extend_from_slice(argv);
+                full
+            }
+        }
+    }
+}
+
+/// Spawns `argv` as `who` with stdout and stderr into `log`; killed when dropped.
+fn spawn(who: RunAs, argv: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
     let file = std::fs::File::create(log).unwrap();
+    let argv = who.argv(argv);
     Command::new(&argv[0])
         .args(&argv[1..])
         .envs(env.iter().copied())
@@ -198,8 +247,59 @@ fn spawn(argv: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
         .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
 }
 
+/// Whether the sidecar's SIGHUP is expected to reach nats-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Admitted,
+    SignalRefused,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
+    run_pod(RunAs::Me, RunAs::Me, Expect::Admitted).await;
+}
+
+/// The chart's claim: both containers as one non-root UID, every capability dropped,
+/// no_new_privs — SIGHUP still reaches nats-server. Needs root to switch users (CI runs as
+/// root); elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unprivileged_uid_for_both_containers_needs_no_capability() {
+    if !can_switch_users() {
+        return;
+    }
+    run_pod(RunAs::Uid(POD_UID), RunAs::Uid(POD_UID), Expect::Admitted).await;
+}
+
+/// And why it must be the same UID: from another UID, without CAP_KILL, the signal is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_another_uid_cannot_signal() {
+    if !can_switch_users() {
+        return;
+    }
+    run_pod(
+        RunAs::Uid(POD_UID),
+        RunAs::Uid(POD_UID + 1),
+        Expect::SignalRefused,
+    )
+    .await;
+}
+
+/// The chart's default `podSecurityContext.runAsUser`.
+const POD_UID: u32 = 65532;
+
+fn can_switch_users() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !(root && setpriv) {
+        eprintln!("skipped: switching UIDs needs root and setpriv (util-linux)");
+    }
+    root && setpriv
+}
+
+async fn run_pod(nats_as: RunAs, sync_as: RunAs, expect: Expect) {
     let layout = Layout::load();
     let dir = tempfile::tempdir().unwrap();
     let rooted = Rooted {
@@ -293,7 +393,15 @@ async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
     let pid_file = PathBuf::from(config["nats"]["nats_server_pid_file"].as_str().unwrap());
 
     // The init container, then nats-server: it starts only because the placeholder exists.
-    std::fs::create_dir_all(rooted.path(&layout.mount("nats", "state"))).unwrap();
+    let state_dir = rooted.path(&layout.mount("nats", "state"));
+    std::fs::create_dir_all(&state_dir).unwrap();
+    if let RunAs::Uid(uid) = nats_as {
+        // Like the kubelet: volumes owned by the pod's user (fsGroup), an emptyDir is 0777.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_tree(&rooted.root, uid);
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let init_env: Vec<(String, String)> = layout.0["init_env"]
         .as_object()
         .unwrap()
@@ -308,6 +416,7 @@ async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
         })
         .collect();
     let init = layout.strings("init_command");
+    let init = nats_as.argv(&init);
     let status = std::process::Command::new(&init[0])
         .args(&init[1..])
         .envs(init_env)
@@ -330,7 +439,7 @@ async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
         .map(|a| rooted.rewrite(a).unwrap_or_else(|| a.clone()))
         .collect();
     let nats_log = dir.path().join("nats-server.log");
-    let mut nats = spawn(&nats_argv, &nats_log, &[]);
+    let mut nats = spawn(nats_as, &nats_argv, &nats_log, &[]);
     let nats_log_text = || std::fs::read_to_string(&nats_log).unwrap_or_default();
     common::eventually(Duration::from_secs(20), "nats-server listening and its pid file", || {
         assert!(nats.try_wait().unwrap().is_none(), "nats-server exited:\n{}", nats_log_text());
@@ -349,6 +458,7 @@ async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
     );
     let sync_log = dir.path().join("bosh-nats-sync.log");
     let mut sync = spawn(
+        sync_as,
         &sync_argv,
         &sync_log,
         &[(bosh_nats_sync::config::ENV_PASSWORD, PASSWORD)],
@@ -370,6 +480,42 @@ async fn the_chart_layout_admits_agents_with_a_sighup_reload() {
             }
         }
     };
+
+    if expect == Expect::SignalRefused {
+        common::eventually(
+            Duration::from_secs(30),
+            "the refused signal in the sidecar's log",
+            || {
+                assert!(
+                    sync.try_wait().unwrap().is_none(),
+                    "bosh-nats-sync exited:\n{}",
+                    sync_log_text()
+                );
+                let refused = sync_log_text().contains("Operation not permitted");
+                async move { refused }
+            },
+        )
+        .await;
+        let auth = std::fs::read_to_string(&auth_file).unwrap();
+        assert!(
+            auth.contains(&sim::pki::bosh_subject(sim::pki::DIRECTOR_CN)),
+            "written: {auth}"
+        );
+        assert!(
+            !admitted(sim::pki::DIRECTOR_CN.to_owned()).await,
+            "written but never loaded: nats-server did not get the signal"
+        );
+        common::eventually(Duration::from_secs(20), "the HTTP server", || async {
+            http_status(http_port, &ready_path).await.is_some()
+        })
+        .await;
+        assert_eq!(
+            http_status(http_port, &ready_path).await,
+            Some(503),
+            "not ready: nothing loaded"
+        );
+        return;
+    }
 
     common::eventually(
         Duration::from_secs(30),

@@ -59,7 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "director": {"user": "nats-sync", "password": PASSWORD},
         "state": {"mountPath": "/srv/bosh/nats-state",
                   "volume": {"persistentVolumeClaim": {"claimName": "nats-state"}}},
-        "sync": {"httpPort": 9100, "log": {"format": "text", "level": "debug"}},
+        "sync": {"httpPort": 9100, "log": {"format": "text", "level": "debug"},
+                 "damping": {"enabled": False}},
         "nats": {"port": 4333, "monitoringPort": 8333, "extraConfig": "ping_interval: 5\nping_max: 2"},
     },
 }

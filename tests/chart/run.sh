@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tests of the Helm chart (charts/bosh-nats-sync): lint, values schema, Kubernetes schemas,
-# pod invariants, and the freshness of the fixture tests/sidecar.rs runs.
+# Tests of the Helm chart (charts/bosh-nats-sync) and the BOSH job templates (deploy/bosh):
+# lint, values schema, Kubernetes schemas, pod invariants, the freshness of the fixture
+# tests/sidecar.rs runs, and the rendered configs checked by the binary itself.
 #
 #   tests/chart/run.sh                   run the tests
 #   tests/chart/run.sh --update-fixture  re-render tests/chart/fixtures/sidecar, then test
@@ -49,4 +50,4 @@ cd "$here"
 if [ "$update" = 1 ]; then
   "$venv/bin/python" update_fixture.py
 fi
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py test_bosh.py

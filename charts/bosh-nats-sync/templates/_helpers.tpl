@@ -88,6 +88,7 @@ directory, then the absolute path without its leading slash.
     "nats_server_pid_file" (include "bosh-nats-sync.pidFile" .)
     "monitoring_url" (printf "http://127.0.0.1:%d" (int .Values.nats.monitoringPort))
     "reload_verify_timeout" $s.reloadVerifyTimeout)
+  "damping" (dict "enabled" $s.damping.enabled "max_removal_fraction" $s.damping.maxRemovalFraction "min_removals" $s.damping.minRemovals "confirmations" $s.damping.confirmations)
   "log" (dict "format" $s.log.format "level" $s.log.level)
   "http" (dict "enabled" true "listen" (printf "0.0.0.0:%d" (int $s.httpPort)))
 }}

@@ -1,0 +1,158 @@
+//! The benchmark driver: runs the real `bosh-nats-sync` release binary against the simulated
+//! director (HTTPS, sim PKI) in this process, over a grid of director sizes, latencies and
+//! concurrencies, and writes the figures as markdown (the generated part of BENCHMARKS.md).
+//!
+//! Benchmarks measure; they do not assert timings. The targets section only reports
+//! whether each figure met its target.
+
+mod cells;
+mod measure;
+mod report;
+mod world;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use cells::{Cell, CellResult};
+use world::World;
+
+/// Measure bosh-nats-sync against a simulated director and write the figures as markdown.
+#[derive(Parser, Debug)]
+#[command(about)]
+pub struct Args {
+    /// The binary under test (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/bosh-nats-sync")]
+    pub binary: PathBuf,
+    /// A small grid (10 and 100 deployments, concurrency 1 and 4) that runs in under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Deployment counts (default 10,100,1000,5000; quick: 10,100).
+    #[arg(long, value_delimiter = ',')]
+    pub deployments: Option<Vec<usize>>,
+    /// VMs per deployment.
+    #[arg(long, default_value_t = 20)]
+    pub vms: usize,
+    /// Per-request director latencies in milliseconds (default 0,20).
+    #[arg(long, value_delimiter = ',')]
+    pub latency_ms: Option<Vec<u64>>,
+    /// `director.max_concurrency` values (default 1,4,16; quick: 1,4).
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Option<Vec<usize>>,
+    /// Warm passes measured per cell after the run mode's first pass (1 when a pass is
+    /// expected to take over 10 s).
+    #[arg(long, default_value_t = 3)]
+    pub warm_passes: usize,
+    /// Deployments for the real nats-server reload check (default 5000; quick: 100; 0 skips it).
+    #[arg(long)]
+    pub nats_deployments: Option<usize>,
+    /// Replace the generated section of this markdown file (between the bench markers).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Also write every figure as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The command line to print as "reproduce with".
+    #[arg(long, default_value = "scripts/bench")]
+    pub command: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let binary = std::fs::canonicalize(&args.binary)
+        .with_context(|| format!("{} (run cargo build --release)", args.binary.display()))?;
+    let deployments = args.deployments.clone().unwrap_or(if args.quick {
+        vec![10, 100]
+    } else {
+        vec![10, 100, 1000, 5000]
+    });
+    let latencies = args.latency_ms.clone().unwrap_or(vec![0, 20]);
+    let concurrencies = args.concurrency.clone().unwrap_or(if args.quick {
+        vec![1, 4]
+    } else {
+        vec![1, 4, 16]
+    });
+    let nats_deployments = args
+        .nats_deployments
+        .unwrap_or(if args.quick { 100 } else { 5000 });
+
+    let world = World::start().await?;
+    let started = std::time::Instant::now();
+    let mut results: Vec<CellResult> = Vec::new();
+    for &d in &deployments {
+        world.populate(d, args.vms);
+        for &latency in &latencies {
+            for &concurrency in &concurrencies {
+                let cell = Cell {
+                    deployments: d,
+                    vms: args.vms,
+                    latency: Duration::from_millis(latency),
+                    concurrency,
+                };
+                eprintln!("bench: {cell} ...");
+                let warm = if cell.bound().unwrap_or_default() > Duration::from_secs(10) {
+                    1
+                } else {
+                    args.warm_passes.max(1)
+                };
+                let result = cells::measure(&world, &binary, cell, warm)
+                    .await
+                    .with_context(|| format!("cell {cell}"))?;
+                eprintln!("bench:   {}", result.summary());
+                results.push(result);
+            }
+        }
+    }
+    world.set_latency(Duration::ZERO);
+
+    eprintln!("bench: idle RSS ...");
+    world.populate(10, args.vms);
+    let idle = cells::idle(&world, &binary).await.context("idle RSS")?;
+    eprintln!("bench:   {idle:?}");
+
+    let nats = if nats_deployments > 0 {
+        eprintln!("bench: real nats-server reload with {nats_deployments} deployments ...");
+        world.populate(nats_deployments, args.vms);
+        let n = cells::nats_reload(&world, &binary, nats_deployments, args.vms)
+            .await
+            .context("nats-server reload check")?;
+        eprintln!("bench:   {n:?}");
+        Some(n)
+    } else {
+        None
+    };
+
+    let report = report::Report {
+        command: &args.command,
+        results: &results,
+        idle: &idle,
+        nats: nats.as_ref(),
+        elapsed: started.elapsed(),
+    };
+    let markdown = report.markdown();
+    match &args.markdown {
+        Some(path) => {
+            report::replace_section(path, &markdown)?;
+            eprintln!("bench: wrote {}", path.display());
+        }
+        None => println!("{markdown}"),
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)?;
+    }
+    let failed = results.iter().filter(|r| !r.noop_clean()).count();
+    if failed > 0 {
+        bail!("{failed} cell(s) wrote or reloaded on a no-op pass");
+    }
+    Ok(())
+}
