@@ -155,6 +155,30 @@ pub fn write(path: &Path, users: &Users) -> Result<fs::Metadata, AuthFileError> 
     write_bytes(path, &render(users))
 }
 
+/// Temporary files of a write interrupted by a crash (SIGKILL, power loss) are the only
+/// thing a crash can leave behind; they are removed at start-up. Returns how many.
+pub fn remove_stale_temp_files(path: &Path) -> usize {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+const TEMP_PREFIX: &str = ".auth-";
+const TEMP_SUFFIX: &str = ".tmp";
+
 fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileError> {
     let err = |step: &'static str| {
         move |source: io::Error| AuthFileError::Write {
@@ -170,8 +194,8 @@ fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileErro
     let old = fs::metadata(path).ok();
 
     let mut tmp = tempfile::Builder::new()
-        .prefix(".auth-")
-        .suffix(".tmp")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)
         .map_err(err("create a temporary file"))?;
     {
@@ -307,6 +331,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, ["auth.json"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        for name in [".auth-abc123.tmp", ".auth-x.tmp", "auth.json", "other.tmp", ".auth-keep"] {
+            fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&path), 2);
+        let mut left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".auth-keep", "auth.json", "other.tmp"]);
     }
 
     #[test]

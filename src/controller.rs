@@ -118,6 +118,10 @@ impl Controller {
         let director = director::Client::new(config.director.clone(), metrics.clone())?;
         let reloader = Reloader::new(config.nats.clone());
         let config_damping = config.damping;
+        let stale = authfile::remove_stale_temp_files(&config.nats.auth_file);
+        if stale > 0 {
+            tracing::info!(count = stale, "removed temporary files of an interrupted write of the auth file");
+        }
         Ok(Self {
             config,
             director,

@@ -35,8 +35,24 @@ enum Command {
     Demo(bosh_nats_sync::demo::DemoArgs),
 }
 
+/// `--help` and `--version` print as usual; a usage error is one line on stderr, status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
+    eprintln!("bosh-nats-sync: {first} (see bosh-nats-sync --help)");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Demo(args) = command {
         return bosh_nats_sync::demo::demo(args);

@@ -1,0 +1,134 @@
+//! The command line as an operator meets it: exit statuses, one-line errors naming the file
+//! and the key, `check-config`, and `diff`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Auth, Env, binary};
+use sim::director::Vm;
+use sim::pki::agent_cn;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_are_one_line_with_status_2() {
+    for args in [&["--bogus"][..], &["frobnicate"], &["once"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("bosh-nats-sync: "), "{err}");
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(v.starts_with(&format!("bosh-nats-sync {}", env!("CARGO_PKG_VERSION"))) && v.contains("(rev "), "{v}");
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    for word in ["once", "diff", "check-config", "demo", "--config"] {
+        assert!(String::from_utf8_lossy(&out.stdout).contains(word), "--help mentions {word}");
+    }
+}
+
+#[test]
+fn invalid_configuration_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    let cases = [
+        ("director:\n  url: https://d\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 0\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n", "intervals.poll_user_sync"),
+        ("director:\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n", "director.url"),
+        ("director: [\n", "invalid YAML"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&path, text).unwrap();
+        for mode in [&["-c", path.to_str().unwrap()][..], &["-c", path.to_str().unwrap(), "check-config"], &["-c", path.to_str().unwrap(), "once"]] {
+            let out = run(mode);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{mode:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(err.contains(path.to_str().unwrap()) && err.contains(key), "{key} in {err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_reports_a_ca_file_without_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "this is not a certificate\n").unwrap();
+    let path = dir.path().join("sync.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "director:\n  url: https://10.0.0.6:25555\n  user: u\n  password: p\n  ca_cert: {}\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(ca.to_str().unwrap()), "{}", stderr(&out));
+
+    std::fs::write(&ca, sim::pki::Pki::generate().unwrap().ca.cert_pem()).unwrap();
+    let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
+}
+
+#[test]
+fn secrets_may_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    std::fs::write(
+        &path,
+        "director:\n  url: https://10.0.0.6:25555\n  user: u\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n",
+    )
+    .unwrap();
+    let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(2), "no password anywhere");
+    let out = Command::new(binary())
+        .args(["-c", path.to_str().unwrap(), "check-config"])
+        .env("BOSH_NATS_SYNC_DIRECTOR_PASSWORD", "from-a-kubernetes-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("from-a-kubernetes-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_prints_the_changes_and_writes_nothing() {
+    let env = Env::start(Auth::Basic, vec![Vm::agent("a1"), Vm::agent("a2").permanent(true)]).await;
+    let before = common::identity(&env.auth_file);
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", stderr(&out));
+    assert!(stdout.contains(&format!("+ {}", sim::pki::bosh_subject(&agent_cn("a1")))), "{stdout}");
+    assert!(stdout.contains("not a users config"), "{stdout}");
+    assert_eq!(common::identity(&env.auth_file), before, "diff writes nothing");
+
+    env.once(true).await;
+    let out = env.run(&["diff"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
+
+    env.director.remove_vm("cf", "a1");
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout.contains(&format!("- {}", sim::pki::bosh_subject(&agent_cn("a1")))), "{stdout}");
+
+    env.director.set_down(true);
+    let out = env.run(&["diff"]).await;
+    assert_eq!(out.status.code(), Some(1), "an unreachable director is an error");
+}
