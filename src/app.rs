@@ -140,13 +140,17 @@ pub fn once(config: Config) -> ExitCode {
         let cancel = CancellationToken::new();
         cancel_on_signals(cancel.clone());
         let started = tokio::time::Instant::now();
+        let span = crate::telemetry::pass_span(1, "once");
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, controller.pass().instrument(tracing::info_span!("pass", pass = 1u64, triggers = "once"))) => r,
+            r = tokio::time::timeout(timeout, controller.pass().instrument(span.clone())) => r,
             _ = cancel.cancelled() => {
                 tracing::warn!("cancelled before the pass finished");
                 return ExitCode::from(EXIT_FAILED);
             }
         };
+        if let Ok(outcome) = &result {
+            crate::telemetry::record_pass(&span, outcome.as_ref());
+        }
         match result {
             Ok(Ok(report)) => {
                 log_pass_success(None, &report, started.elapsed());
@@ -280,9 +284,11 @@ pub async fn run_until_cancelled(
         move |ctx: PassContext| {
             let controller = controller.clone();
             let last_report = last_report.clone();
-            let span = tracing::info_span!("pass", pass = ctx.pass, triggers = %ctx);
+            let span = crate::telemetry::pass_span_for(&ctx);
             async move {
-                let report = controller.pass().instrument(span).await?;
+                let result = controller.pass().instrument(span.clone()).await;
+                crate::telemetry::record_pass(&span, result.as_ref());
+                let report = result?;
                 *last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
                 Ok::<_, PassError>(Action::AwaitTrigger)
             }

@@ -170,7 +170,9 @@ pub fn remove_stale_temp_files(path: &Path) -> usize {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) && e.file_type().is_ok_and(|t| t.is_file())
+            name.starts_with(TEMP_PREFIX)
+                && name.ends_with(TEMP_SUFFIX)
+                && e.file_type().is_ok_and(|t| t.is_file())
         })
         .filter(|e| fs::remove_file(e.path()).is_ok())
         .count()
@@ -207,11 +209,11 @@ fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileErro
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(err("set the mode"))?;
-    if let Some(m) = &old {
-        if nix::unistd::geteuid().is_root() {
-            std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid()))
-                .map_err(err("set the owner"))?;
-        }
+    if let Some(m) = &old
+        && nix::unistd::geteuid().is_root()
+    {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid()))
+            .map_err(err("set the owner"))?;
     }
     tmp.as_file().sync_all().map_err(err("fsync"))?;
     let file = tmp
@@ -266,7 +268,11 @@ mod tests {
 
     #[test]
     fn non_ascii_is_written_as_utf8_not_escaped() {
-        let users = Users(vec![User::new("CN=Zürich".into(), vec![], vec!["a.>".into()])]);
+        let users = Users(vec![User::new(
+            "CN=Zürich".into(),
+            vec![],
+            vec!["a.>".into()],
+        )]);
         let text = String::from_utf8(render(&users)).unwrap();
         assert!(text.contains("CN=Zürich") && text.contains("a.>") && !text.contains("\\u"));
     }
@@ -275,7 +281,11 @@ mod tests {
     fn classifies_every_state() {
         assert_eq!(classify(b"{}"), Observed::Empty);
         assert_eq!(classify(b"{\"authorization\":{}}"), Observed::Empty);
-        assert_eq!(classify(b"{\"authorization\":{\"users\":[]}}"), Observed::Empty, "admits everyone");
+        assert_eq!(
+            classify(b"{\"authorization\":{\"users\":[]}}"),
+            Observed::Empty,
+            "admits everyone"
+        );
         assert!(matches!(
             classify(b"{authorization: {token: f0oBar}}"),
             Observed::Unparseable(_)
@@ -302,7 +312,12 @@ mod tests {
     #[test]
     fn no_users_is_written_as_nobody_never_as_an_empty_list() {
         let text = String::from_utf8(render(&Users::default())).unwrap();
-        assert_eq!(text, format!("{{\"authorization\":{{\"users\":[\n{{\"user\":\"{NOBODY}\",\"permissions\":{{\"publish\":[],\"subscribe\":[]}}}}\n]}}}}\n"));
+        assert_eq!(
+            text,
+            format!(
+                "{{\"authorization\":{{\"users\":[\n{{\"user\":\"{NOBODY}\",\"permissions\":{{\"publish\":[],\"subscribe\":[]}}}}\n]}}}}\n"
+            )
+        );
         assert_eq!(classify(text.as_bytes()), Observed::Users(Users::default()));
         assert!(!classify(text.as_bytes()).holds_users());
     }
@@ -337,11 +352,20 @@ mod tests {
     fn stale_temp_files_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.json");
-        for name in [".auth-abc123.tmp", ".auth-x.tmp", "auth.json", "other.tmp", ".auth-keep"] {
+        for name in [
+            ".auth-abc123.tmp",
+            ".auth-x.tmp",
+            "auth.json",
+            "other.tmp",
+            ".auth-keep",
+        ] {
             fs::write(dir.path().join(name), "x").unwrap();
         }
         assert_eq!(remove_stale_temp_files(&path), 2);
-        let mut left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         assert_eq!(left, [".auth-keep", "auth.json", "other.tmp"]);
     }

@@ -284,12 +284,22 @@ impl Config {
             max_removal_fraction: match r.number(&root, "damping.max_removal_fraction")? {
                 None => 0.5,
                 Some(f) if (0.0..=1.0).contains(&f) => f,
-                Some(f) => return Err(r.error(Some("damping.max_removal_fraction"), format!("must be between 0 and 1, got {f}"))),
+                Some(f) => {
+                    return Err(r.error(
+                        Some("damping.max_removal_fraction"),
+                        format!("must be between 0 and 1, got {f}"),
+                    ));
+                }
             },
             min_removals: match r.number(&root, "damping.min_removals")? {
                 None => 10,
                 Some(v) if v >= 0.0 && v.fract() == 0.0 => v as usize,
-                Some(v) => return Err(r.error(Some("damping.min_removals"), format!("must be a whole number, got {v}"))),
+                Some(v) => {
+                    return Err(r.error(
+                        Some("damping.min_removals"),
+                        format!("must be a whole number, got {v}"),
+                    ));
+                }
             },
             confirmations: r.count(&root, "damping.confirmations", 3)? as u32,
         };
@@ -559,11 +569,29 @@ logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"
 
     #[test]
     fn damping_is_configurable() {
-        let text = format!("{BOSH_TEMPLATE}damping:\n  enabled: false\n  max_removal_fraction: 0.25\n  min_removals: 0\n  confirmations: 5\n");
+        let text = format!(
+            "{BOSH_TEMPLATE}damping:\n  enabled: false\n  max_removal_fraction: 0.25\n  min_removals: 0\n  confirmations: 5\n"
+        );
         let d = parse(&text).unwrap().damping;
-        assert_eq!((d.enabled, d.max_removal_fraction, d.min_removals, d.confirmations), (false, 0.25, 0, 5));
-        assert!(err(&format!("{BOSH_TEMPLATE}damping:\n  max_removal_fraction: 2\n")).contains("damping.max_removal_fraction: must be between 0 and 1"));
-        assert!(err(&format!("{BOSH_TEMPLATE}damping:\n  confirmations: 0\n")).contains("damping.confirmations"));
+        assert_eq!(
+            (
+                d.enabled,
+                d.max_removal_fraction,
+                d.min_removals,
+                d.confirmations
+            ),
+            (false, 0.25, 0, 5)
+        );
+        assert!(
+            err(&format!(
+                "{BOSH_TEMPLATE}damping:\n  max_removal_fraction: 2\n"
+            ))
+            .contains("damping.max_removal_fraction: must be between 0 and 1")
+        );
+        assert!(
+            err(&format!("{BOSH_TEMPLATE}damping:\n  confirmations: 0\n"))
+                .contains("damping.confirmations")
+        );
     }
 
     #[test]

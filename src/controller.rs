@@ -107,6 +107,9 @@ struct State {
     reload_pending: bool,
     /// Counts confirmations of a held mass removal across passes.
     damper: Damper,
+    /// The director has answered a pass: from then on the bootstrap users are only a
+    /// fall-back for when it fails (SPEC §6.2, §6.3).
+    director_answered: bool,
 }
 
 impl Controller {
@@ -120,7 +123,10 @@ impl Controller {
         let config_damping = config.damping;
         let stale = authfile::remove_stale_temp_files(&config.nats.auth_file);
         if stale > 0 {
-            tracing::info!(count = stale, "removed temporary files of an interrupted write of the auth file");
+            tracing::info!(
+                count = stale,
+                "removed temporary files of an interrupted write of the auth file"
+            );
         }
         Ok(Self {
             config,
@@ -132,6 +138,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(State {
                 reload_pending: true,
                 damper: Damper::new(config_damping),
+                director_answered: false,
             }),
         })
     }
@@ -166,14 +173,28 @@ impl Controller {
         let subjects = self.read_subjects();
         let mut observed = authfile::read(&self.config.nats.auth_file)?;
 
-        if !observed.holds_users() {
-            let users = desired::bootstrap(&subjects).users;
-            if observed.users() != Some(&users) {
-                observed = self.bootstrap(&mut state, users, &observed).await?;
-            }
+        // Before the director has ever answered (start-up), a file without users gets the
+        // bootstrap users first. Later, a file that lost its users (a truncation, a bad hand
+        // edit) is rebuilt from the director in one write: writing the bootstrap users first
+        // would make nats-server drop every agent's connection for the length of the pass.
+        if !state.director_answered {
+            observed = self
+                .bootstrap_if_empty(&mut state, &subjects, observed)
+                .await?;
         }
-
-        let mut vms = self.director.fetch_vms().await?;
+        let mut vms = match self.director.fetch_vms().await {
+            Ok(vms) => {
+                state.director_answered = true;
+                vms
+            }
+            Err(e) => {
+                // SPEC §6.3: while the director is unreachable, a file without users still
+                // gets the bootstrap users.
+                self.bootstrap_if_empty(&mut state, &subjects, observed)
+                    .await?;
+                return Err(e.into());
+            }
+        };
         let mut desired = desired::compute(&subjects, &vms);
         self.record_skips(&desired.skipped);
         // Borrowed, not cloned: on a big director the users are most of the pass's memory.
@@ -181,7 +202,14 @@ impl Controller {
         let observed_users = observed.users().unwrap_or(&no_users);
 
         let mut held = None;
-        if let Verdict::Hold { keep, removing, agents_in_file, seen, needed } = state.damper.judge(observed_users, &desired.users) {
+        if let Verdict::Hold {
+            keep,
+            removing,
+            agents_in_file,
+            seen,
+            needed,
+        } = state.damper.judge(observed_users, &desired.users)
+        {
             tracing::warn!(
                 removing,
                 agents_in_file,
@@ -228,11 +256,33 @@ impl Controller {
         Ok(report)
     }
 
+    /// Writes the bootstrap users when the file holds none and does not already say so.
+    async fn bootstrap_if_empty(
+        &self,
+        state: &mut State,
+        subjects: &Subjects,
+        observed: Observed,
+    ) -> Result<Observed, PassError> {
+        if observed.holds_users() {
+            return Ok(observed);
+        }
+        let users = desired::bootstrap(subjects).users;
+        if observed.users() == Some(&users) {
+            return Ok(observed);
+        }
+        self.bootstrap(state, users, &observed).await
+    }
+
     /// SPEC §6.2: before the director answers, a file that holds no users gets the director
     /// and health-monitor users, so those two can reach NATS while the director starts. A
     /// file that admits everyone (`{}`, an empty list) is closed the same way, even when no
     /// subject is known yet.
-    async fn bootstrap(&self, state: &mut State, users: Users, observed: &Observed) -> Result<Observed, PassError> {
+    async fn bootstrap(
+        &self,
+        state: &mut State,
+        users: Users,
+        observed: &Observed,
+    ) -> Result<Observed, PassError> {
         let usable = !users.is_empty();
         tracing::info!(
             file = %self.config.nats.auth_file.display(),
@@ -283,7 +333,9 @@ impl Controller {
 
     fn write(&self, users: &Users) -> Result<(), AuthFileError> {
         let path = &self.config.nats.auth_file;
-        let _span = tracing::info_span!("write_auth_file", file = %path.display(), users = users.len()).entered();
+        let _span =
+            tracing::info_span!("write_auth_file", file = %path.display(), users = users.len())
+                .entered();
         let meta = authfile::write(path, users)?;
         if let Some(hook) = &self.on_write {
             hook(path, &meta);
@@ -296,7 +348,11 @@ impl Controller {
     async fn reload(&self, state: &mut State, usable: bool) -> Result<Reloaded, ReloadError> {
         let span = tracing::info_span!(
             "reload",
-            method = if self.config.nats.executable.is_some() { "executable" } else { "sighup" },
+            method = if self.config.nats.executable.is_some() {
+                "executable"
+            } else {
+                "sighup"
+            },
             verified = self.config.nats.monitoring_url.is_some()
         );
         match self.reloader.reload().instrument(span).await {

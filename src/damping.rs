@@ -96,7 +96,10 @@ fn fingerprint(users: &Users) -> u64 {
 
 impl Damper {
     pub fn new(settings: DampingSettings) -> Self {
-        Self { settings, pending: None }
+        Self {
+            settings,
+            pending: None,
+        }
     }
 
     pub fn settings(&self) -> &DampingSettings {
@@ -116,7 +119,8 @@ impl Damper {
             .collect();
         let agents_in_file = agents(observed).len();
         let removing = keep.len();
-        let limit = (self.settings.max_removal_fraction * agents_in_file as f64).max(self.settings.min_removals as f64);
+        let limit = (self.settings.max_removal_fraction * agents_in_file as f64)
+            .max(self.settings.min_removals as f64);
         if (removing as f64) <= limit {
             self.pending = None;
             return Verdict::Apply;
@@ -150,16 +154,28 @@ mod tests {
     fn users(ids: impl IntoIterator<Item = usize>) -> Users {
         let vms: Vec<Vm> = ids
             .into_iter()
-            .map(|i| Vm { agent_id: Some(format!("agent-{i}")), permanent_nats_credentials: i % 2 == 0 })
+            .map(|i| Vm {
+                agent_id: Some(format!("agent-{i}")),
+                permanent_nats_credentials: i % 2 == 0,
+            })
             .collect();
         desired::compute(&Subjects::default(), &vms).users
     }
 
     #[test]
     fn recognises_agent_users() {
-        assert_eq!(agent_of("C=USA, O=Cloud Foundry, CN=a-1.agent.bosh-internal"), Some((AgentId::parse("a-1").unwrap(), false)));
-        assert_eq!(agent_of("C=USA, O=Cloud Foundry, CN=a-1.bootstrap.agent.bosh-internal"), Some((AgentId::parse("a-1").unwrap(), true)));
-        assert_eq!(agent_of("C=USA, O=Cloud Foundry, CN=default.director.bosh-internal"), None);
+        assert_eq!(
+            agent_of("C=USA, O=Cloud Foundry, CN=a-1.agent.bosh-internal"),
+            Some((AgentId::parse("a-1").unwrap(), false))
+        );
+        assert_eq!(
+            agent_of("C=USA, O=Cloud Foundry, CN=a-1.bootstrap.agent.bosh-internal"),
+            Some((AgentId::parse("a-1").unwrap(), true))
+        );
+        assert_eq!(
+            agent_of("C=USA, O=Cloud Foundry, CN=default.director.bosh-internal"),
+            None
+        );
         assert_eq!(agent_of("CN=x.agent.bosh-internal"), None);
     }
 
@@ -170,10 +186,25 @@ mod tests {
         let empty = users([]);
         for seen in 1..=2 {
             match d.judge(&before, &empty) {
-                Verdict::Hold { keep, removing, agents_in_file, seen: s, needed } => {
-                    assert_eq!((keep.len(), removing, agents_in_file, s, needed), (40, 40, 40, seen, 3));
-                    assert!(keep[&AgentId::parse("agent-1").unwrap()], "agent-1 has a bootstrap user");
-                    assert!(!keep[&AgentId::parse("agent-2").unwrap()], "agent-2 has permanent credentials");
+                Verdict::Hold {
+                    keep,
+                    removing,
+                    agents_in_file,
+                    seen: s,
+                    needed,
+                } => {
+                    assert_eq!(
+                        (keep.len(), removing, agents_in_file, s, needed),
+                        (40, 40, 40, seen, 3)
+                    );
+                    assert!(
+                        keep[&AgentId::parse("agent-1").unwrap()],
+                        "agent-1 has a bootstrap user"
+                    );
+                    assert!(
+                        !keep[&AgentId::parse("agent-2").unwrap()],
+                        "agent-2 has permanent credentials"
+                    );
                 }
                 Verdict::Apply => panic!("pass {seen} must be held"),
             }
@@ -194,17 +225,32 @@ mod tests {
     fn a_changing_desired_state_restarts_the_count() {
         let mut d = Damper::new(DampingSettings::default());
         let before = users(0..40);
-        assert!(matches!(d.judge(&before, &users([])), Verdict::Hold { seen: 1, .. }));
-        assert!(matches!(d.judge(&before, &users([])), Verdict::Hold { seen: 2, .. }));
-        assert!(matches!(d.judge(&before, &users([100])), Verdict::Hold { seen: 1, .. }));
+        assert!(matches!(
+            d.judge(&before, &users([])),
+            Verdict::Hold { seen: 1, .. }
+        ));
+        assert!(matches!(
+            d.judge(&before, &users([])),
+            Verdict::Hold { seen: 2, .. }
+        ));
+        assert!(matches!(
+            d.judge(&before, &users([100])),
+            Verdict::Hold { seen: 1, .. }
+        ));
         // A pass below the threshold forgets the pending state.
         assert_eq!(d.judge(&before, &before), Verdict::Apply);
-        assert!(matches!(d.judge(&before, &users([])), Verdict::Hold { seen: 1, .. }));
+        assert!(matches!(
+            d.judge(&before, &users([])),
+            Verdict::Hold { seen: 1, .. }
+        ));
     }
 
     #[test]
     fn disabled_never_holds() {
-        let mut d = Damper::new(DampingSettings { enabled: false, ..Default::default() });
+        let mut d = Damper::new(DampingSettings {
+            enabled: false,
+            ..Default::default()
+        });
         assert_eq!(d.judge(&users(0..40), &users([])), Verdict::Apply);
     }
 }

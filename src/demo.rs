@@ -96,7 +96,8 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let vms = (0..args.vms)
             .map(|_| {
                 n += 1;
-                Vm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}")).permanent(n % 3 == 0)
+                Vm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}"))
+                    .permanent(n.is_multiple_of(3))
             })
             .collect();
         director.set_deployment(&name, vms);

@@ -121,10 +121,10 @@ impl Reloader {
         let deadline = tokio::time::Instant::now() + waited;
         loop {
             // A read error while the server reloads is retried until the deadline.
-            if let Ok(now) = self.config_load_time(&varz).await {
-                if now != before {
-                    return Ok(Reloaded::Verified);
-                }
+            if let Ok(now) = self.config_load_time(&varz).await
+                && now != before
+            {
+                return Ok(Reloaded::Verified);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ReloadError::NotApplied { before, waited });

@@ -28,6 +28,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 use crate::controller::{PassError, PassReport};
+use reconcile::PassContext;
 
 /// The OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`
 /// names another.
@@ -150,6 +151,7 @@ pub fn pass_span(pass: u64, triggers: &str) -> Span {
         "pass",
         pass = i64::try_from(pass).unwrap_or(i64::MAX),
         triggers,
+        consecutive_failures = tracing::field::Empty,
         result = tracing::field::Empty,
         reason = tracing::field::Empty,
         desired = tracing::field::Empty,
@@ -162,6 +164,15 @@ pub fn pass_span(pass: u64, triggers: &str) -> Span {
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     )
+}
+
+/// [`pass_span`] for a pass of the control loop: `triggers` lists why it runs (`interval`,
+/// `file:/var/vcap/data/nats/auth.json`, `retry`, …), and the failures before it are kept.
+pub fn pass_span_for(ctx: &PassContext) -> Span {
+    let triggers: Vec<String> = ctx.triggers.iter().map(ToString::to_string).collect();
+    let span = pass_span(ctx.pass, &triggers.join(", "));
+    span.record("consecutive_failures", i64::from(ctx.consecutive_failures));
+    span
 }
 
 /// Records a pass's outcome on its span (one made by [`pass_span`]; fields a span does not
@@ -446,6 +457,28 @@ mod tests {
             assert_eq!(attribute(span, key), Some(value), "{key}");
         }
         assert_eq!(attribute(span, "reason"), None);
+    }
+
+    #[test]
+    fn a_loop_pass_span_lists_its_triggers() {
+        let ctx = PassContext {
+            pass: 4,
+            triggers: vec![
+                reconcile::Trigger::Interval,
+                reconcile::Trigger::FileChanged(PathBuf::from("/var/vcap/data/nats/auth.json")),
+            ],
+            consecutive_failures: 2,
+        };
+        let spans = export(|| drop(pass_span_for(&ctx)));
+        let [span] = spans.as_slice() else {
+            panic!("one span expected: {spans:?}")
+        };
+        assert_eq!(attribute(span, "pass"), Some(Value::I64(4)));
+        assert_eq!(
+            attribute(span, "triggers"),
+            Some(Value::from("interval, file:/var/vcap/data/nats/auth.json"))
+        );
+        assert_eq!(attribute(span, "consecutive_failures"), Some(Value::I64(2)));
     }
 
     #[test]

@@ -33,11 +33,18 @@ fn help_and_version() {
     let out = run(&["--version"]);
     assert!(out.status.success());
     let v = String::from_utf8_lossy(&out.stdout);
-    assert!(v.starts_with(&format!("bosh-nats-sync {}", env!("CARGO_PKG_VERSION"))) && v.contains("(rev "), "{v}");
+    assert!(
+        v.starts_with(&format!("bosh-nats-sync {}", env!("CARGO_PKG_VERSION")))
+            && v.contains("(rev "),
+        "{v}"
+    );
     let out = run(&["--help"]);
     assert!(out.status.success());
     for word in ["once", "diff", "check-config", "demo", "--config"] {
-        assert!(String::from_utf8_lossy(&out.stdout).contains(word), "--help mentions {word}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(word),
+            "--help mentions {word}"
+        );
     }
 }
 
@@ -46,18 +53,31 @@ fn invalid_configuration_names_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sync.yml");
     let cases = [
-        ("director:\n  url: https://d\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 0\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n", "intervals.poll_user_sync"),
-        ("director:\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n", "director.url"),
+        (
+            "director:\n  url: https://d\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 0\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n",
+            "intervals.poll_user_sync",
+        ),
+        (
+            "director:\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n",
+            "director.url",
+        ),
         ("director: [\n", "invalid YAML"),
     ];
     for (text, key) in cases {
         std::fs::write(&path, text).unwrap();
-        for mode in [&["-c", path.to_str().unwrap()][..], &["-c", path.to_str().unwrap(), "check-config"], &["-c", path.to_str().unwrap(), "once"]] {
+        for mode in [
+            &["-c", path.to_str().unwrap()][..],
+            &["-c", path.to_str().unwrap(), "check-config"],
+            &["-c", path.to_str().unwrap(), "once"],
+        ] {
             let out = run(mode);
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{mode:?}: {err}");
             assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-            assert!(err.contains(path.to_str().unwrap()) && err.contains(key), "{key} in {err}");
+            assert!(
+                err.contains(path.to_str().unwrap()) && err.contains(key),
+                "{key} in {err}"
+            );
         }
     }
 }
@@ -78,7 +98,11 @@ fn check_config_reports_a_ca_file_without_certificates() {
     .unwrap();
     let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(ca.to_str().unwrap()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(ca.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(&ca, sim::pki::Pki::generate().unwrap().ca.cert_pem()).unwrap();
     let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
@@ -99,7 +123,10 @@ fn secrets_may_come_from_the_environment() {
     assert_eq!(out.status.code(), Some(2), "no password anywhere");
     let out = Command::new(binary())
         .args(["-c", path.to_str().unwrap(), "check-config"])
-        .env("BOSH_NATS_SYNC_DIRECTOR_PASSWORD", "from-a-kubernetes-secret")
+        .env(
+            "BOSH_NATS_SYNC_DIRECTOR_PASSWORD",
+            "from-a-kubernetes-secret",
+        )
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -108,27 +135,50 @@ fn secrets_may_come_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_prints_the_changes_and_writes_nothing() {
-    let env = Env::start(Auth::Basic, vec![Vm::agent("a1"), Vm::agent("a2").permanent(true)]).await;
+    let env = Env::start(
+        Auth::Basic,
+        vec![Vm::agent("a1"), Vm::agent("a2").permanent(true)],
+    )
+    .await;
     let before = common::identity(&env.auth_file);
     let out = env.run(&["diff"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}{}", stderr(&out));
-    assert!(stdout.contains(&format!("+ {}", sim::pki::bosh_subject(&agent_cn("a1")))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("+ {}", sim::pki::bosh_subject(&agent_cn("a1")))),
+        "{stdout}"
+    );
     assert!(stdout.contains("not a users config"), "{stdout}");
-    assert_eq!(common::identity(&env.auth_file), before, "diff writes nothing");
+    assert_eq!(
+        common::identity(&env.auth_file),
+        before,
+        "diff writes nothing"
+    );
 
     env.once(true).await;
     let out = env.run(&["diff"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
 
     env.director.remove_vm("cf", "a1");
     let out = env.run(&["diff"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stdout.contains(&format!("- {}", sim::pki::bosh_subject(&agent_cn("a1")))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("- {}", sim::pki::bosh_subject(&agent_cn("a1")))),
+        "{stdout}"
+    );
 
     env.director.set_down(true);
     let out = env.run(&["diff"]).await;
-    assert_eq!(out.status.code(), Some(1), "an unreachable director is an error");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable director is an error"
+    );
 }

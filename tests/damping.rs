@@ -36,38 +36,61 @@ async fn a_director_that_suddenly_lists_nothing_is_believed_only_after_k_passes(
     let env = Env::start(Auth::Basic, vms(&old)).await;
     env.write_config_with(0.3, "");
     let mut child = run(&env).await;
-    eventually(Duration::from_secs(20), "all agents in the file", || async {
-        old.iter().all(|id| env.auth_text().contains(&agent_cn(id)))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "all agents in the file",
+        || async { old.iter().all(|id| env.auth_text().contains(&agent_cn(id))) },
+    )
     .await;
 
     // Everything disappears, and one new VM arrives in another deployment at the same time.
-    env.director.set_deployments([("cf".to_owned(), vec![]), ("new".to_owned(), vms(&["fresh-1".to_owned()]))]);
-    eventually(Duration::from_secs(20), "the new agent added while the removal is held", || async {
-        env.auth_text().contains(&agent_cn("fresh-1"))
-    })
+    env.director.set_deployments([
+        ("cf".to_owned(), vec![]),
+        ("new".to_owned(), vms(&["fresh-1".to_owned()])),
+    ]);
+    eventually(
+        Duration::from_secs(20),
+        "the new agent added while the removal is held",
+        || async { env.auth_text().contains(&agent_cn("fresh-1")) },
+    )
     .await;
     assert!(holds(&env) >= 1, "the removal is held:\n{}", env.log());
-    assert!(old.iter().all(|id| env.auth_text().contains(&agent_cn(id))), "old agents stay while held");
-    assert!(env.admitted(&agent_cn(&old[0])).await, "and nats-server still admits them");
+    assert!(
+        old.iter().all(|id| env.auth_text().contains(&agent_cn(id))),
+        "old agents stay while held"
+    );
+    assert!(
+        env.admitted(&agent_cn(&old[0])).await,
+        "and nats-server still admits them"
+    );
     assert!(env.admitted(&agent_cn("fresh-1")).await);
 
-    eventually(Duration::from_secs(20), "the removal applied after confirmations", || async {
-        !env.auth_text().contains(&agent_cn(&old[0]))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the removal applied after confirmations",
+        || async { !env.auth_text().contains(&agent_cn(&old[0])) },
+    )
     .await;
-    eventually(Duration::from_secs(20), "nats-server reloaded without the old agents", || async {
-        !env.admitted(&agent_cn(&old[0])).await
-    })
+    eventually(
+        Duration::from_secs(20),
+        "nats-server reloaded without the old agents",
+        || async { !env.admitted(&agent_cn(&old[0])).await },
+    )
     .await;
     child.kill().await.unwrap();
     // A pass that raced the change may have seen a half-updated director and started its
     // own count; what must hold is that the removal applied right after the (K-1)th
     // consecutive held pass.
     let log = env.log();
-    let held: Vec<&str> = log.lines().filter(|l| l.contains("holding a mass removal")).collect();
+    let held: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("holding a mass removal"))
+        .collect();
     assert!(held.len() >= 2, "held on at least K-1 = 2 passes:\n{log}");
-    assert!(held[held.len() - 1].contains("seen=2") && held[held.len() - 2].contains("seen=1"), "{log}");
+    assert!(
+        held[held.len() - 1].contains("seen=2") && held[held.len() - 2].contains("seen=1"),
+        "{log}"
+    );
     assert!(env.auth_text().contains(&agent_cn("fresh-1")));
 }
 
@@ -79,7 +102,10 @@ async fn a_drop_below_the_minimum_count_applies_at_once() {
     env.director.set_deployment("cf", vms(&all[5..]));
     env.once(true).await;
     let text = env.auth_text();
-    assert!(all[..5].iter().all(|id| !text.contains(&agent_cn(id))), "5 of 8 removed at once:\n{text}");
+    assert!(
+        all[..5].iter().all(|id| !text.contains(&agent_cn(id))),
+        "5 of 8 removed at once:\n{text}"
+    );
     assert!(all[5..].iter().all(|id| text.contains(&agent_cn(id))));
     assert_eq!(holds(&env), 0);
 }

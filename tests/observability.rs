@@ -536,7 +536,6 @@ impl Said {
     }
 
     fn assert_free_of(&self, secrets: &[(&str, String)]) {
-        for (w, t) in &self.0 { eprintln!("SAID {w}: {} bytes, {} lines", t.len(), t.lines().count()); }
         assert!(
             self.0.iter().any(|(_, t)| t.contains("pass failed")),
             "the failure paths ran"
@@ -605,7 +604,28 @@ async fn exercise(env: &Env, said: &mut Said) {
     env.director
         .set_fault(Endpoint::Deployments, Fault::status(401));
     said.add_output("once (401)", &env.once(false).await);
+    // The same with the log on stdout (no `logfile`), as in a container.
+    let with_file = std::fs::read_to_string(&env.config_path).unwrap();
+    let without: String = with_file
+        .lines()
+        .filter(|l| !l.starts_with("logfile:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&env.config_path, without).unwrap();
+    let out = env.run(&["once"]).await;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pass failed"),
+        "{out:?}"
+    );
+    said.add_output("once (401, log on stdout)", &out);
     env.director.clear_faults();
+    let out = env.run(&["once"]).await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DEBUG"),
+        "{out:?}"
+    );
+    said.add_output("once (success, log on stdout)", &out);
+    std::fs::write(&env.config_path, with_file).unwrap();
     let ca = wrong_ca(env);
     env.write_config_full(
         1.0,
@@ -788,6 +808,21 @@ async fn spans_reach_an_otlp_collector_before_exit() {
         pass.parent_span_id.is_empty(),
         "the pass is a root span: {pass:?}"
     );
+    for (key, value) in [
+        ("result", "changed"),
+        ("desired", "4"),
+        ("agents", "1"),
+        ("added", "2"),
+        ("removed", "0"),
+        ("written", "true"),
+        ("reloaded", "ok"),
+    ] {
+        assert_eq!(
+            attr(&pass.attributes, key).as_deref(),
+            Some(value),
+            "{key}: {pass:?}"
+        );
+    }
     let by_id = |id: &[u8]| spans.iter().find(|s| s.span_id == id);
     // Is `span` inside the pass (its parent chain reaches the pass span)?
     let under_pass = |span: &Span| {

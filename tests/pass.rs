@@ -15,21 +15,39 @@ const A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
 const B: &str = "0a1b2c3d-0000-4000-8000-00000000000b";
 
 async fn agents_admitted_then_refused(auth: Auth) {
-    let env = Env::start(auth, vec![Vm::agent(A).permanent(true), Vm::agent(B).permanent(false)]).await;
-    assert!(!env.admitted(&agent_cn(A)).await, "nobody is admitted before the first pass");
+    let env = Env::start(
+        auth,
+        vec![Vm::agent(A).permanent(true), Vm::agent(B).permanent(false)],
+    )
+    .await;
+    assert!(
+        !env.admitted(&agent_cn(A)).await,
+        "nobody is admitted before the first pass"
+    );
 
     env.once(true).await;
     assert!(env.admitted(&agent_cn(A)).await);
     assert!(env.admitted(DIRECTOR_CN).await);
-    assert_eq!(env.may_publish(&agent_cn(A), &format!("hm.agent.heartbeat.{A}")).await, Permission::Allowed);
-    assert_eq!(env.may_publish(&agent_cn(A), &format!("hm.agent.heartbeat.{B}")).await, Permission::Denied);
+    assert_eq!(
+        env.may_publish(&agent_cn(A), &format!("hm.agent.heartbeat.{A}"))
+            .await,
+        Permission::Allowed
+    );
+    assert_eq!(
+        env.may_publish(&agent_cn(A), &format!("hm.agent.heartbeat.{B}"))
+            .await,
+        Permission::Denied
+    );
     // B has no permanent credentials yet: its bootstrap certificate is admitted, A's is not.
     assert!(env.admitted(&bootstrap_agent_cn(B)).await);
     assert!(!env.admitted(&bootstrap_agent_cn(A)).await);
 
     env.director.remove_vm("cf", A);
     env.once(true).await;
-    assert!(!env.admitted(&agent_cn(A)).await, "a deleted VM's agent is refused");
+    assert!(
+        !env.admitted(&agent_cn(A)).await,
+        "a deleted VM's agent is refused"
+    );
     assert!(env.admitted(&agent_cn(B)).await);
 }
 
@@ -50,9 +68,16 @@ async fn unreachable_director_with_placeholder_writes_the_bootstrap_users() {
     let out = env.once(false).await;
     assert!(!out.status.success());
     let text = env.auth_text();
-    assert!(text.contains(&sim::pki::bosh_subject(DIRECTOR_CN)) && text.contains(&sim::pki::bosh_subject(HM_CN)), "{text}");
+    assert!(
+        text.contains(&sim::pki::bosh_subject(DIRECTOR_CN))
+            && text.contains(&sim::pki::bosh_subject(HM_CN)),
+        "{text}"
+    );
     assert!(!text.contains(A), "no agent without the director: {text}");
-    assert!(env.admitted(DIRECTOR_CN).await, "the director can reach NATS while it starts");
+    assert!(
+        env.admitted(DIRECTOR_CN).await,
+        "the director can reach NATS while it starts"
+    );
     assert!(env.admitted(HM_CN).await);
     assert!(!env.admitted(&agent_cn(A)).await);
 }
@@ -65,7 +90,10 @@ async fn unreachable_director_leaves_a_users_file_untouched() {
     env.director.set_down(true);
     env.once(false).await;
     assert_eq!((env.auth_text(), identity(&env.auth_file)), before);
-    assert!(env.admitted(&agent_cn(A)).await, "agents keep working while the director is down");
+    assert!(
+        env.admitted(&agent_cn(A)).await,
+        "agents keep working while the director is down"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,18 +117,32 @@ async fn an_unchanged_director_means_no_write_and_no_reload() {
     let after_startup = env.nats.config_load_time().await.unwrap();
     // Rewriting a subject file with the same content triggers a pass that changes nothing.
     let passes_before = env.director.request_count(Endpoint::Deployments);
-    std::fs::write(&env.hm_subject_file, format!("{}\n", sim::pki::bosh_subject(HM_CN))).unwrap();
+    std::fs::write(
+        &env.hm_subject_file,
+        format!("{}\n", sim::pki::bosh_subject(HM_CN)),
+    )
+    .unwrap();
     common::eventually(Duration::from_secs(20), "a second pass", || async {
         env.director.request_count(Endpoint::Deployments) > passes_before
     })
     .await;
-    common::eventually(Duration::from_secs(20), "the second pass's summary in the log", || async {
-        env.log().matches("found nothing to change").count() >= 2
-    })
+    common::eventually(
+        Duration::from_secs(20),
+        "the second pass's summary in the log",
+        || async { env.log().matches("found nothing to change").count() >= 2 },
+    )
     .await;
     child.kill().await.unwrap();
-    assert_eq!(identity(&env.auth_file), before, "no write when nothing differs");
-    assert_eq!(env.nats.config_load_time().await.unwrap(), after_startup, "no reload when nothing differs");
+    assert_eq!(
+        identity(&env.auth_file),
+        before,
+        "no write when nothing differs"
+    );
+    assert_eq!(
+        env.nats.config_load_time().await.unwrap(),
+        after_startup,
+        "no reload when nothing differs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +164,16 @@ async fn any_other_failure_writes_nothing() {
     env.director.remove_vm("cf", A);
     env.director.set_vms_fault("other", Fault::status(500));
     let out = env.once(false).await;
-    assert_eq!((env.auth_text(), identity(&env.auth_file)), before, "a failed pass writes nothing");
-    assert!(env.log().contains("status"), "the log names the failure:\n{}", env.log());
+    assert_eq!(
+        (env.auth_text(), identity(&env.auth_file)),
+        before,
+        "a failed pass writes nothing"
+    );
+    assert!(
+        env.log().contains("status"),
+        "the log names the failure:\n{}",
+        env.log()
+    );
     let _ = out;
     assert!(env.admitted(&agent_cn(A)).await);
 }
@@ -131,17 +181,25 @@ async fn any_other_failure_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_director_ca_from_another_authority_fails_with_a_tls_error() {
     let env = Env::start(Auth::Basic, vec![Vm::agent(A)]).await;
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace(&env.files.ca_cert.display().to_string(), &env.files.other_ca_cert.display().to_string());
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        &env.files.ca_cert.display().to_string(),
+        &env.files.other_ca_cert.display().to_string(),
+    );
     std::fs::write(&env.config_path, text).unwrap();
     // Give the file users first, so bootstrap does not write either.
-    std::fs::write(&env.auth_file, "{\"authorization\":{\"users\":[{\"user\":\"CN=x\"}]}}").unwrap();
+    std::fs::write(
+        &env.auth_file,
+        "{\"authorization\":{\"users\":[{\"user\":\"CN=x\"}]}}",
+    )
+    .unwrap();
     let before = identity(&env.auth_file);
     env.once(false).await;
     assert_eq!(identity(&env.auth_file), before);
     let log = env.log();
-    assert!(log.contains("reason=\"tls\"") && log.contains("invalid peer certificate"), "{log}");
+    assert!(
+        log.contains("reason=\"tls\"") && log.contains("invalid peer certificate"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +210,21 @@ async fn a_file_that_admits_everyone_is_closed_even_with_nothing_to_admit() {
     // `{}` means "no authorization" to nats-server: any certificate of the CA gets in.
     std::fs::write(&env.auth_file, "{}").unwrap();
     env.nats.reload().unwrap();
-    common::eventually(Duration::from_secs(10), "nats-server admits anyone with {}", || async {
-        env.admitted("stranger.example").await
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "nats-server admits anyone with {}",
+        || async { env.admitted("stranger.example").await },
+    )
     .await;
 
     env.once(true).await;
     let text = env.auth_text();
-    assert!(text.contains(bosh_nats_sync::authfile::NOBODY) && !text.contains("\"users\":[]"), "{text}");
-    assert!(!env.admitted("stranger.example").await, "no users must mean nobody, not everybody");
+    assert!(
+        text.contains(bosh_nats_sync::authfile::NOBODY) && !text.contains("\"users\":[]"),
+        "{text}"
+    );
+    assert!(
+        !env.admitted("stranger.example").await,
+        "no users must mean nobody, not everybody"
+    );
 }

@@ -207,8 +207,9 @@ enum RunAs {
 }
 
 impl RunAs {
-    /// `argv` prefixed with `setpriv` so it runs as this identity: that UID and group, no
-    /// supplementary groups, empty inheritable and bounding capability sets, no_new_privs
+    /// `argv` prefixed with `setpriv` so it runs as this identity: that UID, the pod's group
+    /// (`runAsGroup`/`fsGroup`, which is what lets another UID read nats-server's 0640 pid
+    /// file), empty inheritable and bounding capability sets, no_new_privs
     /// (`allowPrivilegeEscalation: false`).
     fn argv(self, argv: &[String]) -> Vec<String> {
         match self {
@@ -217,8 +218,8 @@ impl RunAs {
                 let mut full: Vec<String> = [
                     "setpriv".to_owned(),
                     format!("--reuid={uid}"),
-                    format!("--regid={uid}"),
-                    "--clear-groups".to_owned(),
+                    format!("--regid={POD_UID}"),
+                    format!("--groups={POD_UID}"),
                     "--inh-caps=-all".to_owned(),
                     "--bounding-set=-all".to_owned(),
                     "--no-new-privs".to_owned(),

@@ -136,7 +136,7 @@ pub async fn measure(
     world.set_latency(cell.latency);
 
     world.director.reset_stats();
-    let cold = measure::run_to_exit(command(binary, &files.config, &["once"]), cell.limit()).await?;
+    let cold = measure::run_to_exit(command(world, binary, &files.config, &["once"]), cell.limit()).await?;
     let lines = pass_lines(&files.log, 0)?.0;
     ensure!(
         cold.code == 0,
@@ -153,7 +153,7 @@ pub async fn measure(
     let log_start = std::fs::metadata(&files.log)?.len();
     world.director.reset_stats();
     let start = Instant::now();
-    let child = command(binary, &files.config, &[])
+    let child = command(world, binary, &files.config, &[])
         .spawn()
         .context("spawning run mode")?;
     let pid = child.id();
@@ -232,7 +232,7 @@ pub struct Idle {
     pub hwm_kib: u64,
 }
 
-pub async fn idle(world: &World, binary: &Path) -> anyhow::Result<Idle> {
+pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Result<Idle> {
     const PASSES: usize = 10;
     let files = world.cell("idle")?;
     world.write_config(
@@ -244,7 +244,7 @@ pub async fn idle(world: &World, binary: &Path) -> anyhow::Result<Idle> {
         },
     )?;
     let start = Instant::now();
-    let child = command(binary, &files.config, &[])
+    let child = command(world, binary, &files.config, &[])
         .spawn()
         .context("spawning run mode")?;
     let pid = child.id();
@@ -262,6 +262,10 @@ pub async fn idle(world: &World, binary: &Path) -> anyhow::Result<Idle> {
     }
     let rss_kib = measure::status_kib(pid, "VmRSS").unwrap_or(0);
     let hwm_kib = measure::status_kib(pid, "VmHWM").unwrap_or(0);
+    if !hold.is_zero() {
+        eprintln!("bench: idle process {pid} (config {}) held for {hold:?}", files.config.display());
+        tokio::time::sleep(hold).await;
+    }
     measure::signal(pid, libc::SIGTERM);
     measure::wait_child(child, start, Duration::from_secs(10)).await?;
     Ok(Idle {
@@ -308,7 +312,7 @@ pub async fn nats_reload(
         },
     )?;
     let once = measure::run_to_exit(
-        command(binary, &files.config, &["once"]),
+        command(world, binary, &files.config, &["once"]),
         Duration::from_secs(900),
     )
     .await?;
@@ -363,8 +367,15 @@ pub async fn nats_reload(
     })
 }
 
-fn command(binary: &Path, config: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(binary);
+fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Command {
+    let mut c = match world.wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut c = Command::new(program);
+            c.args(wrapper_args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
     c.arg("-c")
         .arg(config)
         .args(args)

@@ -54,6 +54,14 @@ pub struct Args {
     /// Also write every figure as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run the binary under this command (split on spaces), e.g. for profiling:
+    /// `--wrapper "valgrind --tool=massif --massif-out-file=/tmp/massif.%p"`.
+    /// Memory and CPU figures then describe the wrapper, not the binary alone.
+    #[arg(long)]
+    pub wrapper: Option<String>,
+    /// Keep the idle process running this many seconds after measuring it (to inspect it).
+    #[arg(long, default_value_t = 0)]
+    pub hold_idle: u64,
     /// The command line to print as "reproduce with".
     #[arg(long, default_value = "scripts/bench")]
     pub command: String,
@@ -86,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .nats_deployments
         .unwrap_or(if args.quick { 100 } else { 5000 });
 
-    let world = World::start().await?;
+    let world = World::start(args.wrapper.as_deref()).await?;
     let started = std::time::Instant::now();
     let mut results: Vec<CellResult> = Vec::new();
     for &d in &deployments {
@@ -117,7 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("bench: idle RSS ...");
     world.populate(10, args.vms);
-    let idle = cells::idle(&world, &binary).await.context("idle RSS")?;
+    let idle = cells::idle(&world, &binary, Duration::from_secs(args.hold_idle)).await.context("idle RSS")?;
     eprintln!("bench:   {idle:?}");
 
     let nats = if nats_deployments > 0 {

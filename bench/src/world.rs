@@ -30,6 +30,8 @@ pub struct World {
     hm_subject: PathBuf,
     pid_file: PathBuf,
     sighups: Arc<AtomicU64>,
+    /// A command the binary runs under (profilers), split on spaces.
+    pub wrapper: Vec<String>,
 }
 
 /// The files of one measured cell.
@@ -38,7 +40,6 @@ pub struct CellFiles {
     pub auth_file: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
-    pub output: PathBuf,
 }
 
 /// What a cell's configuration varies.
@@ -50,7 +51,7 @@ pub struct CellConfig<'a> {
 }
 
 impl World {
-    pub async fn start() -> anyhow::Result<World> {
+    pub async fn start(wrapper: Option<&str>) -> anyhow::Result<World> {
         let dir = tempfile::Builder::new().prefix("bns-bench-").tempdir()?;
         let pki = Pki::generate().context("generating the PKI")?;
         let pki_dir = dir.path().join("pki");
@@ -90,6 +91,9 @@ impl World {
             hm_subject,
             pid_file,
             sighups,
+            wrapper: wrapper
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -137,7 +141,6 @@ impl World {
             auth_file: dir.join("auth.json"),
             config: dir.join("bosh_nats_sync_config.yml"),
             log: dir.join("bosh-nats-sync.log"),
-            output: dir.join("output.txt"),
             dir,
         };
         std::fs::write(&files.auth_file, PLACEHOLDER)?;

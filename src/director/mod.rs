@@ -246,14 +246,13 @@ impl Client {
             .append_pair("exclude_stemcells", "true")
             .append_pair("exclude_lock", "true");
         let body = self.send_authenticated("deployments", &url, plan).await?;
-        let deployments: Vec<Deployment> = decode("deployments", &display_url(&url), &body)?;
-        Ok(deployments.into_iter().map(|d| d.name).collect())
+        decode_with("deployments", &display_url(&url), &body, decode_deployments)
     }
 
     async fn vms(&self, plan: &AuthPlan<'_>, deployment: &str) -> Result<Vec<Vm>, Error> {
         let url = vms_url(&self.settings.url, deployment)?;
         match self.send_authenticated("vms", &url, plan).await {
-            Ok(body) => decode("vms", &display_url(&url), &body),
+            Ok(body) => decode_with("vms", &display_url(&url), &body, decode_vms),
             Err(Error::Status { status: 404, .. }) => {
                 tracing::info!(
                     deployment,
@@ -445,12 +444,34 @@ fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
     Ok(url)
 }
 
+/// Decodes a `/deployments` body into the deployment names, the only field used. Public
+/// so the fuzz targets exercise exactly what the client runs.
+pub fn decode_deployments(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    let deployments: Vec<Deployment> = serde_json::from_slice(body)?;
+    Ok(deployments.into_iter().map(|d| d.name).collect())
+}
+
+/// Decodes a `/deployments/{name}/vms` body. Public so the fuzz targets exercise exactly
+/// what the client runs.
+pub fn decode_vms(body: &[u8]) -> Result<Vec<Vm>, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     endpoint: &'static str,
     url: &str,
     body: &[u8],
 ) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| Error::Decode {
+    decode_with(endpoint, url, body, |b| serde_json::from_slice(b))
+}
+
+fn decode_with<T>(
+    endpoint: &'static str,
+    url: &str,
+    body: &[u8],
+    decoder: fn(&[u8]) -> Result<T, serde_json::Error>,
+) -> Result<T, Error> {
+    decoder(body).map_err(|e| Error::Decode {
         endpoint,
         url: url.to_string(),
         detail: e.to_string(),

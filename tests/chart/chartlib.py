@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -145,3 +146,9 @@ def port_number(c: dict[str, Any], port: int | str) -> int:
     found = [p["containerPort"] for p in c.get("ports", []) if p.get("name") == port]
     assert len(found) == 1, f"container {c['name']} has no port named {port!r}"
     return found[0]
+
+
+def binary() -> str | None:
+    """The bosh-nats-sync binary to check rendered configs with, when it is built."""
+    path = os.environ.get("BOSH_NATS_SYNC_BIN") or str(ROOT / "target" / "debug" / "bosh-nats-sync")
+    return path if os.access(path, os.X_OK) else None

@@ -36,7 +36,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   rm -rf "$venv"
   "$python" -m venv "$venv" || { echo "chart tests: FAILED to create a venv with $python" >&2; exit 1; }
   if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"; then
-    echo "chart tests: FAILED to install $(tr '\n' ' ' < "$here/requirements.txt" | sed 's/#[^ ]* //g')" >&2
+    echo "chart tests: FAILED to install from PyPI: $(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')" >&2
     rm -rf "$venv"
     exit 1
   fi
@@ -47,6 +47,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 
 cd "$here"
+# No __pycache__ in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 if [ "$update" = 1 ]; then
   "$venv/bin/python" update_fixture.py
 fi

@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 import chartlib
-from test_chart import binary
 
 JOB = chartlib.ROOT / "deploy" / "bosh" / "jobs" / "nats"
 RUBY = shutil.which("ruby")
@@ -71,7 +70,7 @@ def merged(*layers: dict) -> dict:
 
 
 def check_config(text: str) -> str:
-    exe = binary()
+    exe = chartlib.binary()
     if exe is None:
         pytest.skip("bosh-nats-sync is not built")
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ endpoints, secrets stay out of ConfigMaps."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -129,9 +130,10 @@ def test_the_pod_layout_is_consistent(variant):
     assert conf_dir == mount_of(nats, "nats-config")
     include = re.findall(r'^include\s+"([^"]+)"\s*$', conf, re.M)
     assert len(include) == 1, conf
-    # nats-server joins the include to the config's directory, even an absolute one.
-    included = posixpath.normpath(posixpath.join(conf_dir, include[0].lstrip("/")
-                                                 if include[0].startswith("/") else include[0]))
+    # nats-server joins the include to the config's directory, even an absolute one: only a
+    # relative include reaches the volume.
+    assert not include[0].startswith("/"), include
+    included = posixpath.normpath(posixpath.join(conf_dir, include[0]))
     auth_file = config["nats"]["config_file_path"]
     assert included == auth_file, (included, auth_file)
     state = mount_of(sync, "state")
@@ -205,7 +207,7 @@ def test_the_security_context_is_restrictive(variant):
 
 def test_secrets_never_reach_a_configmap(variant):
     name, values, rendered, objects = variant
-    secrets = [s for s in (chartlib.PASSWORD, chartlib.CLIENT_SECRET)]
+    secrets = (chartlib.PASSWORD, chartlib.CLIENT_SECRET)
     for obj in objects:
         if obj["kind"] == "Secret":
             continue
@@ -225,8 +227,7 @@ def test_secrets_never_reach_a_configmap(variant):
     if director.get("existingSecret"):
         assert not created, f"{name}: an existing Secret means the chart creates none"
     else:
-        data = one(objects, "Secret")["data"] if "data" in one(objects, "Secret") else {}
-        import base64
+        data = one(objects, "Secret").get("data", {})
         decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
         if director.get("password"):
             assert decoded[director.get("passwordKey", "password")] == director["password"]
@@ -275,12 +276,7 @@ def test_notes_tell_how_to_check():
     assert "WARNING" in render({})["bosh-nats-sync/templates/NOTES.txt"]
 
 
-def binary():
-    path = os.environ.get("BOSH_NATS_SYNC_BIN") or str(chartlib.ROOT / "target" / "debug" / "bosh-nats-sync")
-    return path if os.access(path, os.X_OK) else None
-
-
-@pytest.mark.skipif(binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")
+@pytest.mark.skipif(chartlib.binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")
 @pytest.mark.parametrize("name", [n for n in sorted(VARIANTS) if n != "default"])
 def test_the_binary_accepts_the_rendered_config(name):
     """`bosh-nats-sync check-config` on each rendered sidecar config: every key is known."""
@@ -290,7 +286,7 @@ def test_the_binary_accepts_the_rendered_config(name):
         path.write_text(one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"])
         env = dict(os.environ, BOSH_NATS_SYNC_DIRECTOR_PASSWORD=chartlib.PASSWORD,
                    BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET=chartlib.CLIENT_SECRET)
-        out = subprocess.run([binary(), "-c", str(path), "check-config"], env=env,
+        out = subprocess.run([chartlib.binary(), "-c", str(path), "check-config"], env=env,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "unknown key" not in out.stdout + out.stderr, out.stdout

@@ -173,7 +173,7 @@ impl Env {
 
     /// Runs `bosh-nats-sync -c CONFIG ARGS…` to completion.
     pub async fn run(&self, args: &[&str]) -> Output {
-        let out = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(60),
             tokio::process::Command::new(binary())
                 .arg("-c")
@@ -184,8 +184,7 @@ impl Env {
         )
         .await
         .expect("the command finishes within 60 s")
-        .expect("the binary runs");
-        out
+        .expect("the binary runs")
     }
 
     /// `once`, asserting its exit status.
