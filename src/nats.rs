@@ -24,6 +24,12 @@ pub enum ReloadError {
         path: PathBuf,
         source: nix::Error,
     },
+    #[error(
+        "not permitted to signal nats-server (pid {pid} from {}): bosh-nats-sync must run as the \
+         same user as nats-server (in a pod: the same runAsUser, with shareProcessNamespace)",
+        path.display()
+    )]
+    NotPermitted { pid: i32, path: PathBuf },
     #[error("cannot run {}: {source}", executable.display())]
     Spawn {
         executable: PathBuf,
@@ -50,6 +56,7 @@ impl ReloadError {
             ReloadError::PidFile { .. }
             | ReloadError::BadPid { .. }
             | ReloadError::NotRunning { .. } => "reload_pid",
+            ReloadError::NotPermitted { .. } => "reload_permission",
             ReloadError::Spawn { .. } | ReloadError::Command { .. } => "reload_signal",
             ReloadError::Monitor { .. } => "reload_monitor",
             ReloadError::NotApplied { .. } => "reload_rejected",
@@ -206,10 +213,16 @@ fn sighup(pid_file: &Path) -> Result<(), ReloadError> {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
     )
-    .map_err(|source| ReloadError::NotRunning {
-        pid,
-        path: pid_file.to_owned(),
-        source,
+    .map_err(|source| match source {
+        nix::Error::EPERM => ReloadError::NotPermitted {
+            pid,
+            path: pid_file.to_owned(),
+        },
+        source => ReloadError::NotRunning {
+            pid,
+            path: pid_file.to_owned(),
+            source,
+        },
     })
 }
 

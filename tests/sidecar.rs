@@ -492,7 +492,7 @@ async fn run_pod(nats_as: RunAs, sync_as: RunAs, expect: Expect) {
                     "bosh-nats-sync exited:\n{}",
                     sync_log_text()
                 );
-                let refused = sync_log_text().contains("Operation not permitted");
+                let refused = sync_log_text().contains("not permitted to signal nats-server");
                 async move { refused }
             },
         )
