@@ -6,6 +6,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::users::{User, Users};
@@ -78,6 +79,9 @@ impl AuthFileError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthFileError::Read { .. } => "auth_file_read",
+            AuthFileError::Write { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+                "disk_full"
+            }
             AuthFileError::Write { .. } => "auth_file_write",
         }
     }
@@ -157,6 +161,11 @@ pub fn write(path: &Path, users: &Users) -> Result<fs::Metadata, AuthFileError> 
 
 /// Temporary files of a write interrupted by a crash (SIGKILL, power loss) are the only
 /// thing a crash can leave behind; they are removed at start-up. Returns how many.
+///
+/// A temporary file another process is still writing is left alone: [`write`] holds an
+/// exclusive `flock` on its temporary file until the rename, and the kernel drops that lock
+/// when the writer dies — so only a dead writer's file can be locked here. (An operator's
+/// `once` or `diff` next to the running daemon must not pull the file from under its write.)
 pub fn remove_stale_temp_files(path: &Path) -> usize {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -174,7 +183,16 @@ pub fn remove_stale_temp_files(path: &Path) -> usize {
                 && name.ends_with(TEMP_SUFFIX)
                 && e.file_type().is_ok_and(|t| t.is_file())
         })
-        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .filter(|e| {
+            // Locked while we remove it, so a writer cannot be mid-way through it.
+            let Ok(_unused) = File::open(e.path())
+                .map_err(|_| ())
+                .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| ()))
+            else {
+                return false;
+            };
+            fs::remove_file(e.path()).is_ok()
+        })
         .count()
 }
 
@@ -200,6 +218,14 @@ fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileErro
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)
         .map_err(err("create a temporary file"))?;
+    // Held until the rename: marks the temporary file as in use for
+    // `remove_stale_temp_files` in other processes. Best effort: a filesystem without
+    // `flock` only loses that protection.
+    let _in_use = tmp
+        .as_file()
+        .try_clone()
+        .ok()
+        .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
     {
         let mut w = BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
         w.write_all(content).map_err(err("write"))?;
@@ -368,6 +394,24 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".auth-keep", "auth.json", "other.tmp"]);
+    }
+
+    #[test]
+    fn a_temp_file_another_writer_holds_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        let temp = dir.path().join(".auth-inflt1.tmp");
+        fs::write(&temp, "half a file").unwrap();
+        // What `write` holds while it writes (flock conflicts between open file
+        // descriptions, also within one process).
+        let held = Flock::lock(File::open(&temp).unwrap(), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(remove_stale_temp_files(&path), 0);
+        assert!(temp.exists(), "a live writer's temporary file stays");
+        drop(held);
+        assert_eq!(remove_stale_temp_files(&path), 1, "once its writer is gone");
+        assert!(!temp.exists());
     }
 
     #[test]

@@ -110,6 +110,9 @@ struct State {
     /// The director has answered a pass: from then on the bootstrap users are only a
     /// fall-back for when it fails (SPEC §6.2, §6.3).
     director_answered: bool,
+    /// Temporary files of a write interrupted by a crash are removed once, by the first
+    /// pass — not by `check-config` or `diff`, which change nothing.
+    cleaned_up: bool,
 }
 
 impl Controller {
@@ -121,13 +124,7 @@ impl Controller {
         let director = director::Client::new(config.director.clone(), metrics.clone())?;
         let reloader = Reloader::new(config.nats.clone());
         let config_damping = config.damping;
-        let stale = authfile::remove_stale_temp_files(&config.nats.auth_file);
-        if stale > 0 {
-            tracing::info!(
-                count = stale,
-                "removed temporary files of an interrupted write of the auth file"
-            );
-        }
+
         Ok(Self {
             config,
             director,
@@ -139,6 +136,7 @@ impl Controller {
                 reload_pending: true,
                 damper: Damper::new(config_damping),
                 director_answered: false,
+                cleaned_up: false,
             }),
         })
     }
@@ -170,6 +168,16 @@ impl Controller {
     /// atomic), and a reload interrupted by cancellation stays pending for the next pass.
     pub async fn pass(&self) -> Result<PassReport, PassError> {
         let mut state = self.state.lock().await;
+        if !state.cleaned_up {
+            state.cleaned_up = true;
+            let stale = authfile::remove_stale_temp_files(&self.config.nats.auth_file);
+            if stale > 0 {
+                tracing::info!(
+                    count = stale,
+                    "removed temporary files of an interrupted write of the auth file"
+                );
+            }
+        }
         let subjects = self.read_subjects();
         let mut observed = authfile::read(&self.config.nats.auth_file)?;
 

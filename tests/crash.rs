@@ -219,6 +219,10 @@ async fn sigkill_at_random_points_leaves_the_old_or_the_new_file_and_no_pile_of_
         )
     };
 
+    // From the pre-start placeholder to state A: bootstrap writes first, which would
+    // mislead the calibration.
+    set(State::A);
+    env.once(true).await;
     // Calibrate: how long one complete `once` takes, and when (after its start) the rename
     // replaces the file.
     let mut longest = Duration::ZERO;
@@ -269,6 +273,9 @@ async fn sigkill_at_random_points_leaves_the_old_or_the_new_file_and_no_pile_of_
             State::A
         };
         set(target);
+        // A killed predecessor's temporary file may still be there (until this process's
+        // start-up removes it): only a new one means this process is writing.
+        let stale = temp_files(&dir);
         let spawned = Instant::now();
         let mut child = once(&env).await;
         // A third of the kills anywhere in the process's life (a little beyond its usual end
@@ -287,12 +294,13 @@ async fn sigkill_at_random_points_leaves_the_old_or_the_new_file_and_no_pile_of_
             _ => {
                 let extra = Duration::from_micros(rng.random_range(0..3000));
                 while spawned.elapsed() < longest * 2 && child.try_wait().unwrap().is_none() {
-                    if !temp_files(&dir).is_empty() {
+                    if temp_files(&dir).iter().any(|t| !stale.contains(t)) {
                         temp_seen = true;
                         break;
                     }
                     tokio::time::sleep(Duration::from_micros(100)).await;
                 }
+                // Blocking on purpose: tokio's timer only has millisecond resolution.
                 std::thread::sleep(extra);
                 "mid-write"
             }

@@ -78,6 +78,8 @@ struct Case {
     keys: &'static [(&'static str, &'static str)],
     /// The `reason` label the failures must be counted under, and no other.
     reason: &'static str,
+    /// Text the error message in `/status` must hold, to show it is this fault that struck.
+    message: Option<&'static str>,
 }
 
 impl Case {
@@ -88,7 +90,13 @@ impl Case {
             inject,
             keys: &[],
             reason,
+            message: None,
         }
+    }
+
+    fn message(mut self, text: &'static str) -> Case {
+        self.message = Some(text);
+        self
     }
 
     fn uaa(mut self) -> Case {
@@ -162,17 +170,19 @@ fn file_users(path: &Path) -> Users {
     }
 }
 
-/// Temporary files the writer left in `dir` (everything but the auth file and `keep`).
-fn strays(dir: &Path, auth_file: &Path, keep: &[&str]) -> Vec<String> {
+/// Files the writer left in the auth file's directory: with `whole_dir`, everything but the
+/// auth file (the directory is the writer's alone); otherwise hidden or `.tmp` files (the
+/// directory also holds the rest of the test's files).
+fn strays(auth_file: &Path, whole_dir: bool) -> Vec<String> {
     let name = auth_file
         .file_name()
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    std::fs::read_dir(dir)
+    std::fs::read_dir(auth_file.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| *n != name && !keep.contains(&n.as_str()))
+        .filter(|n| *n != name && (whole_dir || n.starts_with('.') || n.ends_with(".tmp")))
         .collect()
 }
 
@@ -553,6 +563,15 @@ async fn fault_case(case: Case) {
         "{}",
         look.status
     );
+    if let Some(text) = case.message {
+        let message = look.status["last_pass"]["error"]["message"]
+            .as_str()
+            .unwrap();
+        assert!(
+            message.contains(text),
+            "{message:?} should mention {text:?}"
+        );
+    }
     assert!(
         look.status["consecutive_failures"].as_u64().unwrap() >= 3,
         "{}",
@@ -641,26 +660,8 @@ async fn fault_case(case: Case) {
             env.diagnostics()
         );
     }
-    let dir = setup.auth_file.parent().unwrap();
-    let keep: &[&str] = if case.own_auth_dir() {
-        &[]
-    } else {
-        // The env's directory holds everything else of the test.
-        &[
-            "pki",
-            "director-subject",
-            "hm-subject",
-            "nats",
-            "bosh_nats_sync_config.yml",
-            "bosh-nats-sync.log",
-            "run-output.txt",
-            "run",
-            "certs",
-            "nats-server-fixed-monitoring",
-        ]
-    };
     assert_eq!(
-        strays(dir, &setup.auth_file, keep),
+        strays(&setup.auth_file, case.own_auth_dir()),
         Vec::<String>::new(),
         "no temporary file is left behind"
     );
@@ -687,7 +688,7 @@ async fn director_500() {
 async fn director_401() {
     fault_case(Case::new(
         Inject::Director(Endpoint::Deployments, Fault::status(401)),
-        "status",
+        "unauthorized",
     ))
     .await;
 }
@@ -771,17 +772,23 @@ async fn uaa_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uaa_token_with_a_bad_signature() {
-    fault_case(Case::new(Inject::UaaWrongKey, "auth").uaa()).await;
+    fault_case(
+        Case::new(Inject::UaaWrongKey, "token_invalid")
+            .message("InvalidSignature")
+            .uaa(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auth_files_directory_read_only() {
-    fault_case(Case::new(Inject::ReadOnlyDir, "auth_file_write")).await;
+    fault_case(Case::new(Inject::ReadOnlyDir, "auth_file_write").message("Read-only file system"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_full() {
-    fault_case(Case::new(Inject::DiskFull, "auth_file_write")).await;
+    fault_case(Case::new(Inject::DiskFull, "disk_full").message("No space left on device")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,7 +798,12 @@ async fn the_pid_file_missing_sighup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pid_file_stale_sighup() {
-    fault_case(Case::new(Inject::PidStale, "reload_pid").sighup()).await;
+    fault_case(
+        Case::new(Inject::PidStale, "reload_pid")
+            .message("is not running")
+            .sighup(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -806,7 +818,10 @@ async fn nats_server_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_nats_server_rejects() {
-    fault_case(Case::new(Inject::ReloadRejected, "reload_rejected")).await;
+    fault_case(
+        Case::new(Inject::ReloadRejected, "reload_rejected").message("config_load_time stayed"),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -96,9 +96,13 @@ pub enum Error {
         url: String,
         limit: usize,
     },
-    /// No usable UAA token: the token request failed or the token was rejected.
+    /// No usable UAA token: the token request failed.
     #[error("UAA authentication failed: {detail}")]
     Auth { detail: String },
+    /// UAA issued a token that fails verification against `uaa_public_key` (bad signature,
+    /// expired, wrong algorithm): UAA's key changed, or something impersonates UAA.
+    #[error("UAA token rejected: {detail}")]
+    TokenInvalid { detail: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -117,11 +121,16 @@ impl Error {
         match self {
             Error::Connection { .. } => "connection",
             Error::Timeout { .. } => "timeout",
+            // Refused credentials need a person, not patience: their own reason, to alert on.
+            Error::Status {
+                status: 401 | 403, ..
+            } => "unauthorized",
             Error::Status { .. } => "status",
             Error::Tls { .. } => "tls",
             Error::Decode { .. } => "decode",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::Auth { .. } => "auth",
+            Error::TokenInvalid { .. } => "token_invalid",
             Error::Config(e) => e.reason(),
         }
     }
@@ -245,6 +254,13 @@ mod tests {
                 limit: 10,
             },
             "auth" => Error::Auth { detail },
+            "token_invalid" => Error::TokenInvalid { detail },
+            "unauthorized" => Error::Status {
+                endpoint,
+                url,
+                status: 401,
+                detail,
+            },
             "config" => Error::Config(ConfigError::CaFileNoCertificate {
                 path: "/ca.pem".into(),
             }),
@@ -262,6 +278,8 @@ mod tests {
             ("decode", false),
             ("body_too_large", false),
             ("auth", false),
+            ("token_invalid", false),
+            ("unauthorized", false),
             ("config", false),
         ] {
             let e = sample(kind);

@@ -373,7 +373,7 @@ impl Client {
             });
         }
         if let Some(key) = &self.jwt_key {
-            auth::verify_token(&response.access_token, key).map_err(|e| Error::Auth {
+            auth::verify_token(&response.access_token, key).map_err(|e| Error::TokenInvalid {
                 detail: format!(
                     "token from {shown} failed verification against director.uaa_public_key: {e}"
                 ),
