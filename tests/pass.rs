@@ -228,3 +228,30 @@ async fn a_file_that_admits_everyone_is_closed_even_with_nothing_to_admit() {
         "no users must mean nobody, not everybody"
     );
 }
+
+/// The config file exactly as the BOSH `nats` job template renders it (Ruby's `YAML.dump`
+/// of its params: `ca_cert`, null UAA keys, no new keys at all), paths moved to the test's
+/// directory: `-c FILE` converges with nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bosh_job_templates_config_converges_unchanged() {
+    let env = Env::start(Auth::Basic, vec![Vm::agent(A)]).await;
+    let text = format!(
+        "---\ndirector:\n  url: {url}\n  user: {user}\n  password: {password}\n  client_id:\n  client_secret:\n  ca_cert: \"{ca}\"\n  director_subject_file: \"{ds}\"\n  hm_subject_file: \"{hs}\"\nintervals:\n  poll_user_sync: 10\nnats:\n  config_file_path: \"{auth}\"\n  nats_server_executable: \"{exe}\"\n  nats_server_pid_file: \"{pid}\"\nlogfile: \"{log}\"\n",
+        url = env.director.url(),
+        user = common::USER,
+        password = common::PASSWORD,
+        ca = env.files.ca_cert.display(),
+        ds = env.director_subject_file.display(),
+        hs = env.hm_subject_file.display(),
+        auth = env.auth_file.display(),
+        exe = common::nats_server_path().display(),
+        pid = env.nats.pid_file().display(),
+        log = env.log_path().display(),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let out = env.run(&["check-config"]).await;
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("unknown key"));
+    env.once(true).await;
+    assert!(env.admitted(&agent_cn(A)).await);
+    assert!(env.admitted(DIRECTOR_CN).await);
+}
