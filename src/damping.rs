@@ -112,12 +112,12 @@ impl Damper {
             return Verdict::Apply;
         }
         let in_file = agents(observed);
+        let agents_in_file = in_file.len();
         let wanted = agents(desired);
         let keep: BTreeMap<AgentId, bool> = in_file
             .into_iter()
             .filter(|(id, _)| !wanted.contains_key(id))
             .collect();
-        let agents_in_file = agents(observed).len();
         let removing = keep.len();
         let limit = (self.settings.max_removal_fraction * agents_in_file as f64)
             .max(self.settings.min_removals as f64);

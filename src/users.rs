@@ -63,6 +63,11 @@ impl Users {
         if self.len() != other.len() {
             return false;
         }
+        // A file this program wrote lists the users in the order it would write them now:
+        // the steady state compares equal without sorting or allocating.
+        if self.0 == other.0 {
+            return true;
+        }
         match (self.by_subject(), other.by_subject()) {
             (Some(mine), Some(theirs)) => mine.iter().zip(&theirs).all(|(a, b)| {
                 a.user == b.user && same_permissions(a.permissions.as_ref(), b.permissions.as_ref())

@@ -77,6 +77,9 @@ pub struct CellResult {
     /// Peak resident set of the long-running process (`VmHWM`) and its resident set at the end.
     pub run_hwm_kib: u64,
     pub run_rss_kib: u64,
+    /// Largest `RssAnon` sampled during the long-running process's passes, and at the end.
+    pub run_peak_anon_kib: u64,
+    pub run_anon_kib: u64,
     /// Writes and reloads seen during the warm passes (must both be 0).
     pub noop_writes: u64,
     pub noop_reloads: u64,
@@ -94,7 +97,7 @@ impl CellResult {
 
     pub fn summary(&self) -> String {
         format!(
-            "cold {:.3} s (pass {:.3} s), warm {:.3} s, bound {}, {} req, peak RSS {:.1}/{:.1} MiB, CPU/pass {:.3}/{:.3} s, no-op writes {} reloads {}",
+            "cold {:.3} s (pass {:.3} s), warm {:.3} s, bound {}, {} req, peak RSS {:.1}/{:.1} MiB (anon {:.1}/{:.1}), CPU/pass {:.3}/{:.3} s, no-op writes {} reloads {}",
             self.cold.wall.as_secs_f64(),
             self.cold_pass.as_secs_f64(),
             self.warm_mean().as_secs_f64(),
@@ -104,6 +107,8 @@ impl CellResult {
             self.cold_requests,
             mib(self.cold.max_rss_kib),
             mib(self.run_hwm_kib),
+            mib(self.cold.peak_anon_kib),
+            mib(self.run_peak_anon_kib),
             self.cold.cpu.as_secs_f64(),
             self.warm_cpu_per_pass.as_secs_f64(),
             self.noop_writes,
@@ -136,7 +141,11 @@ pub async fn measure(
     world.set_latency(cell.latency);
 
     world.director.reset_stats();
-    let cold = measure::run_to_exit(command(world, binary, &files.config, &["once"]), cell.limit()).await?;
+    let cold = measure::run_to_exit(
+        command(world, binary, &files.config, &["once"]),
+        cell.limit(),
+    )
+    .await?;
     let lines = pass_lines(&files.log, 0)?.0;
     ensure!(
         cold.code == 0,
@@ -161,9 +170,12 @@ pub async fn measure(
     let mut seen: Vec<Value> = Vec::new();
     let mut marks = Vec::new(); // (cpu, requests, sighups, file identity) at each pass end
     let deadline = Instant::now() + cell.limit() * (warm as u32 + 1);
+    let mut run_peak_anon_kib = 0;
     while seen.len() < warm + 1 {
+        run_peak_anon_kib = run_peak_anon_kib.max(measure::status_kib(pid, "RssAnon").unwrap_or(0));
         let (new, next) = pass_lines(&files.log, offset)?;
         offset = next;
+        let arrived = !new.is_empty();
         for line in new {
             if line["message"] == "pass failed" {
                 measure::signal(pid, libc::SIGKILL);
@@ -177,6 +189,13 @@ pub async fn measure(
             ));
             seen.push(line);
         }
+        if arrived && (seen.len() == 1 || seen.len() == warm + 1) {
+            // A SIGHUP sent just before the pass line reaches this process's counter a moment
+            // later; the next pass starts a poll interval (300 ms) after this one ended.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let last = marks.len() - 1;
+            marks[last].2 = world.sighups();
+        }
         if Instant::now() > deadline {
             measure::signal(pid, libc::SIGKILL);
             bail!("run mode did not finish {} passes in time", warm + 1);
@@ -185,12 +204,13 @@ pub async fn measure(
     }
     let run_hwm_kib = measure::status_kib(pid, "VmHWM").unwrap_or(0);
     let run_rss_kib = measure::status_kib(pid, "VmRSS").unwrap_or(0);
+    let run_anon_kib = measure::status_kib(pid, "RssAnon").unwrap_or(0);
     measure::signal(pid, libc::SIGTERM);
     let ended = measure::wait_child(child, start, Duration::from_secs(10)).await?;
     ensure!(ended.code == 0, "run mode exited {} on SIGTERM", ended.code);
 
-    let first = marks[0].clone();
-    let last = marks[warm].clone();
+    let first = marks[0];
+    let last = marks[warm];
     let warm_lines = &seen[1..=warm];
     let mut noop_writes = warm_lines
         .iter()
@@ -217,6 +237,8 @@ pub async fn measure(
         warm_cpu_per_pass: last.0.saturating_sub(first.0) / warm as u32,
         run_hwm_kib,
         run_rss_kib,
+        run_peak_anon_kib: run_peak_anon_kib.max(run_anon_kib),
+        run_anon_kib,
         noop_writes,
         noop_reloads,
         users,
@@ -230,6 +252,9 @@ pub struct Idle {
     pub passes: usize,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// `RssAnon` and `RssFile`: private memory and the binary's (and libraries') file pages.
+    pub anon_kib: u64,
+    pub file_kib: u64,
 }
 
 pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Result<Idle> {
@@ -262,8 +287,13 @@ pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Resul
     }
     let rss_kib = measure::status_kib(pid, "VmRSS").unwrap_or(0);
     let hwm_kib = measure::status_kib(pid, "VmHWM").unwrap_or(0);
+    let anon_kib = measure::status_kib(pid, "RssAnon").unwrap_or(0);
+    let file_kib = measure::status_kib(pid, "RssFile").unwrap_or(0);
     if !hold.is_zero() {
-        eprintln!("bench: idle process {pid} (config {}) held for {hold:?}", files.config.display());
+        eprintln!(
+            "bench: idle process {pid} (config {}) held for {hold:?}",
+            files.config.display()
+        );
         tokio::time::sleep(hold).await;
     }
     measure::signal(pid, libc::SIGTERM);
@@ -273,6 +303,8 @@ pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Resul
         passes,
         rss_kib,
         hwm_kib,
+        anon_kib,
+        file_kib,
     })
 }
 

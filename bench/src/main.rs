@@ -125,7 +125,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("bench: idle RSS ...");
     world.populate(10, args.vms);
-    let idle = cells::idle(&world, &binary, Duration::from_secs(args.hold_idle)).await.context("idle RSS")?;
+    let idle = cells::idle(&world, &binary, Duration::from_secs(args.hold_idle))
+        .await
+        .context("idle RSS")?;
     eprintln!("bench:   {idle:?}");
 
     let nats = if nats_deployments > 0 {

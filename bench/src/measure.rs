@@ -18,6 +18,9 @@ pub struct Finished {
     pub max_rss_kib: u64,
     /// `ru_utime + ru_stime`.
     pub cpu: Duration,
+    /// The largest `RssAnon` (heap, stacks: private memory, without the binary's
+    /// file-backed pages) seen by sampling `/proc/<pid>/status` every 2 ms.
+    pub peak_anon_kib: u64,
 }
 
 /// Spawns `command` and waits for it (at most `limit`, then SIGKILL and an error).
@@ -34,13 +37,22 @@ pub async fn wait_child(child: Child, start: Instant, limit: Duration) -> anyhow
     drop(child);
     let waiter = tokio::task::spawn_blocking(move || wait4(pid));
     tokio::pin!(waiter);
-    let (status, usage) = tokio::select! {
-        r = &mut waiter => r.context("waiter task")??,
-        _ = tokio::time::sleep(limit) => {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = waiter.await;
-            bail!("pid {pid} did not finish within {limit:?}; killed");
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut peak_anon_kib = 0;
+    let mut sample = tokio::time::interval(Duration::from_millis(2));
+    let (status, usage) = loop {
+        tokio::select! {
+            r = &mut waiter => break r.context("waiter task")??,
+            _ = sample.tick() => {
+                peak_anon_kib = peak_anon_kib.max(status_kib(pid as u32, "RssAnon").unwrap_or(0));
+            }
+            _ = &mut deadline => {
+                // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = waiter.await;
+                bail!("pid {pid} did not finish within {limit:?}; killed");
+            }
         }
     };
     let wall = start.elapsed();
@@ -57,6 +69,7 @@ pub async fn wait_child(child: Child, start: Instant, limit: Duration) -> anyhow
         wall,
         max_rss_kib: usage.ru_maxrss as u64,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_anon_kib,
     })
 }
 

@@ -156,15 +156,30 @@ impl Report<'_> {
                 .map(|x| x.cold.max_rss_kib.max(x.run_hwm_kib))
                 .max()
                 .unwrap_or(0);
+            let anon = thousand
+                .iter()
+                .map(|x| x.cold.peak_anon_kib.max(x.run_peak_anon_kib))
+                .max()
+                .unwrap_or(0);
             rows.push((
                 "1000 x 20: peak RSS ≤ 16 MiB (any latency, concurrency, once or run)".into(),
-                format!("{:.1} MiB", mib(peak)),
+                format!(
+                    "{:.1} MiB (of which private/anonymous at most {:.1} MiB; the rest is the binary's file-backed pages)",
+                    mib(peak),
+                    mib(anon)
+                ),
                 verdict(peak <= 16 * 1024),
             ));
-            let zero: Vec<&&CellResult> =
-                thousand.iter().filter(|x| x.cell.latency.is_zero()).collect();
+            let zero: Vec<&&CellResult> = thousand
+                .iter()
+                .filter(|x| x.cell.latency.is_zero())
+                .collect();
             if !zero.is_empty() {
-                let warm = zero.iter().map(|x| x.warm_cpu_per_pass).max().unwrap_or_default();
+                let warm = zero
+                    .iter()
+                    .map(|x| x.warm_cpu_per_pass)
+                    .max()
+                    .unwrap_or_default();
                 let cold = zero.iter().map(|x| x.cold.cpu).max().unwrap_or_default();
                 rows.push((
                     "1000 x 20, latency 0: CPU per pass ≤ 0.1 s".into(),
@@ -180,11 +195,13 @@ impl Report<'_> {
         rows.push((
             "idle RSS with a small director ≤ 8 MiB".into(),
             format!(
-                "{:.1} MiB after {} passes over {} deployments x 20 VMs (peak {:.1} MiB)",
+                "{:.1} MiB after {} passes over {} deployments x 20 VMs (peak {:.1} MiB): {:.1} MiB private (`RssAnon`) + {:.1} MiB file-backed (`RssFile`: the binary's code and data, libc)",
                 mib(self.idle.rss_kib),
                 self.idle.passes,
                 self.idle.deployments,
-                mib(self.idle.hwm_kib)
+                mib(self.idle.hwm_kib),
+                mib(self.idle.anon_kib),
+                mib(self.idle.file_kib),
             ),
             verdict(self.idle.rss_kib <= 8 * 1024),
         ));
@@ -209,12 +226,18 @@ impl Report<'_> {
                 .map(|x| x.cold.max_rss_kib.max(x.run_hwm_kib))
                 .max()
                 .unwrap_or(0);
+            let anon = big
+                .iter()
+                .map(|x| x.cold.peak_anon_kib.max(x.run_peak_anon_kib))
+                .max()
+                .unwrap_or(0);
             rows.push((
                 "5000 x 20: a pass completes, memory < 64 MiB".into(),
                 format!(
-                    "{} cells completed; peak RSS {:.1} MiB",
+                    "{} cells completed; peak RSS {:.1} MiB (private at most {:.1} MiB)",
                     big.len(),
-                    mib(peak)
+                    mib(peak),
+                    mib(anon)
                 ),
                 verdict(peak < 64 * 1024),
             ));
@@ -237,14 +260,16 @@ impl Report<'_> {
              long-running process (after its first pass). *req*: director requests of the cold \
              pass (warm passes in brackets when they differ). *RSS*: peak resident set of the \
              `once` process (`ru_maxrss`) / of the long-running process (`VmHWM`) / resident \
-             set of the long-running one after its last pass (`VmRSS`). *CPU*: user+system \
+             set of the long-running one after its last pass (`VmRSS`). *anon*: the same for \
+             private memory only (`RssAnon`, sampled every 2 ms: peak of `once` / peak of the \
+             long-running process / after its last pass). *CPU*: user+system \
              seconds of the whole cold process / per warm pass. *no-op*: writes / reloads \
              during the warm passes.\n"
         );
         let _ = writeln!(
             md,
-            "| deployments x VMs | users | latency | conc. | bound s | cold s | pass s | warm s | warm/bound | req | RSS once / peak / now MiB | CPU cold / warm s | no-op w/r |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| deployments x VMs | users | latency | conc. | bound s | cold s | pass s | warm s | warm/bound | req | RSS once / peak / now MiB | anon once / peak / now MiB | CPU cold / warm s | no-op w/r |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in self.results {
             let bound = r.cell.bound();
@@ -256,7 +281,7 @@ impl Report<'_> {
             };
             let _ = writeln!(
                 md,
-                "| {} x {} | {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {} / {} | {} / {} |",
+                "| {} x {} | {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} / {} | {} / {} |",
                 r.cell.deployments,
                 r.cell.vms,
                 r.users,
@@ -274,6 +299,9 @@ impl Report<'_> {
                 mib(r.cold.max_rss_kib),
                 mib(r.run_hwm_kib),
                 mib(r.run_rss_kib),
+                mib(r.cold.peak_anon_kib),
+                mib(r.run_peak_anon_kib),
+                mib(r.run_anon_kib),
                 secs(r.cold.cpu),
                 secs(r.warm_cpu_per_pass),
                 r.noop_writes,
@@ -291,7 +319,7 @@ impl Report<'_> {
                  | figure | value |\n|---|---|\n\
                  | director | {} deployments x {} VMs |\n\
                  | users written | {} ({:.1} MiB file) |\n\
-                 | `once` (placeholder file → bootstrap → full write → reload verified via `/varz`) | {} s wall, peak RSS {:.1} MiB, CPU {} s |\n\
+                 | `once` (placeholder file → bootstrap → full write → reload verified via `/varz`) | {} s wall, peak RSS {:.1} MiB (private {:.1} MiB), CPU {} s |\n\
                  | nats-server reload of that file (SIGHUP until `config_load_time` advances) | {} s |\n\
                  | nats-server resident set with that file | {:.1} MiB |\n\
                  | an agent of the last deployment is admitted / a stranger is refused | {} / {} |\n",
@@ -301,6 +329,7 @@ impl Report<'_> {
                 n.file_bytes as f64 / 1048576.0,
                 secs(n.once.wall),
                 mib(n.once.max_rss_kib),
+                mib(n.once.peak_anon_kib),
                 secs(n.once.cpu),
                 secs(n.reload),
                 mib(n.nats_rss_kib),
@@ -328,13 +357,17 @@ impl Report<'_> {
                 "warm_passes_s": r.warm.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 "warm_requests_per_pass": r.warm_requests_per_pass,
                 "warm_cpu_per_pass_s": r.warm_cpu_per_pass.as_secs_f64(),
+                "cold_peak_anon_kib": r.cold.peak_anon_kib,
+                "run_peak_anon_kib": r.run_peak_anon_kib,
+                "run_anon_kib": r.run_anon_kib,
                 "run_hwm_kib": r.run_hwm_kib,
                 "run_rss_kib": r.run_rss_kib,
                 "noop_writes": r.noop_writes,
                 "noop_reloads": r.noop_reloads,
             })).collect::<Vec<_>>(),
             "idle": {"deployments": self.idle.deployments, "passes": self.idle.passes,
-                     "rss_kib": self.idle.rss_kib, "hwm_kib": self.idle.hwm_kib},
+                     "rss_kib": self.idle.rss_kib, "hwm_kib": self.idle.hwm_kib,
+                     "anon_kib": self.idle.anon_kib, "file_kib": self.idle.file_kib},
             "nats": self.nats.map(|n| json!({
                 "deployments": n.deployments, "vms": n.vms, "users": n.users,
                 "file_bytes": n.file_bytes, "once_wall_s": n.once.wall.as_secs_f64(),
@@ -352,7 +385,12 @@ pub fn replace_section(path: &Path, section: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{}{}", &old[..b], section.trim_end(), &old[e + END.len()..])
+            format!(
+                "{}{}{}",
+                &old[..b],
+                section.trim_end(),
+                &old[e + END.len()..]
+            )
         }
         _ => format!("{old}\n{section}"),
     };
