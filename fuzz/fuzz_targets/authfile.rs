@@ -23,8 +23,14 @@ struct ArbUser {
 impl From<ArbUser> for User {
     fn from(a: ArbUser) -> User {
         User {
-            user: if a.nobody { authfile::NOBODY.to_owned() } else { a.user },
-            permissions: a.permissions.map(|(publish, subscribe)| Permissions { publish, subscribe }),
+            user: if a.nobody {
+                authfile::NOBODY.to_owned()
+            } else {
+                a.user
+            },
+            permissions: a
+                .permissions
+                .map(|(publish, subscribe)| Permissions { publish, subscribe }),
         }
     }
 }

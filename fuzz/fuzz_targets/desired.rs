@@ -28,7 +28,10 @@ enum ArbId {
 impl ArbId {
     fn into_raw(self) -> Option<String> {
         let alpha = |bytes: Vec<u8>| -> String {
-            bytes.into_iter().map(|b| char::from(ALPHABET[usize::from(b % 64)])).collect()
+            bytes
+                .into_iter()
+                .map(|b| char::from(ALPHABET[usize::from(b % 64)]))
+                .collect()
         };
         match self {
             ArbId::Null => None,

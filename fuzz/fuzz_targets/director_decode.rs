@@ -52,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(names) = director::decode_deployments(data) {
         if let Some(value) = &value {
-            let entries = value.as_array().expect("deployments decode only from an array");
+            let entries = value
+                .as_array()
+                .expect("deployments decode only from an array");
             let expected: Vec<&str> = entries.iter().map(expected_name).collect();
             assert_eq!(names, expected);
         }

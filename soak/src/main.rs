@@ -103,7 +103,10 @@ async fn main() -> anyhow::Result<()> {
         Ok(true) => {}
         _ => {
             let kept = work.keep();
-            eprintln!("soak: work directory kept for inspection: {}", kept.display());
+            eprintln!(
+                "soak: work directory kept for inspection: {}",
+                kept.display()
+            );
             let log = std::fs::read_to_string(kept.join("bosh-nats-sync.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             eprintln!("soak: last lines of the binary's log:");
@@ -132,13 +135,17 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
         let vms = (0..args.vms)
             .map(|_| {
                 n += 1;
-                SimVm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}")).permanent(n % 3 == 0)
+                SimVm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}"))
+                    .permanent(n.is_multiple_of(3))
             })
             .collect();
         director.set_deployment(&format!("deployment-{d}"), vms);
     }
 
-    std::fs::write(dir.join("director-subject"), format!("{DIRECTOR_SUBJECT}\n"))?;
+    std::fs::write(
+        dir.join("director-subject"),
+        format!("{DIRECTOR_SUBJECT}\n"),
+    )?;
     std::fs::write(dir.join("hm-subject"), format!("subject={HM_SUBJECT}\n"))?;
     let auth_file = dir.join("auth.json");
     std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n")?;
@@ -234,9 +241,7 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
             rss_kib: rss_kib(pid)?,
             fds: open_fds(pid)?,
             counters: scrape(&http, &metrics_url).await?,
-            file_users: authfile::read(&auth_file)?
-                .users()
-                .map_or(0, Users::len),
+            file_users: authfile::read(&auth_file)?.users().map_or(0, Users::len),
         };
         println!("{}", row(&sample));
         samples.push(sample);

@@ -21,7 +21,10 @@ pub fn is_valid_agent_id(raw: &str) -> bool {
 pub fn check_agent_id(raw: &str) {
     match AgentId::parse(raw) {
         Ok(id) => {
-            assert!(is_valid_agent_id(raw), "accepted an invalid agent id {raw:?}");
+            assert!(
+                is_valid_agent_id(raw),
+                "accepted an invalid agent id {raw:?}"
+            );
             assert_eq!(id.as_str(), raw);
         }
         Err(_) => assert!(!is_valid_agent_id(raw), "refused a valid agent id {raw:?}"),
@@ -40,7 +43,10 @@ pub fn check_subject(raw: &str) -> Option<Subject> {
         Ok(Some(s)) => {
             let s = s.as_str();
             assert!(!s.is_empty());
-            assert!(!s.chars().any(char::is_control), "{s:?} holds a control character");
+            assert!(
+                !s.chars().any(char::is_control),
+                "{s:?} holds a control character"
+            );
             assert_eq!(s, s.trim(), "{s:?} keeps surrounding whitespace");
             // One `subject=` prefix is stripped (what `openssl x509 -subject` prints); only
             // content that carried it twice may still start with it.
@@ -68,7 +74,11 @@ pub fn escapes(rendered: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < rendered.len() {
         if rendered[i] == b'\\' {
-            found.push(*rendered.get(i + 1).expect("an escape never ends the output"));
+            found.push(
+                *rendered
+                    .get(i + 1)
+                    .expect("an escape never ends the output"),
+            );
             i += 2;
         } else {
             i += 1;
@@ -109,17 +119,19 @@ pub fn check_render(users: &Users) {
         users.clone()
     };
     assert_eq!(authfile::classify(&rendered), Observed::Users(expected));
-    let bad_escape = escapes(&rendered)
-        .iter()
-        .any(|e| !NATS_ESCAPES.contains(e));
+    let bad_escape = escapes(&rendered).iter().any(|e| !NATS_ESCAPES.contains(e));
     let has_control = strings_of(users).any(|s| s.chars().any(needs_rejected_escape));
     assert_eq!(
-        bad_escape, has_control,
+        bad_escape,
+        has_control,
         "escapes {:?} in {:?}",
         String::from_utf8_lossy(&escapes(&rendered)),
         String::from_utf8_lossy(&rendered)
     );
-    assert!(std::str::from_utf8(&rendered).is_ok(), "render writes UTF-8");
+    assert!(
+        std::str::from_utf8(&rendered).is_ok(),
+        "render writes UTF-8"
+    );
 }
 
 pub fn nobody() -> User {
@@ -181,7 +193,10 @@ pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
     }
     assert_eq!(desired.skipped.no_agent_id, none);
     assert_eq!(desired.skipped.invalid_agent_id, invalid);
-    assert_eq!(desired.skipped.duplicate, valid_reports - expected_agents.len());
+    assert_eq!(
+        desired.skipped.duplicate,
+        valid_reports - expected_agents.len()
+    );
 
     // Each agent-derived user: a DN and permissions built from a valid id, so no `*`, `>`
     // or `.` reaches a subject except in the fixed patterns.
@@ -200,12 +215,18 @@ pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
         } else {
             panic!("agent user {:?} has an unexpected CN", user.user)
         };
-        assert!(is_valid_agent_id(id), "user {:?} built from an invalid id", user.user);
+        assert!(
+            is_valid_agent_id(id),
+            "user {:?} built from an invalid id",
+            user.user
+        );
         let (publish, subscribe) = agent_permissions(id);
         assert_eq!(user, &User::new(user.user.clone(), publish, subscribe));
         if bootstrap {
             // A bootstrap user is always followed by the same agent's permanent user.
-            let next = rest.get(i + 1).expect("bootstrap user without its agent user");
+            let next = rest
+                .get(i + 1)
+                .expect("bootstrap user without its agent user");
             assert_eq!(next.user, format!("{DN_PREFIX}{id}.agent.bosh-internal"));
             i += 1;
         }
@@ -213,7 +234,10 @@ pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
         i += 1;
     }
     let expected: Vec<(&str, bool)> = expected_agents.into_iter().collect();
-    assert_eq!(seen, expected, "one entry per valid agent id, sorted, bootstrap as reported");
+    assert_eq!(
+        seen, expected,
+        "one entry per valid agent id, sorted, bootstrap as reported"
+    );
 
     let c = desired.counts;
     assert_eq!(c.director + c.hm + c.agent + c.agent_bootstrap, users.len());
