@@ -146,7 +146,10 @@ async fn diff_prints_the_changes_and_writes_nothing() {
     std::fs::write(&in_progress, "partial").unwrap();
     assert!(env.run(&["check-config"]).await.status.success());
     let out = env.run(&["diff"]).await;
-    assert!(in_progress.exists(), "diff and check-config change nothing on disk");
+    assert!(
+        in_progress.exists(),
+        "diff and check-config change nothing on disk"
+    );
     std::fs::remove_file(&in_progress).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}{}", stderr(&out));
