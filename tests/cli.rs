@@ -191,3 +191,58 @@ async fn diff_prints_the_changes_and_writes_nothing() {
         "an unreachable director is an error"
     );
 }
+
+/// The README's first command: the real controller against the built-in simulated director
+/// (and the real nats-server on PATH), in a directory of our choosing, for a few seconds.
+#[test]
+fn the_demo_runs_the_controller_against_the_simulated_director() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let out = Command::new(binary())
+        .args([
+            "demo",
+            "--duration",
+            "4",
+            "--poll",
+            "0.5",
+            "--churn-ms",
+            "200",
+            "--deployments",
+            "2",
+            "--vms",
+            "3",
+        ])
+        .arg("--listen")
+        .arg(&listen)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(
+        stdout.contains("verify_and_map"),
+        "a real nats-server was started:\n{stdout}"
+    );
+    let auth = std::fs::read_to_string(dir.path().join("auth.json")).unwrap();
+    let users = match bosh_nats_sync::authfile::classify(auth.as_bytes()) {
+        bosh_nats_sync::authfile::Observed::Users(u) => u,
+        other => panic!("not a users file: {other:?}"),
+    };
+    assert!(
+        users
+            .iter()
+            .any(|u| u.user.ends_with(".agent.bosh-internal")),
+        "{auth}"
+    );
+    assert!(
+        users
+            .iter()
+            .any(|u| u.user.ends_with("CN=default.director.bosh-internal")),
+        "{auth}"
+    );
+    assert!(
+        stdout.contains("pass changed the auth file") && stdout.contains("reloaded"),
+        "{stdout}"
+    );
+}
