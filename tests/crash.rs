@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::desired::{self, Subject, Subjects};
 use bosh_nats_sync::users::Users;
 use common::{Auth, Env};
 use rand::{Rng, SeedableRng};
@@ -40,23 +39,8 @@ fn director_vms(agents: &[(String, bool)]) -> Vec<Vm> {
 
 /// The desired users for `agents`, computed by the library.
 fn expected(env: &Env, agents: &[(String, bool)]) -> Users {
-    let subject = |path: &Path| {
-        Subject::parse(&std::fs::read_to_string(path).unwrap())
-            .unwrap()
-            .expect("the env writes both subjects")
-    };
-    let subjects = Subjects {
-        director: Some(subject(&env.director_subject_file)),
-        hm: Some(subject(&env.hm_subject_file)),
-    };
-    let vms: Vec<bosh_nats_sync::director::Vm> = agents
-        .iter()
-        .map(|(id, permanent)| bosh_nats_sync::director::Vm {
-            agent_id: Some(id.clone()),
-            permanent_nats_credentials: *permanent,
-        })
-        .collect();
-    desired::compute(&subjects, &vms).users
+    let agents: Vec<(&str, bool)> = agents.iter().map(|(id, p)| (id.as_str(), *p)).collect();
+    env.expected_users(&agents)
 }
 
 /// The temporary files in the auth file's directory (the writer's `.auth-*.tmp`).

@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::desired::{self, Subject, Subjects};
 use bosh_nats_sync::users::Users;
-use common::{Auth, Env};
+use common::{Auth, Env, http};
 use serde_json::Value;
 use sim::director::{Endpoint, Vm};
 use sim::fault::Fault;
@@ -136,25 +135,10 @@ fn vm(id: &str) -> Vm {
     Vm::agent(id).permanent(true)
 }
 
-/// The desired users for these agents, computed by the library from the env's subject files.
+/// The desired users for these agents, all with permanent credentials.
 fn expected(env: &Env, agents: &[&str]) -> Users {
-    let subject = |path: &Path| {
-        Subject::parse(&std::fs::read_to_string(path).unwrap())
-            .unwrap()
-            .expect("the env writes both subjects")
-    };
-    let subjects = Subjects {
-        director: Some(subject(&env.director_subject_file)),
-        hm: Some(subject(&env.hm_subject_file)),
-    };
-    let vms: Vec<bosh_nats_sync::director::Vm> = agents
-        .iter()
-        .map(|id| bosh_nats_sync::director::Vm {
-            agent_id: Some((*id).to_owned()),
-            permanent_nats_credentials: true,
-        })
-        .collect();
-    desired::compute(&subjects, &vms).users
+    let agents: Vec<(&str, bool)> = agents.iter().map(|id| (*id, true)).collect();
+    env.expected_users(&agents)
 }
 
 /// The file's users, failing the test for anything that is not a users config.
@@ -184,14 +168,6 @@ fn strays(auth_file: &Path, whole_dir: bool) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| *n != name && (whole_dir || n.starts_with('.') || n.ends_with(".tmp")))
         .collect()
-}
-
-fn http() -> reqwest::Client {
-    bosh_nats_sync::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client")
 }
 
 /// One look at the running process: `/metrics` and `/status`. `None` while the HTTP server

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Auth, CLIENT_ID, CLIENT_SECRET, Env, PASSWORD, USER};
+use common::{Auth, CLIENT_ID, CLIENT_SECRET, Env, PASSWORD, USER, http};
 use serde_json::{Value, json};
 use sim::director::{Endpoint, Vm};
 use sim::fault::Fault;
@@ -27,14 +27,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Helpers: HTTP, the exposition format, promtool, polling with a reason.
-
-fn http() -> reqwest::Client {
-    bosh_nats_sync::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client")
-}
 
 /// GET `base` + `path`: status and body, or why it could not be fetched.
 async fn get(base: &str, path: &str) -> Result<(u16, String), String> {

@@ -419,3 +419,37 @@ impl Env {
         format!("http://{listen}")
     }
 }
+
+impl Env {
+    /// The desired users for `agents` (id, has permanent credentials), computed by the
+    /// library from this env's subject files — what a converged auth file must hold.
+    pub fn expected_users(&self, agents: &[(&str, bool)]) -> bosh_nats_sync::users::Users {
+        use bosh_nats_sync::desired::{self, Subject, Subjects};
+        let subject = |path: &Path| {
+            Subject::parse(&std::fs::read_to_string(path).unwrap())
+                .unwrap()
+                .expect("the env writes both subjects")
+        };
+        let subjects = Subjects {
+            director: Some(subject(&self.director_subject_file)),
+            hm: Some(subject(&self.hm_subject_file)),
+        };
+        let vms: Vec<bosh_nats_sync::director::Vm> = agents
+            .iter()
+            .map(|(id, permanent)| bosh_nats_sync::director::Vm {
+                agent_id: Some((*id).to_owned()),
+                permanent_nats_credentials: *permanent,
+            })
+            .collect();
+        desired::compute(&subjects, &vms).users
+    }
+}
+
+/// An HTTP client for the binary's endpoints (`/metrics`, `/status`, …).
+pub fn http() -> reqwest::Client {
+    bosh_nats_sync::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
