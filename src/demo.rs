@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sim::churn::{Churn, ChurnConfig};
-use sim::director::{DirectorConfig, DirectorSim, Vm};
 use sim::nats::NatsServer;
-use sim::pki::Pki;
+use sim::stage::Stage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
@@ -49,8 +48,6 @@ pub struct DemoArgs {
 
 const USER: &str = "admin";
 const PASSWORD: &str = "demo-password";
-const DIRECTOR_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal";
-const HM_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal";
 
 pub fn demo(args: DemoArgs) -> ExitCode {
     crate::telemetry::init(LogFormat::Text, "info", None).ok();
@@ -81,47 +78,32 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .tempdir()?
             .keep(),
     };
-    let pki = Pki::generate()?;
-    let pki_dir = dir.join("pki");
-    std::fs::create_dir_all(&pki_dir)?;
-    let files = pki.write_to(&pki_dir)?;
-
-    let director =
-        DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(pki.server_config()?))
-            .await?;
-    let mut churns = Vec::new();
-    let mut n = 0u64;
-    for d in 0..args.deployments {
-        let name = format!("deployment-{d}");
-        let vms = (0..args.vms)
-            .map(|_| {
-                n += 1;
-                Vm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}"))
-                    .permanent(n.is_multiple_of(3))
+    let stage = Stage::start(&dir, args.deployments, args.vms, USER, PASSWORD)
+        .await
+        .map_err(|e| e.to_string())?;
+    let director = &stage.director;
+    let auth_file = stage.auth_file.clone();
+    let churns: Vec<Churn> = if args.churn_ms == 0 {
+        Vec::new()
+    } else {
+        (0..args.deployments)
+            .map(|d| {
+                Churn::start(
+                    director.handle(),
+                    ChurnConfig::new(
+                        &Stage::deployment_name(d),
+                        Duration::from_millis(args.churn_ms),
+                        args.vms,
+                    ),
+                )
             })
-            .collect();
-        director.set_deployment(&name, vms);
-        if args.churn_ms > 0 {
-            churns.push(Churn::start(
-                director.handle(),
-                ChurnConfig::new(&name, Duration::from_millis(args.churn_ms), args.vms),
-            ));
-        }
-    }
-
-    std::fs::write(
-        dir.join("director-subject"),
-        format!("{DIRECTOR_SUBJECT}\n"),
-    )?;
-    std::fs::write(dir.join("hm-subject"), format!("subject={HM_SUBJECT}\n"))?;
-    let auth_file = dir.join("auth.json");
-    // What BOSH's pre-start writes before the first sync: valid NATS syntax, no users.
-    std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n")?;
+            .collect()
+    };
 
     let nats = if !args.no_nats && on_path("nats-server") {
         let nats_dir = dir.join("nats");
         std::fs::create_dir_all(&nats_dir)?;
-        Some(NatsServer::start(&nats_dir, &pki, &auth_file).await?)
+        Some(NatsServer::start(&nats_dir, &stage.pki, &auth_file).await?)
     } else {
         None
     };
@@ -144,14 +126,11 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         &config_path,
         format!(
             "---\n# Written by `bosh-nats-sync demo`: the BOSH job template's keys plus a few new ones.\n\
-             director:\n  url: {url}\n  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n\
-             \x20 ca_cert: {ca}\n  director_subject_file: {dir}/director-subject\n  hm_subject_file: {dir}/hm-subject\n\
+             {director}\
              intervals:\n  poll_user_sync: {poll}\n\
              nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}\
              http:\n  listen: {listen}\n",
-            url = director.url(),
-            ca = files.ca_cert.display(),
-            dir = dir.display(),
+            director = stage.director_yaml(),
             poll = args.poll,
             auth = auth_file.display(),
             pid = pid_file.display(),

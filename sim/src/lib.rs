@@ -16,6 +16,7 @@ pub mod fault;
 pub mod nats;
 pub mod pki;
 mod server;
+pub mod stage;
 pub mod uaa;
 
 /// The NATS client the [`nats`] probes use, re-exported so callers use the same version.

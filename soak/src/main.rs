@@ -15,10 +15,10 @@ use bosh_nats_sync::director::Vm;
 use bosh_nats_sync::users::Users;
 use clap::Parser;
 use sim::churn::{Churn, ChurnConfig};
-use sim::director::{DirectorConfig, DirectorSim, Endpoint, Vm as SimVm};
+use sim::director::{DirectorSim, Endpoint};
 use sim::fault::Fault;
 use sim::nats::NatsServer;
-use sim::pki::Pki;
+use sim::stage::Stage;
 use tokio::process::Command;
 
 #[derive(Debug, Parser)]
@@ -58,8 +58,6 @@ struct Args {
 
 const USER: &str = "admin";
 const PASSWORD: &str = "soak-password";
-const DIRECTOR_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal";
-const HM_SUBJECT: &str = "C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal";
 const BEGIN: &str = "<!-- soak-results:begin (written by scripts/soak) -->";
 const END: &str = "<!-- soak-results:end -->";
 
@@ -122,36 +120,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
-    let pki = Pki::generate()?;
-    let pki_dir = dir.join("pki");
-    std::fs::create_dir_all(&pki_dir)?;
-    let files = pki.write_to(&pki_dir)?;
-
-    let director =
-        DirectorSim::start(DirectorConfig::basic(USER, PASSWORD).with_tls(pki.server_config()?))
-            .await?;
-    let mut n = 0u64;
-    for d in 0..args.deployments {
-        let vms = (0..args.vms)
-            .map(|_| {
-                n += 1;
-                SimVm::agent(&format!("{n:08x}-0000-4000-8000-{d:012x}"))
-                    .permanent(n.is_multiple_of(3))
-            })
-            .collect();
-        director.set_deployment(&format!("deployment-{d}"), vms);
-    }
-
-    std::fs::write(
-        dir.join("director-subject"),
-        format!("{DIRECTOR_SUBJECT}\n"),
-    )?;
-    std::fs::write(dir.join("hm-subject"), format!("subject={HM_SUBJECT}\n"))?;
-    let auth_file = dir.join("auth.json");
-    std::fs::write(&auth_file, "{authorization: {token: f0oBar}}\n")?;
+    let stage = Stage::start(dir, args.deployments, args.vms, USER, PASSWORD)
+        .await
+        .map_err(|e| anyhow::anyhow!("staging the simulated director: {e}"))?;
+    let director = &stage.director;
+    let auth_file = stage.auth_file.clone();
     let nats_dir = dir.join("nats");
     std::fs::create_dir_all(&nats_dir)?;
-    let nats = NatsServer::start(&nats_dir, &pki, &auth_file)
+    let nats = NatsServer::start(&nats_dir, &stage.pki, &auth_file)
         .await
         .context("starting nats-server (is it on PATH?)")?;
 
@@ -160,14 +136,11 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     std::fs::write(
         &config,
         format!(
-            "director:\n  url: {url}\n  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n\
-             \x20 director_ca_cert: {ca}\n  director_subject_file: {dir}/director-subject\n  hm_subject_file: {dir}/hm-subject\n\
+            "{director}\
              intervals:\n  poll_user_sync: {poll}\n\
              nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n  monitoring_url: {mon}\n\
              http:\n  listen: {listen}\n",
-            url = director.url(),
-            ca = files.ca_cert.display(),
-            dir = dir.display(),
+            director = stage.director_yaml(),
             poll = args.poll,
             auth = auth_file.display(),
             pid = nats.pid_file().display(),
@@ -202,7 +175,7 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
             Churn::start(
                 director.handle(),
                 ChurnConfig::new(
-                    &format!("deployment-{d}"),
+                    &Stage::deployment_name(d),
                     Duration::from_millis(args.churn_ms),
                     args.vms,
                 ),
@@ -265,10 +238,10 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     director.clear_faults();
     let quiet = Instant::now();
     let subjects = Subjects {
-        director: Subject::parse(DIRECTOR_SUBJECT)?,
-        hm: Subject::parse(HM_SUBJECT)?,
+        director: Subject::parse(&std::fs::read_to_string(&stage.director_subject_file)?)?,
+        hm: Subject::parse(&std::fs::read_to_string(&stage.hm_subject_file)?)?,
     };
-    let expected = desired::compute(&subjects, &director_vms(&director)).users;
+    let expected = desired::compute(&subjects, &director_vms(director)).users;
     // The first pass after the faults clear may wait out a backoff (capped at 60 s).
     let deadline = Duration::from_secs(60) + Duration::from_secs_f64(args.poll * 5.0);
     let converged = wait_until(deadline, || async {
