@@ -1,20 +1,30 @@
 //! The auth file nats-server includes (SPEC §4): read and classify it, render the desired
-//! users, and replace it atomically.
+//! users, compare, and replace it atomically.
+//!
+//! A pass never needs the file's users as values when nothing changed: [`matches`] renders
+//! the desired users straight into a comparison with the file's bytes, streaming, so the
+//! steady state costs one read of the file and no allocation per user. Only when the bytes
+//! differ is the file parsed — streaming too, into a compact [`UserSet`] ([`read_set`]) —
+//! and compared as values (SPEC §4.3). Writes render straight into the temporary file.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::desired::{AGENT_CN_SUFFIX, AGENT_DN_PREFIX, AgentId, BOOTSTRAP_CN_SUFFIX};
 use crate::users::{User, Users};
+use crate::userset::{UserRef, UserSet};
 
 /// What the file on disk holds. Only [`Observed::Users`] with at least one user counts as a
-/// usable config; every other state "holds no users" (SPEC §4.2).
+/// usable config; every other state "holds no users" (SPEC §4.2). `U` is how the users are
+/// held: as values ([`Users`], from [`read`] and [`classify`]) or compactly ([`UserSet`],
+/// from [`read_set`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
+pub enum Observed<U = Users> {
     /// There is no file.
     Missing,
     /// Not the JSON we write — e.g. BOSH pre-start's `{authorization: {token: f0oBar}}`
@@ -25,7 +35,7 @@ pub enum Observed {
     Empty,
     /// A users config. An empty list here means the file holds only [`NOBODY`]: it denies
     /// everyone.
-    Users(Users),
+    Users(U),
 }
 
 /// The one user of a file that must admit nobody. nats-server reads an empty users list as
@@ -38,8 +48,33 @@ fn nobody() -> User {
     User::new(NOBODY.to_owned(), vec![], vec![])
 }
 
-impl Observed {
-    pub fn users(&self) -> Option<&Users> {
+/// The two ways users are held, as far as classifying a file needs.
+pub trait UserList: Default {
+    fn count(&self) -> usize;
+    /// The file's only user is [`NOBODY`]: it holds no users.
+    fn is_only_nobody(&self) -> bool;
+}
+
+impl UserList for Users {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn is_only_nobody(&self) -> bool {
+        self.0.len() == 1 && self.0[0] == nobody()
+    }
+}
+
+impl UserList for UserSet {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn is_only_nobody(&self) -> bool {
+        self.is_only(&nobody())
+    }
+}
+
+impl<U: UserList> Observed<U> {
+    pub fn users(&self) -> Option<&U> {
         match self {
             Observed::Users(u) => Some(u),
             _ => None,
@@ -48,7 +83,7 @@ impl Observed {
 
     /// Whether the file already grants access to someone (so bootstrap must leave it alone).
     pub fn holds_users(&self) -> bool {
-        self.users().is_some_and(|u| !u.is_empty())
+        self.users().is_some_and(|u| u.count() > 0)
     }
 
     /// A short name of the state, for logs and the dry run.
@@ -57,7 +92,7 @@ impl Observed {
             Observed::Missing => "missing".into(),
             Observed::Unparseable(why) => format!("not a users config ({why})"),
             Observed::Empty => "no users".into(),
-            Observed::Users(u) => format!("{} users", u.len()),
+            Observed::Users(u) => format!("{} users", u.count()),
         }
     }
 }
@@ -101,8 +136,9 @@ struct Authorization<U> {
     users: Option<U>,
 }
 
-/// Reads and classifies the file. Only I/O failures other than "not found" are errors: any
-/// content at all is a state the next write corrects.
+/// Reads and classifies the file, holding its users as values (the dry run and tests; a
+/// pass uses [`read_set`]). Only I/O failures other than "not found" are errors: any content
+/// at all is a state the next write corrects.
 pub fn read(path: &Path) -> Result<Observed, AuthFileError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
@@ -119,19 +155,162 @@ pub fn read(path: &Path) -> Result<Observed, AuthFileError> {
 
 /// Classifies file content (see [`Observed`]).
 pub fn classify(bytes: &[u8]) -> Observed {
-    match serde_json::from_slice::<FileBody<Vec<User>>>(bytes) {
+    interpret(serde_json::from_slice::<FileBody<Users>>(bytes))
+}
+
+/// [`read`], streaming: the file is parsed from a buffered reader into a compact
+/// [`UserSet`], so neither its bytes nor its users are ever held whole.
+pub fn read_set(path: &Path) -> Result<Observed<UserSet>, AuthFileError> {
+    let read_error = |source| AuthFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Observed::Missing),
+        Err(source) => return Err(read_error(source)),
+    };
+    match serde_json::from_reader::<_, FileBody<UserSet>>(BufReader::with_capacity(IO_BUFFER, file))
+    {
+        Err(e) if e.is_io() => Err(read_error(e.into())),
+        parsed => Ok(interpret(parsed)),
+    }
+}
+
+fn interpret<U: UserList>(parsed: Result<FileBody<U>, serde_json::Error>) -> Observed<U> {
+    match parsed {
         Ok(FileBody {
             authorization: Some(Authorization { users: Some(users) }),
-        }) if users.is_empty() => Observed::Empty,
+        }) if users.count() == 0 => Observed::Empty,
         Ok(FileBody {
             authorization: Some(Authorization { users: Some(users) }),
-        }) if users.len() == 1 && users[0] == nobody() => Observed::Users(Users::default()),
+        }) if users.is_only_nobody() => Observed::Users(U::default()),
         Ok(FileBody {
             authorization: Some(Authorization { users: Some(users) }),
-        }) => Observed::Users(Users(users)),
+        }) => Observed::Users(users),
         Ok(_) => Observed::Empty,
         Err(e) => Observed::Unparseable(e.to_string()),
     }
+}
+
+/// Buffer size for reading, comparing and writing the file.
+const IO_BUFFER: usize = 64 * 1024;
+
+/// Whether the file holds exactly the bytes [`write_set`] would write for `users`. Streams:
+/// the rendering is compared with the file as it is produced and stops at the first
+/// difference. A missing file does not match.
+pub fn matches(path: &Path, users: &UserSet) -> Result<bool, AuthFileError> {
+    let read_error = |source| AuthFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(read_error(source)),
+    };
+    let mut compare = Compare {
+        file: BufReader::with_capacity(IO_BUFFER, file),
+        differs: false,
+    };
+    let rendered = {
+        let mut w = BufWriter::with_capacity(IO_BUFFER, &mut compare);
+        render_set_into(&mut w, users).and_then(|()| w.flush())
+    };
+    match rendered {
+        Ok(()) => Ok(compare.file.fill_buf().map_err(read_error)?.is_empty()),
+        Err(_) if compare.differs => Ok(false),
+        Err(source) => Err(read_error(source)),
+    }
+}
+
+/// A writer that checks what is written against a file's next bytes; fails (setting
+/// `differs`) at the first difference.
+struct Compare {
+    file: BufReader<File>,
+    differs: bool,
+}
+
+impl Write for Compare {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let available = self.file.fill_buf()?;
+            let take = available.len().min(buf.len());
+            if take == 0 || available[..take] != buf[..take] {
+                self.differs = true;
+                return Err(io::Error::other("the file differs"));
+            }
+            self.file.consume(take);
+            buf = &buf[take..];
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const HEAD: &[u8] = b"{\"authorization\":{\"users\":[";
+const TAIL: &[u8] = b"\n]}}\n";
+
+/// Writes `users` in the file format: what [`render`] makes of `users.to_users()`, byte for
+/// byte, without building the users. Agent users are written directly (a valid agent id
+/// needs no escaping); other users through serde_json.
+pub fn render_set_into(w: &mut impl Write, users: &UserSet) -> io::Result<()> {
+    w.write_all(HEAD)?;
+    if users.is_empty() {
+        w.write_all(b"\n")?;
+        serde_json::to_writer(&mut *w, &nobody())?;
+    } else {
+        let mut first = true;
+        users.for_each(|user| {
+            w.write_all(if first { b"\n" } else { b",\n" })?;
+            first = false;
+            match user {
+                UserRef::Other(user) => Ok(serde_json::to_writer(&mut *w, user)?),
+                UserRef::Agent(id, bootstrap) => write_agent_user(w, id, bootstrap),
+            }
+        })?;
+    }
+    w.write_all(TAIL)
+}
+
+/// [`render_set_into`] into memory.
+pub fn render_set(users: &UserSet) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + users.len() * 330);
+    render_set_into(&mut out, users).expect("writing into a Vec cannot fail");
+    out
+}
+
+/// One agent user as serde_json writes `desired::agent_user(id, bootstrap)`.
+fn write_agent_user(w: &mut impl Write, id: &AgentId, bootstrap: bool) -> io::Result<()> {
+    let id = id.as_str().as_bytes();
+    for part in [
+        b"{\"user\":\"".as_slice(),
+        AGENT_DN_PREFIX.as_bytes(),
+        id,
+        if bootstrap {
+            BOOTSTRAP_CN_SUFFIX.as_bytes()
+        } else {
+            AGENT_CN_SUFFIX.as_bytes()
+        },
+        b"\",\"permissions\":{\"publish\":[\"hm.agent.heartbeat.",
+        id,
+        b"\",\"hm.agent.alert.",
+        id,
+        b"\",\"hm.agent.shutdown.",
+        id,
+        b"\",\"director.*.",
+        id,
+        b".*\"],\"subscribe\":[\"agent.",
+        id,
+        b"\"]}}",
+    ] {
+        w.write_all(part)?;
+    }
+    Ok(())
 }
 
 /// The file content for `users`: one JSON object, one user per line. nats-server's parser
@@ -139,16 +318,18 @@ pub fn classify(bytes: &[u8]) -> Observed {
 /// serde_json writes the first three only for control characters, which neither a validated
 /// agent id nor a validated subject can contain, and never writes `\/`. No users is written as
 /// [`NOBODY`], never as an empty list.
+///
+/// This is the reference the streaming [`render_set_into`] is tested against.
 pub fn render(users: &Users) -> Vec<u8> {
     let nobody = [nobody()];
     let list: &[User] = if users.is_empty() { &nobody } else { &users.0 };
     let mut out = Vec::with_capacity(64 + list.len() * 320);
-    out.extend_from_slice(b"{\"authorization\":{\"users\":[");
+    out.extend_from_slice(HEAD);
     for (i, user) in list.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         serde_json::to_writer(&mut out, user).expect("serialising a User into a Vec cannot fail");
     }
-    out.extend_from_slice(b"\n]}}\n");
+    out.extend_from_slice(TAIL);
     out
 }
 
@@ -157,7 +338,12 @@ pub fn render(users: &Users) -> Vec<u8> {
 /// target, and the directory is fsynced. Any failure leaves the old file as it was.
 /// Returns the new file's metadata (so the caller can recognise its own write).
 pub fn write(path: &Path, users: &Users) -> Result<fs::Metadata, AuthFileError> {
-    write_bytes(path, &render(users))
+    write_with(path, |w| w.write_all(&render(users)))
+}
+
+/// [`write`] for a [`UserSet`]: rendered straight into the temporary file.
+pub fn write_set(path: &Path, users: &UserSet) -> Result<fs::Metadata, AuthFileError> {
+    write_with(path, |w| render_set_into(w, users))
 }
 
 /// Temporary files of a write interrupted by a crash (SIGKILL, power loss) are the only
@@ -200,7 +386,10 @@ pub fn remove_stale_temp_files(path: &Path) -> usize {
 const TEMP_PREFIX: &str = ".auth-";
 const TEMP_SUFFIX: &str = ".tmp";
 
-fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileError> {
+fn write_with(
+    path: &Path,
+    content: impl FnOnce(&mut BufWriter<&mut File>) -> io::Result<()>,
+) -> Result<fs::Metadata, AuthFileError> {
     let err = |step: &'static str| {
         move |source: io::Error| AuthFileError::Write {
             path: path.to_owned(),
@@ -228,8 +417,8 @@ fn write_bytes(path: &Path, content: &[u8]) -> Result<fs::Metadata, AuthFileErro
         .ok()
         .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
     {
-        let mut w = BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
-        w.write_all(content).map_err(err("write"))?;
+        let mut w = BufWriter::with_capacity(IO_BUFFER, tmp.as_file_mut());
+        content(&mut w).map_err(err("write"))?;
         w.flush().map_err(err("write"))?;
     }
     let mode = old.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
@@ -259,12 +448,16 @@ mod tests {
     use crate::director::Vm;
 
     fn fixture() -> Users {
+        fixture_set().to_users()
+    }
+
+    fn fixture_set() -> UserSet {
         let subjects = Subjects {
             director: Subject::parse("C=USA, O=Cloud Foundry, CN=default.director.bosh-internal")
                 .unwrap(),
             hm: Subject::parse("C=USA, O=Cloud Foundry, CN=default.hm.bosh-internal").unwrap(),
         };
-        let vms = [
+        let vms = vec![
             Vm {
                 agent_id: Some("perm-1".into()),
                 permanent_nats_credentials: true,
@@ -274,7 +467,7 @@ mod tests {
                 permanent_nats_credentials: false,
             },
         ];
-        desired::compute(&subjects, &vms).users
+        desired::compute(&subjects, vms).users
     }
 
     #[test]
@@ -291,6 +484,80 @@ mod tests {
         assert_eq!(text, expected);
         assert!(!text.contains("\\u"), "nats-server rejects \\u escapes");
         assert!(text.contains("director.>"));
+    }
+
+    /// The streaming rendering is byte for byte the reference rendering of the same users.
+    #[test]
+    fn render_set_is_render_of_the_users() {
+        let mut hand_edited = fixture().0;
+        hand_edited.push(User::new(
+            "CN=Zürich \"q\"".into(),
+            vec![],
+            vec!["a.>".into()],
+        ));
+        hand_edited.swap(0, 3);
+        for set in [
+            fixture_set(),
+            UserSet::default(),
+            UserSet::from_users(hand_edited),
+        ] {
+            assert_eq!(render_set(&set), render(&set.to_users()), "{set:?}");
+        }
+    }
+
+    #[test]
+    fn matches_only_the_exact_bytes_and_read_set_reads_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        let set = fixture_set();
+        assert!(
+            !matches(&path, &set).unwrap(),
+            "a missing file does not match"
+        );
+        assert_eq!(read_set(&path).unwrap(), Observed::Missing);
+        write_set(&path, &set).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), render(&fixture()));
+        assert!(matches(&path, &set).unwrap());
+        assert_eq!(read_set(&path).unwrap(), Observed::Users(set.clone()));
+        assert!(!matches(&path, &UserSet::default()).unwrap());
+
+        let bytes = render(&fixture());
+        // One byte more, one byte less, one byte other: no match.
+        for changed in [
+            [bytes.as_slice(), b" "].concat(),
+            bytes[..bytes.len() - 1].to_vec(),
+            bytes
+                .iter()
+                .map(|&b| if b == b'1' { b'7' } else { b })
+                .collect(),
+        ] {
+            fs::write(&path, &changed).unwrap();
+            assert!(!matches(&path, &set).unwrap());
+        }
+        // The same users in another order: other bytes, the same values.
+        let mut reordered = fixture();
+        reordered.0.reverse();
+        fs::write(&path, render(&reordered)).unwrap();
+        assert!(!matches(&path, &set).unwrap());
+        assert_eq!(read_set(&path).unwrap(), Observed::Users(set));
+        // Every state classifies as it does from memory.
+        for content in [
+            &b"{}"[..],
+            b"{authorization: {token: f0oBar}}",
+            b"",
+            b"{\"authorization\":{\"users\":[]}}",
+            &render(&Users::default()),
+        ] {
+            fs::write(&path, content).unwrap();
+            let from_memory = classify(content);
+            match (read_set(&path).unwrap(), from_memory) {
+                (Observed::Unparseable(_), Observed::Unparseable(_)) => {}
+                (Observed::Users(a), Observed::Users(b)) => {
+                    assert_eq!(a, UserSet::from_users(b.0))
+                }
+                (a, b) => assert_eq!(a.describe(), b.describe()),
+            }
+        }
     }
 
     #[test]

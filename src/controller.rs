@@ -17,6 +17,7 @@ use crate::desired::{self, Desired, Subject, Subjects};
 use crate::director;
 use crate::nats::{ReloadError, Reloaded, Reloader};
 use crate::users::Users;
+use crate::userset::UserSet;
 
 /// Why a pass failed. Nothing on disk was changed by a failed pass except the bootstrap
 /// config (SPEC §6.2, §6.3).
@@ -77,10 +78,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether a pass would write nothing: the same comparison a pass makes.
     pub fn in_sync(&self) -> bool {
         self.observed
             .users()
-            .is_some_and(|u| u.same_as(&self.desired.users))
+            .is_some_and(|u| UserSet::from_users(u.0.iter().cloned()) == self.desired.users)
     }
 }
 
@@ -179,18 +181,18 @@ impl Controller {
             }
         }
         let subjects = self.read_subjects();
-        let mut observed = authfile::read(&self.config.nats.auth_file)?;
+        let path = &self.config.nats.auth_file;
 
         // Before the director has ever answered (start-up), a file without users gets the
         // bootstrap users first. Later, a file that lost its users (a truncation, a bad hand
         // edit) is rebuilt from the director in one write: writing the bootstrap users first
         // would make nats-server drop every agent's connection for the length of the pass.
         if !state.director_answered {
-            observed = self
-                .bootstrap_if_empty(&mut state, &subjects, observed)
+            let observed = authfile::read_set(path)?;
+            self.bootstrap_if_empty(&mut state, &subjects, &observed)
                 .await?;
         }
-        let mut vms = match self.director.fetch_vms().await {
+        let vms = match self.director.fetch_vms().await {
             Ok(vms) => {
                 state.director_answered = true;
                 vms
@@ -198,62 +200,62 @@ impl Controller {
             Err(e) => {
                 // SPEC §6.3: while the director is unreachable, a file without users still
                 // gets the bootstrap users.
-                self.bootstrap_if_empty(&mut state, &subjects, observed)
+                let observed = authfile::read_set(path)?;
+                self.bootstrap_if_empty(&mut state, &subjects, &observed)
                     .await?;
                 return Err(e.into());
             }
         };
-        let mut desired = desired::compute(&subjects, &vms);
+        let mut desired = desired::compute(&subjects, vms);
         self.record_skips(&desired.skipped);
-        // Borrowed, not cloned: on a big director the users are most of the pass's memory.
-        let no_users = Users::default();
-        let observed_users = observed.users().unwrap_or(&no_users);
-
-        let mut held = None;
-        if let Verdict::Hold {
-            keep,
-            removing,
-            agents_in_file,
-            seen,
-            needed,
-        } = state.damper.judge(observed_users, &desired.users)
-        {
-            tracing::warn!(
-                removing,
-                agents_in_file,
-                seen,
-                needed,
-                "holding a mass removal of agents: it applies once the director reports the same state on {needed} consecutive passes"
-            );
-            // The held agents stay, written exactly as the director last described them;
-            // everything else — additions included — applies now.
-            vms.extend(keep.into_iter().map(|(id, bootstrap)| director::Vm {
-                agent_id: Some(id.as_str().to_owned()),
-                permanent_nats_credentials: !bootstrap,
-            }));
-            let counts_before = desired.skipped;
-            desired = desired::compute(&subjects, &vms);
-            desired.skipped = counts_before;
-            held = Some(removing);
-        }
 
         let mut report = PassReport {
             written: false,
             reloaded: None,
             desired: desired.counts,
             skipped: desired.skipped,
-            observed_users: observed_users.len(),
+            observed_users: desired.users.len(),
             added: 0,
             removed: 0,
-            held,
+            held: None,
         };
-        if observed.users().is_none_or(|u| !u.same_as(&desired.users)) {
-            let (added, removed) = observed_users.diff(&desired.users);
-            report.added = added.len();
-            report.removed = removed.len();
-            self.write(&desired.users)?;
-            report.written = true;
-            state.reload_pending = true;
+        // The steady state: the file holds exactly what this pass would write. Checked on
+        // the bytes, streaming, without parsing the file or building a user.
+        if authfile::matches(path, &desired.users)? {
+            state.damper.settled();
+        } else {
+            // Something differs in the bytes; compare as values (SPEC §4.3).
+            let observed = authfile::read_set(path)?;
+            let no_users = UserSet::default();
+            let observed_users = observed.users().unwrap_or(&no_users);
+            if let Verdict::Hold {
+                keep,
+                removing,
+                agents_in_file,
+                seen,
+                needed,
+            } = state.damper.judge(observed_users, &desired.users)
+            {
+                tracing::warn!(
+                    removing,
+                    agents_in_file,
+                    seen,
+                    needed,
+                    "holding a mass removal of agents: it applies once the director reports the same state on {needed} consecutive passes"
+                );
+                // The held agents stay, written exactly as the director last described
+                // them; everything else — additions included — applies now.
+                desired.keep_agents(keep);
+                report.desired = desired.counts;
+                report.held = Some(removing);
+            }
+            report.observed_users = observed_users.len();
+            if observed.users() != Some(&desired.users) {
+                (report.added, report.removed) = observed_users.subject_changes(&desired.users);
+                self.write(&desired.users)?;
+                report.written = true;
+                state.reload_pending = true;
+            }
         }
         if state.reload_pending {
             report.reloaded = Some(self.reload(&mut state, !desired.users.is_empty()).await?);
@@ -269,16 +271,16 @@ impl Controller {
         &self,
         state: &mut State,
         subjects: &Subjects,
-        observed: Observed,
-    ) -> Result<Observed, PassError> {
+        observed: &Observed<UserSet>,
+    ) -> Result<(), PassError> {
         if observed.holds_users() {
-            return Ok(observed);
+            return Ok(());
         }
         let users = desired::bootstrap(subjects).users;
         if observed.users() == Some(&users) {
-            return Ok(observed);
+            return Ok(());
         }
-        self.bootstrap(state, users, &observed).await
+        self.bootstrap(state, &users, observed).await
     }
 
     /// SPEC §6.2: before the director answers, a file that holds no users gets the director
@@ -288,9 +290,9 @@ impl Controller {
     async fn bootstrap(
         &self,
         state: &mut State,
-        users: Users,
-        observed: &Observed,
-    ) -> Result<Observed, PassError> {
+        users: &UserSet,
+        observed: &Observed<UserSet>,
+    ) -> Result<(), PassError> {
         let usable = !users.is_empty();
         tracing::info!(
             file = %self.config.nats.auth_file.display(),
@@ -298,14 +300,14 @@ impl Controller {
             users = users.len(),
             "the auth file holds no users: writing the director/health-monitor users before contacting the director"
         );
-        self.write(&users)?;
+        self.write(users)?;
         state.reload_pending = true;
         // A failed reload here is not the end of the pass: the director may still answer,
         // and the reload is retried at the end of this pass.
         if let Err(e) = self.reload(state, usable).await {
             tracing::warn!(error = %e, "reloading nats-server with the bootstrap users failed");
         }
-        Ok(Observed::Users(users))
+        Ok(())
     }
 
     /// The dry run: what a pass would change, without writing or reloading.
@@ -313,14 +315,16 @@ impl Controller {
         let subjects = self.read_subjects();
         let observed = authfile::read(&self.config.nats.auth_file)?;
         let vms = self.director.fetch_vms().await?;
-        let desired = desired::compute(&subjects, &vms);
+        let desired = desired::compute(&subjects, vms);
+        // The dry run lists subjects, so it holds the users as values.
+        let wanted_users = desired.users.to_users();
         let empty = Users::default();
         let current = observed.users().unwrap_or(&empty);
-        let (added, removed) = current.diff(&desired.users);
+        let (added, removed) = current.diff(&wanted_users);
         // By subject (the first user of a subject, as a linear search would find), so a dry
         // run over 150 000 users is not quadratic.
-        let mut wanted = std::collections::HashMap::with_capacity(desired.users.len());
-        for u in desired.users.iter() {
+        let mut wanted = std::collections::HashMap::with_capacity(wanted_users.len());
+        for u in wanted_users.iter() {
             wanted.entry(u.user.as_str()).or_insert(u);
         }
         let changed = current
@@ -339,12 +343,12 @@ impl Controller {
         })
     }
 
-    fn write(&self, users: &Users) -> Result<(), AuthFileError> {
+    fn write(&self, users: &UserSet) -> Result<(), AuthFileError> {
         let path = &self.config.nats.auth_file;
         let _span =
             tracing::info_span!("write_auth_file", file = %path.display(), users = users.len())
                 .entered();
-        let meta = authfile::write(path, users)?;
+        let meta = authfile::write_set(path, users)?;
         if let Some(hook) = &self.on_write {
             hook(path, &meta);
         }

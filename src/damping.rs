@@ -7,10 +7,9 @@
 //! only delayed by a few passes. Additions are never held.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use crate::desired::AgentId;
-use crate::users::Users;
+use crate::userset::UserSet;
 
 /// When to hold. Invariant (checked by `config`): `max_removal_fraction` is within 0..=1
 /// and `confirmations` ≥ 1.
@@ -60,40 +59,6 @@ pub struct Damper {
     pending: Option<(u64, u32)>,
 }
 
-/// The agent of a user DN this program writes: `C=USA, O=Cloud Foundry, CN=<id>.agent…`
-/// or `…CN=<id>.bootstrap.agent.bosh-internal`; `(id, is_bootstrap_user)`.
-pub fn agent_of(user: &str) -> Option<(AgentId, bool)> {
-    let cn = user.strip_prefix("C=USA, O=Cloud Foundry, CN=")?;
-    if let Some(id) = cn.strip_suffix(".bootstrap.agent.bosh-internal") {
-        return AgentId::parse(id).ok().map(|id| (id, true));
-    }
-    let id = cn.strip_suffix(".agent.bosh-internal")?;
-    AgentId::parse(id).ok().map(|id| (id, false))
-}
-
-/// Agents in `users`, each with whether it has a bootstrap user.
-fn agents(users: &Users) -> BTreeMap<AgentId, bool> {
-    let mut out: BTreeMap<AgentId, bool> = BTreeMap::new();
-    for u in users.iter() {
-        if let Some((id, bootstrap)) = agent_of(&u.user) {
-            *out.entry(id).or_default() |= bootstrap;
-        }
-    }
-    out
-}
-
-fn fingerprint(users: &Users) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for u in users.iter() {
-        u.user.hash(&mut h);
-        if let Some(p) = &u.permissions {
-            p.publish.hash(&mut h);
-            p.subscribe.hash(&mut h);
-        }
-    }
-    h.finish()
-}
-
 impl Damper {
     pub fn new(settings: DampingSettings) -> Self {
         Self {
@@ -106,26 +71,38 @@ impl Damper {
         &self.settings
     }
 
-    /// Judges a pass that would replace `observed` with `desired`.
-    pub fn judge(&mut self, observed: &Users, desired: &Users) -> Verdict {
+    /// A pass found the file already as desired: nothing is being removed, so a held
+    /// removal is no longer pending (what [`Damper::judge`] concludes for such a pass).
+    pub fn settled(&mut self) {
+        self.pending = None;
+    }
+
+    /// Judges a pass that would replace `observed` with `desired`. Allocates only the two
+    /// borrowed agent lists, and the kept agents when it holds.
+    pub fn judge(&mut self, observed: &UserSet, desired: &UserSet) -> Verdict {
         if !self.settings.enabled {
             return Verdict::Apply;
         }
-        let in_file = agents(observed);
+        let in_file = observed.agents();
         let agents_in_file = in_file.len();
-        let wanted = agents(desired);
-        let keep: BTreeMap<AgentId, bool> = in_file
-            .into_iter()
-            .filter(|(id, _)| !wanted.contains_key(id))
-            .collect();
-        let removing = keep.len();
+        let wanted = desired.agents();
+        // Both sorted by id: the agents in the file that the desired state lacks.
+        let mut gone = Vec::new();
+        let mut w = wanted.iter().peekable();
+        for &(id, bootstrap) in &in_file {
+            while w.next_if(|(other, _)| *other < id).is_some() {}
+            if w.peek().is_none_or(|(other, _)| *other != id) {
+                gone.push((id, bootstrap));
+            }
+        }
+        let removing = gone.len();
         let limit = (self.settings.max_removal_fraction * agents_in_file as f64)
             .max(self.settings.min_removals as f64);
         if (removing as f64) <= limit {
             self.pending = None;
             return Verdict::Apply;
         }
-        let print = fingerprint(desired);
+        let print = desired.fingerprint();
         let seen = match self.pending {
             Some((p, n)) if p == print => n + 1,
             _ => 1,
@@ -136,7 +113,10 @@ impl Damper {
         }
         self.pending = Some((print, seen));
         Verdict::Hold {
-            keep,
+            keep: gone
+                .into_iter()
+                .filter_map(|(id, bootstrap)| Some((AgentId::parse(id).ok()?, bootstrap)))
+                .collect(),
             removing,
             agents_in_file,
             seen,
@@ -148,10 +128,10 @@ impl Damper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{self, Subjects};
+    use crate::desired::{self, Subjects, agent_of};
     use crate::director::Vm;
 
-    fn users(ids: impl IntoIterator<Item = usize>) -> Users {
+    fn users(ids: impl IntoIterator<Item = usize>) -> UserSet {
         let vms: Vec<Vm> = ids
             .into_iter()
             .map(|i| Vm {
@@ -159,7 +139,7 @@ mod tests {
                 permanent_nats_credentials: i % 2 == 0,
             })
             .collect();
-        desired::compute(&Subjects::default(), &vms).users
+        desired::compute(&Subjects::default(), vms).users
     }
 
     #[test]

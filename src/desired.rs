@@ -1,14 +1,15 @@
 //! Director state + subjects → the desired NATS users (SPEC §3). Pure: no I/O.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::director::Vm;
-use crate::users::{User, Users};
+use crate::users::User;
+use crate::userset::UserSet;
 
 /// An agent id that is safe inside a NATS subject and a DN: `[A-Za-z0-9_-]{1,128}`.
+/// A boxed `str` (16 bytes, no spare capacity): a big director has 100 000 of them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AgentId(String);
+pub struct AgentId(Box<str>);
 
 /// Why an agent id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,25 +23,46 @@ impl AgentId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidAgentId> {
+        Self::check(raw)?;
+        Ok(Self(raw.into()))
+    }
+
+    /// [`AgentId::parse`] for an id the caller owns: keeps its allocation.
+    pub fn parse_owned(raw: String) -> Result<Self, InvalidAgentId> {
+        Self::check(&raw)?;
+        Ok(Self(raw.into_boxed_str()))
+    }
+
+    fn check(raw: &str) -> Result<(), InvalidAgentId> {
         if raw.is_empty() {
             return Err(InvalidAgentId::Empty);
         }
         if raw.len() > Self::MAX_LEN {
             return Err(InvalidAgentId::TooLong);
         }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !raw.bytes().all(|b| ALLOWED[usize::from(b)]) {
             return Err(InvalidAgentId::ForbiddenCharacter);
         }
-        Ok(Self(raw.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+/// The bytes an agent id may hold, `[A-Za-z0-9_-]`, as a table: checked for every VM of every
+/// pass, and a table lookup per byte is what a size-optimised build runs fastest.
+const ALLOWED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 impl fmt::Display for AgentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,17 +133,49 @@ pub struct Counts {
     pub agent_bootstrap: usize,
 }
 
-/// The outcome of computing desired state: the users in file order plus what was skipped.
+/// The outcome of computing desired state: the users (compact: the two component users plus
+/// one sorted entry per agent, rendered on demand) and what was skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub users: Users,
+    pub users: UserSet,
     pub counts: Counts,
     pub skipped: Skipped,
 }
 
-const AGENT_DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
+impl Desired {
+    /// Adds agents that must stay (mass-removal damping holds them): `(id, has a bootstrap
+    /// user)`. An agent already present keeps its entry.
+    pub fn keep_agents(&mut self, agents: impl IntoIterator<Item = (AgentId, bool)>) {
+        let before = self.users.agent_count();
+        let before_bootstrap = self.users.bootstrap_count();
+        self.users.add_agents(agents);
+        self.counts.agent += self.users.agent_count() - before;
+        self.counts.agent_bootstrap += self.users.bootstrap_count() - before_bootstrap;
+    }
+}
 
-fn director_user(subject: &Subject) -> User {
+pub(crate) const AGENT_DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
+pub(crate) const BOOTSTRAP_CN_SUFFIX: &str = ".bootstrap.agent.bosh-internal";
+pub(crate) const AGENT_CN_SUFFIX: &str = ".agent.bosh-internal";
+
+/// The agent of a user DN this program writes: `C=USA, O=Cloud Foundry, CN=<id>.agent…`
+/// or `…CN=<id>.bootstrap.agent.bosh-internal`; `(id, is_bootstrap_user)`.
+pub fn agent_of(user: &str) -> Option<(AgentId, bool)> {
+    agent_of_str(user).and_then(|(id, bootstrap)| Some((AgentId::parse(id).ok()?, bootstrap)))
+}
+
+/// [`agent_of`] without allocating: the id is borrowed from `user` (and already checked).
+pub(crate) fn agent_of_str(user: &str) -> Option<(&str, bool)> {
+    let cn = user.strip_prefix(AGENT_DN_PREFIX)?;
+    let (id, bootstrap) = match cn.strip_suffix(BOOTSTRAP_CN_SUFFIX) {
+        Some(id) => (id, true),
+        None => (cn.strip_suffix(AGENT_CN_SUFFIX)?, false),
+    };
+    AgentId::check(id).ok()?;
+    Some((id, bootstrap))
+}
+
+pub(crate) fn director_user(subject: &Subject) -> User {
     User::new(
         subject.as_str().to_owned(),
         vec!["agent.*".into(), "hm.director.alert".into()],
@@ -129,7 +183,7 @@ fn director_user(subject: &Subject) -> User {
     )
 }
 
-fn hm_user(subject: &Subject) -> User {
+pub(crate) fn hm_user(subject: &Subject) -> User {
     User::new(
         subject.as_str().to_owned(),
         vec![],
@@ -142,11 +196,12 @@ fn hm_user(subject: &Subject) -> User {
     )
 }
 
-fn agent_user(id: &AgentId, bootstrap: bool) -> User {
+/// The user of an agent: the one with permanent credentials, or its bootstrap user.
+pub fn agent_user(id: &AgentId, bootstrap: bool) -> User {
     let cn_suffix = if bootstrap {
-        ".bootstrap.agent.bosh-internal"
+        BOOTSTRAP_CN_SUFFIX
     } else {
-        ".agent.bosh-internal"
+        AGENT_CN_SUFFIX
     };
     User::new(
         format!("{AGENT_DN_PREFIX}{id}{cn_suffix}"),
@@ -162,62 +217,64 @@ fn agent_user(id: &AgentId, bootstrap: bool) -> User {
 
 /// The director/health-monitor-only users: what bootstrap writes before the director answers.
 pub fn bootstrap(subjects: &Subjects) -> Desired {
-    compute(subjects, &[])
+    compute(subjects, Vec::new())
 }
 
 /// The full desired state (SPEC §3.1). Deterministic: the same inputs in any order give the
 /// same users in the same order. An agent id reported twice yields its users once; if any of
 /// its reports lacks permanent credentials, it keeps its bootstrap user too (so the result
-/// does not depend on which report came first).
-pub fn compute(subjects: &Subjects, vms: &[Vm]) -> Desired {
+/// does not depend on which report came first). Takes the VMs by value: their agent ids
+/// become the desired state's without being copied.
+pub fn compute(subjects: &Subjects, vms: Vec<Vm>) -> Desired {
     let mut skipped = Skipped::default();
-    // agent id -> needs a bootstrap user
-    let mut agents: BTreeMap<AgentId, bool> = BTreeMap::new();
-    for vm in vms {
-        let raw = match vm.agent_id.as_deref() {
-            None | Some("") => {
-                skipped.no_agent_id += 1;
-                continue;
+    // (agent id, needs a bootstrap user), sorted below; in place over the VM list.
+    let mut agents: Vec<(AgentId, bool)> = vms
+        .into_iter()
+        .filter_map(|vm| {
+            let raw = match vm.agent_id {
+                None => {
+                    skipped.no_agent_id += 1;
+                    return None;
+                }
+                Some(raw) if raw.is_empty() => {
+                    skipped.no_agent_id += 1;
+                    return None;
+                }
+                Some(raw) => raw,
+            };
+            if AgentId::check(&raw).is_err() {
+                skipped.invalid_agent_id += 1;
+                tracing::warn!(agent_id = ?raw, "skipping a VM whose agent id is not [A-Za-z0-9_-]{{1,128}}");
+                return None;
             }
-            Some(raw) => raw,
-        };
-        let Ok(id) = AgentId::parse(raw) else {
-            skipped.invalid_agent_id += 1;
-            tracing::warn!(agent_id = ?raw, "skipping a VM whose agent id is not [A-Za-z0-9_-]{{1,128}}");
-            continue;
-        };
-        let bootstrap = !vm.permanent_nats_credentials;
-        match agents.entry(id) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(bootstrap);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => {
-                skipped.duplicate += 1;
-                *e.get_mut() |= bootstrap;
-            }
+            Some((AgentId(raw.into_boxed_str()), !vm.permanent_nats_credentials))
+        })
+        .collect();
+    agents.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let reported = agents.len();
+    agents.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 |= later.1;
         }
-    }
+        same
+    });
+    skipped.duplicate = reported - agents.len();
 
     let mut counts = Counts::default();
-    let mut users = Vec::with_capacity(2 + agents.len() * 2);
+    let mut components = Vec::with_capacity(2);
     if let Some(s) = &subjects.director {
-        users.push(director_user(s));
+        components.push(director_user(s));
         counts.director = 1;
     }
     if let Some(s) = &subjects.hm {
-        users.push(hm_user(s));
+        components.push(hm_user(s));
         counts.hm = 1;
     }
-    for (id, bootstrap) in &agents {
-        if *bootstrap {
-            users.push(agent_user(id, true));
-            counts.agent_bootstrap += 1;
-        }
-        users.push(agent_user(id, false));
-        counts.agent += 1;
-    }
+    counts.agent = agents.len();
+    counts.agent_bootstrap = agents.iter().filter(|(_, b)| *b).count();
     Desired {
-        users: Users(users),
+        users: UserSet::desired(components, agents),
         counts,
         skipped,
     }
@@ -283,7 +340,7 @@ mod tests {
         let subjects = Subjects::default();
         let d = compute(
             &subjects,
-            &[
+            vec![
                 vm(None, false),
                 vm(Some(""), true),
                 vm(Some("x.>"), false),
@@ -299,7 +356,8 @@ mod tests {
                 duplicate: 1
             }
         );
-        let names: Vec<_> = d.users.iter().map(|u| u.user.as_str()).collect();
+        let users = d.users.to_users();
+        let names: Vec<_> = users.iter().map(|u| u.user.as_str()).collect();
         assert_eq!(names, ["C=USA, O=Cloud Foundry, CN=a.agent.bosh-internal"]);
     }
 
@@ -315,9 +373,9 @@ mod tests {
             vm(Some("c"), false),
             vm(Some("a"), false),
         ];
-        let one = compute(&subjects, &vms);
+        let one = compute(&subjects, vms.clone());
         vms.reverse();
-        assert_eq!(compute(&subjects, &vms), one);
+        assert_eq!(compute(&subjects, vms), one);
         // "a" is reported once without permanent credentials, so it keeps its bootstrap user.
         assert_eq!(
             one.counts,
@@ -338,7 +396,7 @@ mod tests {
         };
         let d = bootstrap(&only_hm);
         assert_eq!(d.users.len(), 1);
-        assert_eq!(d.users.0[0].user, "CN=h");
+        assert_eq!(d.users.to_users().0[0].user, "CN=h");
         assert!(bootstrap(&Subjects::default()).users.is_empty());
     }
 }

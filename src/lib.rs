@@ -15,3 +15,4 @@ pub mod secret;
 pub mod telemetry;
 pub mod tls;
 pub mod users;
+pub mod userset;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a NATS user may publish and subscribe to. `None` means the key is absent, which to
 /// nats-server means "no restriction" — so an absent list and an empty list differ.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Permissions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -14,7 +14,7 @@ pub struct Permissions {
 }
 
 /// One entry of `authorization.users`: a certificate subject DN and its permissions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub user: String,
@@ -37,7 +37,8 @@ impl User {
 /// A list of users in file order. Comparison with [`Users::same_as`] is by value: the order
 /// of users and of subjects inside a permission list does not matter to nats-server, so it
 /// must not cause a write either.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Users(pub Vec<User>);
 
 impl Users {
@@ -151,17 +152,19 @@ fn sorted(list: &[String]) -> Vec<&str> {
     v
 }
 
+/// A user from string slices, for tests.
+#[cfg(test)]
+pub(crate) fn u(name: &str, publish: &[&str], subscribe: &[&str]) -> User {
+    User::new(
+        name.into(),
+        publish.iter().map(|s| s.to_string()).collect(),
+        subscribe.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u(name: &str, publish: &[&str], subscribe: &[&str]) -> User {
-        User::new(
-            name.into(),
-            publish.iter().map(|s| s.to_string()).collect(),
-            subscribe.iter().map(|s| s.to_string()).collect(),
-        )
-    }
 
     #[test]
     fn order_does_not_matter_but_content_does() {

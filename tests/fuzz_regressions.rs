@@ -149,15 +149,20 @@ fn render_needs_a_rejected_escape_only_for_control_characters() {
         director: Subject::parse(r#"CN=quote " and backslash \ and Zürich > *"#).unwrap(),
         hm: Subject::parse(NOBODY).unwrap(),
     };
-    let desired = desired::compute(&subjects, &[vm(Some("a-b_C9"), false)]);
-    let found = escapes(&authfile::render(&desired.users));
+    let desired = desired::compute(&subjects, vec![vm(Some("a-b_C9"), false)]);
+    let users = desired.users.to_users();
+    let found = escapes(&authfile::render(&users));
     assert_eq!(
         found, b"\"\\",
         "only the quote and the backslash are escaped"
     );
     assert_eq!(
-        users_of(authfile::classify(&authfile::render(&desired.users))),
-        desired.users
+        users_of(authfile::classify(&authfile::render(&users))),
+        users
+    );
+    assert_eq!(
+        authfile::render_set(&desired.users),
+        authfile::render(&users)
     );
 }
 
@@ -175,14 +180,15 @@ fn vm_seeds_decode_with_the_documented_defaults() {
             vm(Some("1d2e"), false),
         ]
     );
-    let desired = desired::compute(&Subjects::default(), &vms);
+    let desired = desired::compute(&Subjects::default(), vms);
     assert_eq!(desired.skipped.no_agent_id, 2);
     assert_eq!(
         desired.skipped.invalid_agent_id, 1,
         "x.> never reaches a subject"
     );
     assert_eq!(desired.skipped.duplicate, 1);
-    let names: Vec<&str> = desired.users.iter().map(|u| u.user.as_str()).collect();
+    let users = desired.users.to_users();
+    let names: Vec<&str> = users.iter().map(|u| u.user.as_str()).collect();
     assert_eq!(
         names,
         [

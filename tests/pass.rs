@@ -255,3 +255,61 @@ async fn the_bosh_job_templates_config_converges_unchanged() {
     assert!(env.admitted(&agent_cn(A)).await);
     assert!(env.admitted(DIRECTOR_CN).await);
 }
+
+/// SPEC §4.3 through the binary: a file that grants the same rights in another form — users
+/// and permission lists in another order, pretty-printed, as another writer would leave it
+/// — is not rewritten. (A pass compares bytes first; this is the path where they differ and
+/// the values decide.) One changed permission in the same form is rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_users_in_another_form_are_not_rewritten() {
+    let env = Env::start(
+        Auth::Basic,
+        vec![Vm::agent(A), Vm::agent(B).permanent(true)],
+    )
+    .await;
+    env.once(true).await;
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&env.auth_file).unwrap()).unwrap();
+    let mut other_form = written.clone();
+    let users = other_form["authorization"]["users"].as_array_mut().unwrap();
+    assert_eq!(
+        users.len(),
+        2 + 3,
+        "director, hm, A (bootstrap + permanent), B"
+    );
+    users.reverse();
+    for user in users.iter_mut() {
+        for list in ["publish", "subscribe"] {
+            user["permissions"][list].as_array_mut().unwrap().reverse();
+        }
+    }
+    std::fs::write(
+        &env.auth_file,
+        serde_json::to_string_pretty(&other_form).unwrap(),
+    )
+    .unwrap();
+    let before = identity(&env.auth_file);
+    env.once(true).await;
+    assert_eq!(
+        identity(&env.auth_file),
+        before,
+        "the same users in another form are not rewritten"
+    );
+    assert!(env.admitted(&agent_cn(A)).await && env.admitted(&agent_cn(B)).await);
+
+    // The same form with one subscription more is a different config: rewritten as ours.
+    let users = other_form["authorization"]["users"].as_array_mut().unwrap();
+    users[0]["permissions"]["subscribe"]
+        .as_array_mut()
+        .unwrap()
+        .push("agent.extra".into());
+    std::fs::write(
+        &env.auth_file,
+        serde_json::to_string_pretty(&other_form).unwrap(),
+    )
+    .unwrap();
+    env.once(true).await;
+    let rewritten: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&env.auth_file).unwrap()).unwrap();
+    assert_eq!(rewritten, written, "rewritten as this program writes it");
+}

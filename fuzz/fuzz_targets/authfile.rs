@@ -1,5 +1,6 @@
 //! The auth-file reader and writer (SPEC §4): `classify` takes any bytes without panicking,
-//! and `render` output reads back as the same users using only escapes nats-server accepts.
+//! and `render` output reads back as the same users using only escapes nats-server accepts;
+//! the compact `UserSet` a pass compares and renders agrees with the users as values.
 
 #![no_main]
 
@@ -8,6 +9,7 @@ mod common;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bosh_nats_sync::authfile::{self, Observed};
+use bosh_nats_sync::desired::{self, AgentId};
 use bosh_nats_sync::users::{Permissions, User, Users};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,10 +20,22 @@ struct ArbUser {
     permissions: Option<(Option<Vec<String>>, Option<Vec<String>>)>,
     /// Use the one subject `classify` treats specially.
     nobody: bool,
+    /// Be an agent user as this program writes it (when the id is valid), bootstrap or
+    /// not, its publish list rotated by this much: the compact path of `UserSet`.
+    agent: Option<(String, bool, u8)>,
 }
 
 impl From<ArbUser> for User {
     fn from(a: ArbUser) -> User {
+        if let Some((id, bootstrap, rotate)) = &a.agent
+            && let Ok(id) = AgentId::parse(id)
+        {
+            let mut user = desired::agent_user(&id, *bootstrap);
+            if let Some(publish) = user.permissions.as_mut().and_then(|p| p.publish.as_mut()) {
+                publish.rotate_left(usize::from(*rotate) % 4);
+            }
+            return user;
+        }
         User {
             user: if a.nobody {
                 authfile::NOBODY.to_owned()

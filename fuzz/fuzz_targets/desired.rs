@@ -67,6 +67,6 @@ fuzz_target!(|input: Input| {
             common::check_agent_id(raw);
         }
     }
-    let desired = desired::compute(&subjects, &vms);
+    let desired = desired::compute(&subjects, vms.clone());
     common::check_desired(&subjects, &vms, &desired);
 });

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
                 .expect("a fixed valid subject"),
             hm: None,
         };
-        let desired = desired::compute(&subjects, &vms);
+        let desired = desired::compute(&subjects, vms.clone());
         common::check_desired(&subjects, &vms, &desired);
     }
 });

@@ -241,7 +241,9 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
         director: Subject::parse(&std::fs::read_to_string(&stage.director_subject_file)?)?,
         hm: Subject::parse(&std::fs::read_to_string(&stage.hm_subject_file)?)?,
     };
-    let expected = desired::compute(&subjects, &director_vms(director)).users;
+    let expected = desired::compute(&subjects, director_vms(director))
+        .users
+        .to_users();
     // The first pass after the faults clear may wait out a backoff (capped at 60 s).
     let deadline = Duration::from_secs(60) + Duration::from_secs_f64(args.poll * 5.0);
     let converged = wait_until(deadline, || async {

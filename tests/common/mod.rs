@@ -441,7 +441,7 @@ impl Env {
                 permanent_nats_credentials: *permanent,
             })
             .collect();
-        desired::compute(&subjects, &vms).users
+        desired::compute(&subjects, vms).users.to_users()
     }
 }
 

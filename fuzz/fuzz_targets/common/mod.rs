@@ -6,6 +6,7 @@ use bosh_nats_sync::authfile::{self, Observed};
 use bosh_nats_sync::desired::{self, AgentId, Desired, Subject, SubjectError, Subjects};
 use bosh_nats_sync::director::Vm;
 use bosh_nats_sync::users::{User, Users};
+use bosh_nats_sync::userset::UserSet;
 
 const DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
 
@@ -132,6 +133,45 @@ pub fn check_render(users: &Users) {
         std::str::from_utf8(&rendered).is_ok(),
         "render writes UTF-8"
     );
+    check_set(users);
+}
+
+/// The compact set a pass uses holds the same users: it expands back to them (as values),
+/// renders byte for byte what `render` makes of its expansion, reads back equal, and
+/// compares like `Users::same_as` — with a reordered copy (equal) and a shortened one.
+pub fn check_set(users: &Users) {
+    let set = UserSet::from_users(users.0.iter().cloned());
+    assert_eq!(set.len(), users.len());
+    let expanded = set.to_users();
+    assert!(expanded.same_as(users), "{expanded:?} vs {users:?}");
+    let rendered = authfile::render_set(&set);
+    assert_eq!(rendered, authfile::render(&expanded));
+    let back = UserSet::from_users(match authfile::classify(&rendered) {
+        Observed::Users(u) => u.0,
+        other => panic!("render_set wrote {other:?}"),
+    });
+    if !users.0.is_empty() && users.0 != [nobody()] {
+        assert_eq!(back, set);
+    }
+
+    let mut reordered = users.clone();
+    reordered.0.reverse();
+    for user in &mut reordered.0 {
+        if let Some(p) = user.permissions.as_mut() {
+            for list in [p.publish.as_mut(), p.subscribe.as_mut()].into_iter().flatten() {
+                list.reverse();
+            }
+        }
+    }
+    assert!(reordered.same_as(users));
+    assert_eq!(UserSet::from_users(reordered.0), set);
+    if let Some((_, shorter)) = users.0.split_last() {
+        let shorter = Users(shorter.to_vec());
+        assert_eq!(
+            UserSet::from_users(shorter.0.iter().cloned()) == set,
+            shorter.same_as(users)
+        );
+    }
 }
 
 pub fn nobody() -> User {
@@ -152,7 +192,8 @@ fn agent_permissions(id: &str) -> (Vec<String>, Vec<String>) {
 
 /// Everything SPEC §3 says of `compute(subjects, vms)`.
 pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
-    let users = &desired.users.0;
+    let expanded = desired.users.to_users();
+    let users = &expanded.0;
     let mut rest = users.as_slice();
     if let Some(s) = &subjects.director {
         let expected = User::new(
@@ -245,14 +286,15 @@ pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
 
     // Deterministic whatever order the director answered in.
     let reversed: Vec<Vm> = vms.iter().rev().cloned().collect();
-    assert_eq!(desired::compute(subjects, &reversed), *desired);
+    assert_eq!(desired::compute(subjects, reversed), *desired);
 
     // Desired users never need an escape beyond `\"` and `\\`, and read back unchanged.
-    let rendered = authfile::render(&desired.users);
+    let rendered = authfile::render(&expanded);
+    assert_eq!(authfile::render_set(&desired.users), rendered);
     assert!(
         escapes(&rendered).iter().all(|e| matches!(e, b'"' | b'\\')),
         "{:?}",
         String::from_utf8_lossy(&rendered)
     );
-    check_render(&desired.users);
+    check_render(&expanded);
 }
