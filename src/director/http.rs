@@ -21,6 +21,14 @@ pub(crate) struct Request<'a> {
 
 /// A URL as it may appear in a message: no user info, no query, no fragment.
 pub(crate) fn display_url(url: &url::Url) -> String {
+    // The usual case, once per request: nothing to remove (each setter below re-parses).
+    if url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+    {
+        return url.as_str().to_owned();
+    }
     let mut shown = url.clone();
     // Both setters only fail for URLs that cannot have user info, which then have none.
     let _ = shown.set_username("");
@@ -143,5 +151,15 @@ mod tests {
                 .expect("url");
         let shown = display_url(&url);
         assert_eq!(shown, "https://10.0.0.6:25555/deployments");
+        for plain in [
+            "https://10.0.0.6:25555/deployments",
+            "https://d/",
+            "http://[::1]:8/x%20y",
+        ] {
+            let url = url::Url::parse(plain).expect("url");
+            assert_eq!(display_url(&url), url.as_str());
+        }
+        let only_user = url::Url::parse("https://admin@d/x").expect("url");
+        assert_eq!(display_url(&only_user), "https://d/x");
     }
 }

@@ -424,11 +424,10 @@ fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
     let mut url = base.clone();
     url.set_query(None);
     url.set_fragment(None);
-    let shown = display_url(base);
     if matches!(deployment, "" | "." | "..") {
         return Err(Error::Decode {
             endpoint: "deployments",
-            url: shown,
+            url: display_url(base),
             detail: format!("deployment name {deployment:?} cannot be used in a URL path"),
         });
     }
@@ -438,7 +437,9 @@ fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
                 .extend(["deployments", deployment, "vms"]);
         }
         Err(()) => {
-            return Err(Error::Config(ConfigError::DirectorUrl { url: shown }));
+            return Err(Error::Config(ConfigError::DirectorUrl {
+                url: display_url(base),
+            }));
         }
     }
     Ok(url)
