@@ -14,7 +14,11 @@ pub struct Finished {
     pub code: i32,
     /// From `spawn` to the reaping `wait4`.
     pub wall: Duration,
-    /// `ru_maxrss` of this child alone (Linux reports KiB).
+    /// The child's peak resident set: the largest `VmHWM` of `/proc/<pid>/status` sampled
+    /// every 2 ms (`VmHWM` only grows, so the last sample holds the peak up to 2 ms before
+    /// exit). Not `ru_maxrss`: Linux records in a child's `ru_maxrss` the high-water mark of
+    /// the address space it replaced at `execve` — for a `posix_spawn`ed (vfork) child,
+    /// the spawning driver's own, which holds the simulated director.
     pub max_rss_kib: u64,
     /// `ru_utime + ru_stime`.
     pub cpu: Duration,
@@ -39,13 +43,14 @@ pub async fn wait_child(child: Child, start: Instant, limit: Duration) -> anyhow
     tokio::pin!(waiter);
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
-    let mut peak_anon_kib = 0;
+    let (mut peak_anon_kib, mut max_rss_kib) = (0, 0);
     let mut sample = tokio::time::interval(Duration::from_millis(2));
     let (status, usage) = loop {
         tokio::select! {
             r = &mut waiter => break r.context("waiter task")??,
             _ = sample.tick() => {
                 peak_anon_kib = peak_anon_kib.max(status_kib(pid as u32, "RssAnon").unwrap_or(0));
+                max_rss_kib = max_rss_kib.max(status_kib(pid as u32, "VmHWM").unwrap_or(0));
             }
             _ = &mut deadline => {
                 // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
@@ -67,7 +72,7 @@ pub async fn wait_child(child: Child, start: Instant, limit: Duration) -> anyhow
     Ok(Finished {
         code,
         wall,
-        max_rss_kib: usage.ru_maxrss as u64,
+        max_rss_kib,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         peak_anon_kib,
     })

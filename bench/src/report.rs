@@ -259,7 +259,9 @@ impl Report<'_> {
              `duration_ms` it logged. *warm*: mean `duration_ms` of no-op passes of a \
              long-running process (after its first pass). *req*: director requests of the cold \
              pass (warm passes in brackets when they differ). *RSS*: peak resident set of the \
-             `once` process (`ru_maxrss`) / of the long-running process (`VmHWM`) / resident \
+             `once` process (its `VmHWM`, sampled every 2 ms; not `ru_maxrss`, which after \
+             `posix_spawn` holds the driver's own peak) / of the long-running process \
+             (`VmHWM`) / resident \
              set of the long-running one after its last pass (`VmRSS`). *anon*: the same for \
              private memory only (`RssAnon`, sampled every 2 ms: peak of `once` / peak of the \
              long-running process / after its last pass). *CPU*: user+system \
