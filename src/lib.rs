@@ -7,6 +7,7 @@ pub mod authfile;
 pub mod config;
 pub mod controller;
 pub mod damping;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod desired;
 pub mod director;

@@ -32,7 +32,15 @@ enum Command {
     /// Validate the configuration file (keys, values, CA files) and exit: 0 valid, 2 not.
     CheckConfig,
     /// Run against a built-in simulated director (no configuration needed): see the README.
+    #[cfg(feature = "demo")]
     Demo(bosh_nats_sync::demo::DemoArgs),
+    /// Built without the `demo` feature: any arguments are accepted, and refused with one line.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// `--help` and `--version` print as usual; a usage error is one line on stderr, status 2.
@@ -63,8 +71,16 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let command = cli.command.unwrap_or(Command::Run);
+    #[cfg(feature = "demo")]
     if let Command::Demo(args) = command {
         return bosh_nats_sync::demo::demo(args);
+    }
+    #[cfg(not(feature = "demo"))]
+    if let Command::Demo { .. } = command {
+        eprintln!(
+            "bosh-nats-sync: this binary was built without the demo feature (cargo build --features demo)"
+        );
+        return ExitCode::from(2);
     }
     let Some(path) = cli.config else {
         eprintln!("bosh-nats-sync: a configuration file is required: bosh-nats-sync -c FILE");
@@ -95,7 +111,7 @@ fn main() -> ExitCode {
         Command::Run => app::run(config),
         Command::Once => app::once(config),
         Command::Diff => app::diff(config),
-        Command::CheckConfig | Command::Demo(_) => unreachable!("handled above"),
+        Command::CheckConfig | Command::Demo { .. } => unreachable!("handled above"),
     };
     // After the runtime is gone: the last pass's spans reach the collector before exit.
     telemetry::shutdown();

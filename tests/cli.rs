@@ -40,7 +40,13 @@ fn help_and_version() {
     );
     let out = run(&["--help"]);
     assert!(out.status.success());
-    for word in ["once", "diff", "check-config", "demo", "--config"] {
+    // `demo` is only in a build with the `demo` feature (`scripts/test` tests both builds).
+    let words: &[&str] = if cfg!(feature = "demo") {
+        &["once", "diff", "check-config", "demo", "--config"]
+    } else {
+        &["once", "diff", "check-config", "--config"]
+    };
+    for word in words {
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(word),
             "--help mentions {word}"
@@ -192,8 +198,35 @@ async fn diff_prints_the_changes_and_writes_nothing() {
     );
 }
 
+/// Without the `demo` feature (the default build, what operators run), `demo` is refused in
+/// one line that says how to get it, and does nothing else.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["demo"][..], &["demo", "--duration", "1", "--dir"]] {
+        let out = Command::new(binary())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            stderr(&out).trim_end(),
+            "bosh-nats-sync: this binary was built without the demo feature (cargo build --features demo)"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
 /// The README's first command: the real controller against the built-in simulated director
 /// (and the real nats-server on PATH), in a directory of our choosing, for a few seconds.
+#[cfg(feature = "demo")]
 #[test]
 fn the_demo_runs_the_controller_against_the_simulated_director() {
     let dir = tempfile::tempdir().unwrap();
