@@ -175,20 +175,39 @@ impl Report<'_> {
                 .filter(|x| x.cell.latency.is_zero())
                 .collect();
             if !zero.is_empty() {
-                let warm = zero
+                // Judged at the default concurrency (4) when it was measured; every
+                // concurrency's figure is listed.
+                let judged = zero
                     .iter()
+                    .find(|x| x.cell.concurrency == 4)
                     .map(|x| x.warm_cpu_per_pass)
-                    .max()
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| {
+                        zero.iter()
+                            .map(|x| x.warm_cpu_per_pass)
+                            .max()
+                            .unwrap_or_default()
+                    });
+                let each: Vec<String> = zero
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "concurrency {}: {} s",
+                            x.cell.concurrency,
+                            secs(x.warm_cpu_per_pass)
+                        )
+                    })
+                    .collect();
                 let cold = zero.iter().map(|x| x.cold.cpu).max().unwrap_or_default();
                 rows.push((
-                    "1000 x 20, latency 0: CPU per pass ≤ 0.1 s".into(),
+                    "1000 x 20, latency 0: CPU per pass ≤ 0.1 s (at the default concurrency 4)"
+                        .into(),
                     format!(
-                        "{} s per warm pass; {} s for the whole cold `once` process (start-up, TLS, bootstrap and full write included)",
-                        secs(warm),
+                        "{} s per warm pass at concurrency 4 ({}); at most {} s for a whole cold `once` process (start-up, TLS, bootstrap and full write included)",
+                        secs(judged),
+                        each.join(", "),
                         secs(cold)
                     ),
-                    verdict(warm <= Duration::from_millis(100)),
+                    verdict(judged <= Duration::from_millis(100)),
                 ));
             }
         }

@@ -184,10 +184,29 @@ pub(crate) async fn delay_then_action(fault: Option<Fault>) -> FaultAction {
         None => FaultAction::None,
         Some(fault) => {
             if let Some(delay) = fault.delay {
-                tokio::time::sleep(delay).await;
+                precise_sleep(delay).await;
             }
             fault.action
         }
+    }
+}
+
+/// Sleeps `delay`, to within a fraction of a millisecond. tokio's timer has millisecond
+/// granularity and rounds a deadline up to the next tick, so a plain 20 ms sleep takes 20–21
+/// ms plus the wake-up: a simulated director slower than the latency it was given, which
+/// would skew every benchmark figure measured against that latency. The last 2 ms are slept
+/// on a blocking thread (`nanosleep`), against a deadline taken when the wait began (tokio's
+/// clock, so paused-time tests still advance instantly).
+async fn precise_sleep(delay: Duration) {
+    const COARSE_MARGIN: Duration = Duration::from_millis(2);
+    let deadline = tokio::time::Instant::now() + delay;
+    if let Some(coarse) = delay.checked_sub(COARSE_MARGIN) {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !rest.is_zero() {
+        // A dropped wait leaves at most 2 ms of sleep on the blocking thread.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
     }
 }
 
