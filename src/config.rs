@@ -344,7 +344,9 @@ impl Config {
 }
 
 fn tracing_subscriber_filter_is_invalid(filter: &str) -> bool {
-    tracing_subscriber::EnvFilter::try_new(filter).is_err()
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .is_err()
 }
 
 /// A CA file that is absent means "use the next trust source" (SPEC §2.3); one that exists
