@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sim::churn::{Churn, ChurnConfig};
+use sim::churn::Churn;
 use sim::nats::NatsServer;
 use sim::stage::Stage;
 use tokio_util::sync::CancellationToken;
@@ -86,18 +86,7 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let churns: Vec<Churn> = if args.churn_ms == 0 {
         Vec::new()
     } else {
-        (0..args.deployments)
-            .map(|d| {
-                Churn::start(
-                    director.handle(),
-                    ChurnConfig::new(
-                        &Stage::deployment_name(d),
-                        Duration::from_millis(args.churn_ms),
-                        args.vms,
-                    ),
-                )
-            })
-            .collect()
+        stage.churn_every_deployment(Duration::from_millis(args.churn_ms))
     };
 
     let nats = if !args.no_nats && on_path("nats-server") {

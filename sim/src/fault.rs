@@ -196,7 +196,7 @@ pub(crate) async fn delay_then_action(fault: Option<Fault>) -> FaultAction {
 /// ms plus the wake-up: a simulated director slower than the latency it was given, which
 /// would skew every benchmark figure measured against that latency. The last 2 ms are slept
 /// on a blocking thread (`nanosleep`), against a deadline taken when the wait began (tokio's
-/// clock, so paused-time tests still advance instantly).
+/// clock: on a paused clock everything but that tail of at most 2 ms advances instantly).
 async fn precise_sleep(delay: Duration) {
     const COARSE_MARGIN: Duration = Duration::from_millis(2);
     let deadline = tokio::time::Instant::now() + delay;
@@ -305,6 +305,38 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A delay is never cut short: the blocking tail sleeps to the deadline set when the
+    /// wait began.
+    #[tokio::test]
+    async fn precise_sleep_lasts_at_least_the_delay() {
+        for ms in [0, 1, 2, 3, 25] {
+            let delay = Duration::from_millis(ms);
+            let start = std::time::Instant::now();
+            precise_sleep(delay).await;
+            assert!(
+                start.elapsed() >= delay,
+                "{ms} ms took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+
+    /// On a paused clock a long delay advances tokio's clock (all but the blocking tail of at
+    /// most 2 ms, which is real time), so a test making the director hang for 30 s does not
+    /// wait 30 s.
+    #[tokio::test(start_paused = true)]
+    async fn precise_sleep_follows_a_paused_clock() {
+        let start = tokio::time::Instant::now();
+        let wall = std::time::Instant::now();
+        precise_sleep(Duration::from_secs(30)).await;
+        assert!(start.elapsed() >= Duration::from_millis(29_998));
+        assert!(
+            wall.elapsed() < Duration::from_secs(29),
+            "{:?}",
+            wall.elapsed()
+        );
+    }
 
     #[test]
     fn times_limits_firings() {

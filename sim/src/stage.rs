@@ -3,7 +3,9 @@
 //! BOSH's pre-start leaves it. Shared by the `demo` subcommand and the soak driver.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::churn::{Churn, ChurnConfig};
 use crate::director::{DirectorConfig, DirectorSim, Vm};
 use crate::pki::{DIRECTOR_CN, HM_CN, Pki, PkiFiles, bosh_subject};
 
@@ -22,6 +24,9 @@ pub struct Stage {
     pub auth_file: PathBuf,
     pub director_subject_file: PathBuf,
     pub hm_subject_file: PathBuf,
+    /// How many deployments were staged, and how many VMs each started with.
+    pub deployments: usize,
+    pub vms: usize,
 }
 
 impl Stage {
@@ -77,7 +82,22 @@ impl Stage {
             auth_file,
             director_subject_file,
             hm_subject_file,
+            deployments,
+            vms,
         })
+    }
+
+    /// Starts a churn on every staged deployment (VMs created and deleted every `interval`,
+    /// around the staged count); dropping the returned churns stops them.
+    pub fn churn_every_deployment(&self, interval: Duration) -> Vec<Churn> {
+        (0..self.deployments)
+            .map(|d| {
+                Churn::start(
+                    self.director.handle(),
+                    ChurnConfig::new(&Self::deployment_name(d), interval, self.vms),
+                )
+            })
+            .collect()
     }
 
     /// The name of the `d`th staged deployment.

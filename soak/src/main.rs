@@ -14,7 +14,7 @@ use bosh_nats_sync::desired::{self, Subject, Subjects};
 use bosh_nats_sync::director::Vm;
 use bosh_nats_sync::users::Users;
 use clap::Parser;
-use sim::churn::{Churn, ChurnConfig};
+use sim::churn::Churn;
 use sim::director::{DirectorSim, Endpoint};
 use sim::fault::Fault;
 use sim::nats::NatsServer;
@@ -170,18 +170,7 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     .context("/metrics never answered")?;
 
     // Noise: churn on every deployment, and random 500s on the two listing endpoints.
-    let churns: Vec<Churn> = (0..args.deployments)
-        .map(|d| {
-            Churn::start(
-                director.handle(),
-                ChurnConfig::new(
-                    &Stage::deployment_name(d),
-                    Duration::from_millis(args.churn_ms),
-                    args.vms,
-                ),
-            )
-        })
-        .collect();
+    let churns: Vec<Churn> = stage.churn_every_deployment(Duration::from_millis(args.churn_ms));
     for endpoint in [Endpoint::Deployments, Endpoint::Vms] {
         director.set_fault(
             endpoint,
