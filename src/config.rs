@@ -1,4 +1,4 @@
-//! The YAML configuration file (SPEC §1.2): every key the BOSH `nats` job template writes,
+//! The YAML configuration file (§1.2): every key the BOSH `nats` job template writes,
 //! plus optional new keys with defaults. Validation happens here, once; the rest of the
 //! program receives typed, checked settings.
 
@@ -35,7 +35,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How nats-server is told to reload, and how the reload is verified (SPEC §5).
+/// How nats-server is told to reload, and how the reload is verified (§5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsSettings {
     /// The auth file nats-server includes.
@@ -47,6 +47,30 @@ pub struct NatsSettings {
     pub monitoring_url: Option<url::Url>,
     /// How long to wait for `config_load_time` to advance after a reload signal.
     pub reload_verify_timeout: Duration,
+}
+
+/// Mass-removal damping (§6.5): when a pass's removals are held back. Invariant (checked by
+/// [`Config::parse`]): `max_removal_fraction` is within 0..=1 and `confirmations` ≥ 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DampingSettings {
+    pub enabled: bool,
+    /// A pass may remove at most this fraction of the agents in the file without being held…
+    pub max_removal_fraction: f64,
+    /// …or at most this many agents, whichever is more.
+    pub min_removals: usize,
+    /// How many consecutive passes must compute the same desired state before it applies.
+    pub confirmations: u32,
+}
+
+impl Default for DampingSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_removal_fraction: 0.5,
+            min_removals: 10,
+            confirmations: 3,
+        }
+    }
 }
 
 /// The whole, validated configuration.
@@ -72,8 +96,8 @@ pub struct Config {
     pub log_level: String,
     /// Address of the metrics/health server; `None` when disabled.
     pub http_listen: Option<SocketAddr>,
-    /// Mass-removal damping (SPEC §6.5).
-    pub damping: crate::damping::DampingSettings,
+    /// Mass-removal damping (§6.5).
+    pub damping: DampingSettings,
     /// Keys the file has that this program does not know (warned about, then ignored).
     pub unknown_keys: Vec<String>,
 }
@@ -125,15 +149,7 @@ impl Config {
         let url_text = r
             .string(&root, "director.url")?
             .ok_or_else(|| r.missing("director.url"))?;
-        let url = url::Url::parse(&url_text)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
-            .ok_or_else(|| {
-                r.error(
-                    Some("director.url"),
-                    format!("{url_text:?} is not an http(s) URL with a host"),
-                )
-            })?;
+        let url = r.http_url("director.url", &url_text)?;
         let user = r.string(&root, "director.user")?.filter(|s| !s.is_empty());
         let password = env(ENV_PASSWORD)
             .or(r.string(&root, "director.password")?)
@@ -227,17 +243,7 @@ impl Config {
             .filter(|s| !s.is_empty())
         {
             None => None,
-            Some(text) => Some(
-                url::Url::parse(&text)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
-                    .ok_or_else(|| {
-                        r.error(
-                            Some("nats.monitoring_url"),
-                            format!("{text:?} is not an http(s) URL with a host"),
-                        )
-                    })?,
-            ),
+            Some(text) => Some(r.http_url("nats.monitoring_url", &text)?),
         };
         let reload_verify_timeout = r.seconds(&root, "nats.reload_verify_timeout", 5.0, false)?;
 
@@ -279,10 +285,11 @@ impl Config {
         })?;
 
         // damping
-        let damping = crate::damping::DampingSettings {
-            enabled: r.boolean(&root, "damping.enabled", true)?,
+        let defaults = DampingSettings::default();
+        let damping = DampingSettings {
+            enabled: r.boolean(&root, "damping.enabled", defaults.enabled)?,
             max_removal_fraction: match r.number(&root, "damping.max_removal_fraction")? {
-                None => 0.5,
+                None => defaults.max_removal_fraction,
                 Some(f) if (0.0..=1.0).contains(&f) => f,
                 Some(f) => {
                     return Err(r.error(
@@ -292,7 +299,7 @@ impl Config {
                 }
             },
             min_removals: match r.number(&root, "damping.min_removals")? {
-                None => 10,
+                None => defaults.min_removals,
                 Some(v) if v >= 0.0 && v.fract() == 0.0 => v as usize,
                 Some(v) => {
                     return Err(r.error(
@@ -301,7 +308,11 @@ impl Config {
                     ));
                 }
             },
-            confirmations: r.count(&root, "damping.confirmations", 3)? as u32,
+            confirmations: r.count(
+                &root,
+                "damping.confirmations",
+                defaults.confirmations as usize,
+            )? as u32,
         };
 
         r.collect_unknown(&root, "");
@@ -349,7 +360,7 @@ fn tracing_subscriber_filter_is_invalid(filter: &str) -> bool {
         .is_err()
 }
 
-/// A CA file that is absent means "use the next trust source" (SPEC §2.3); one that exists
+/// A CA file that is absent means "use the next trust source" (§2.3); one that exists
 /// but cannot be read is a configuration error rather than a silent fall-back.
 fn check_readable_if_present(path: &Path) -> Result<(), String> {
     match std::fs::read(path) {
@@ -368,6 +379,19 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// An `http` or `https` URL with a host: the director's, nats-server's monitoring endpoint.
+    fn http_url(&self, key: &str, text: &str) -> Result<url::Url, ConfigError> {
+        url::Url::parse(text)
+            .ok()
+            .filter(director::is_http_base)
+            .ok_or_else(|| {
+                self.error(
+                    Some(key),
+                    format!("{text:?} is not an http(s) URL with a host"),
+                )
+            })
+    }
+
     fn error(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             path: self.path.to_owned(),
@@ -566,7 +590,7 @@ logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"
             )
         );
         assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
-        assert_eq!(c.damping, crate::damping::DampingSettings::default());
+        assert_eq!(c.damping, DampingSettings::default());
     }
 
     #[test]

@@ -52,13 +52,7 @@ const PASSWORD: &str = "demo-password";
 pub fn demo(args: DemoArgs) -> ExitCode {
     crate::telemetry::init(LogFormat::Text, "info", None).ok();
     crate::tls::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect(
-            "building a current-thread tokio runtime only fails if the OS denies timers or epoll",
-        );
-    match rt.block_on(run(args)) {
+    match crate::modes::runtime().block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bosh-nats-sync demo: {e}");
@@ -160,6 +154,7 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     println!("  Ctrl-C stops it.\n");
 
     let cancel = CancellationToken::new();
+    crate::modes::cancel_on_signals(cancel.clone());
     if let Some(secs) = args.duration {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -167,7 +162,7 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             cancel.cancel();
         });
     }
-    let code = crate::app::run_until_cancelled(config, cancel, true).await;
+    let code = crate::modes::run_until_cancelled(config, cancel).await;
     for churn in &churns {
         churn.stop();
     }

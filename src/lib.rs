@@ -1,19 +1,26 @@
 //! bosh-nats-sync: keeps the users of a BOSH director's NATS server in line with the
 //! director's VMs. A level-triggered reconciler: desired users from the director API,
 //! observed users from the auth file, write and reload when they differ.
+//!
+//! Where things are (the behaviour each part follows is `docs/contract.md`, cited as `§N`):
+//! - [`modes`]: the program's modes (run, once, diff, check-config), called by `main`.
+//! - [`pass`]: one pass — observe → decide → apply — which the `reconcile` loop runs.
+//! - [`director`]: the director's HTTP API (§2); [`vm`]: the VMs it reports.
+//! - [`users`]: NATS users, the agent user's format, the compact set a pass compares.
+//! - [`authfile`]: the auth file — compare, read, atomically write (§4).
+//! - [`reload`]: making nats-server load it, verified (§5).
+//! - [`config`]: the YAML file (§1); [`telemetry`]: logs and span export (§9).
 
-pub mod app;
 pub mod authfile;
 pub mod config;
-pub mod controller;
-pub mod damping;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod desired;
 pub mod director;
-pub mod nats;
+pub mod modes;
+pub mod pass;
+pub mod reload;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;
 pub mod users;
-pub mod userset;
+pub mod vm;

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use bosh_nats_sync::config::Config;
-use bosh_nats_sync::{app, telemetry};
+use bosh_nats_sync::{modes, telemetry};
 
 /// Keeps a BOSH director's NATS users in line with the director's VMs.
 #[derive(Parser)]
-#[command(version = app::VERSION, about, long_about = None)]
+#[command(version = modes::VERSION, about, long_about = None)]
 struct Cli {
     /// The configuration file (the BOSH job's bosh_nats_sync_config.yml).
     #[arg(short, long, value_name = "FILE", global = true)]
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::CheckConfig = command {
-        return app::check_config(&config);
+        return modes::check_config(&config);
     }
     if let Err(e) = telemetry::init(
         config.log_format,
@@ -108,9 +108,9 @@ fn main() -> ExitCode {
         tracing::warn!(file = %config.path.display(), key, "ignoring an unknown configuration key");
     }
     let code = match command {
-        Command::Run => app::run(config),
-        Command::Once => app::once(config),
-        Command::Diff => app::diff(config),
+        Command::Run => modes::run(config),
+        Command::Once => modes::once(config),
+        Command::Diff => modes::diff(config),
         Command::CheckConfig | Command::Demo { .. } => unreachable!("handled above"),
     };
     // After the runtime is gone: the last pass's spans reach the collector before exit.

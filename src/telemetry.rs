@@ -1,4 +1,4 @@
-//! Logging and tracing setup (SPEC §9): `tracing` to stdout or an append-mode log file, text
+//! Logging and tracing setup (§9): `tracing` to stdout or an append-mode log file, text
 //! or JSON, plus OTLP/HTTP span export when the standard `OTEL_EXPORTER_OTLP_*` variables ask
 //! for it.
 //!
@@ -18,7 +18,6 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Span;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -27,8 +26,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 use crate::config::LogFormat;
-use crate::controller::{PassError, PassReport};
-use reconcile::PassContext;
 
 /// The OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`
 /// names another.
@@ -41,7 +38,7 @@ pub const ENDPOINT_VARS: [&str; 2] = [
 ];
 
 /// How long [`shutdown`] waits for the last spans to reach the collector. SIGTERM must end
-/// the process within 2 s (SPEC §6.4); an unreachable collector must not hold it longer.
+/// the process within 2 s (§6.4); an unreachable collector must not hold it longer.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// Crates whose own spans and events are not exported: the exporter's HTTP stack would
@@ -144,72 +141,6 @@ pub fn otlp_requested(env: impl Fn(&str) -> Option<String>) -> Option<&'static s
     ENDPOINT_VARS.into_iter().find(|k| set(k).is_some())
 }
 
-/// The declared fields of a `pass` span, filled in by [`record_pass`] when it ends, so that
-/// a trace backend can filter passes by outcome and size.
-pub fn pass_span(pass: u64, triggers: &str) -> Span {
-    tracing::info_span!(
-        "pass",
-        pass = i64::try_from(pass).unwrap_or(i64::MAX),
-        triggers,
-        consecutive_failures = tracing::field::Empty,
-        result = tracing::field::Empty,
-        reason = tracing::field::Empty,
-        desired = tracing::field::Empty,
-        agents = tracing::field::Empty,
-        added = tracing::field::Empty,
-        removed = tracing::field::Empty,
-        written = tracing::field::Empty,
-        reloaded = tracing::field::Empty,
-        skipped_vms = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-    )
-}
-
-/// [`pass_span`] for a pass of the control loop: `triggers` lists why it runs (`interval`,
-/// `file:/var/vcap/data/nats/auth.json`, `retry`, …), and the failures before it are kept.
-pub fn pass_span_for(ctx: &PassContext) -> Span {
-    let triggers: Vec<String> = ctx.triggers.iter().map(ToString::to_string).collect();
-    let span = pass_span(ctx.pass, &triggers.join(", "));
-    span.record("consecutive_failures", i64::from(ctx.consecutive_failures));
-    span
-}
-
-/// Records a pass's outcome on its span (one made by [`pass_span`]; fields a span does not
-/// declare are ignored). Call it before the span's last handle is dropped.
-pub fn record_pass(span: &Span, result: Result<&PassReport, &PassError>) {
-    match result {
-        Ok(r) => {
-            span.record("result", if r.written { "changed" } else { "unchanged" });
-            span.record("desired", count(r.desired_total()));
-            span.record("agents", count(r.desired.agent));
-            span.record("added", count(r.added));
-            span.record("removed", count(r.removed));
-            span.record("written", r.written);
-            span.record("reloaded", r.reloaded.map_or("no", |how| how.label()));
-            span.record(
-                "skipped_vms",
-                count(r.skipped.no_agent_id + r.skipped.invalid_agent_id + r.skipped.duplicate),
-            );
-            span.record("otel.status_code", "OK");
-        }
-        Err(e) => {
-            span.record("result", "error");
-            span.record("reason", e.reason());
-            span.record("otel.status_code", "ERROR");
-            // The reason, not the message: messages carry URLs and server output, and a
-            // fixed label is what a trace backend groups by.
-            span.record("otel.status_description", e.reason());
-        }
-    }
-}
-
-/// A count as a span field. `i64`, because tracing-opentelemetry exports `u64` fields as
-/// strings, and a trace backend can only compare numbers (`added > 0`).
-fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// The log formatter with its own level filter, so the exported spans do not depend on
 /// how verbose the log is.
 fn fmt_layer(
@@ -269,7 +200,7 @@ fn log_filter(level: &str, rust_log: Option<&str>) -> Targets {
 
 /// Spans and span events worth exporting: `info` and above from everything but the
 /// exporter's own stack.
-fn exported_targets() -> Targets {
+pub(crate) fn exported_targets() -> Targets {
     NOT_EXPORTED
         .into_iter()
         .fold(Targets::new().with_default(LevelFilter::INFO), |t, name| {
@@ -318,10 +249,6 @@ fn resource() -> Resource {
 mod tests {
     use std::collections::HashMap;
 
-    use opentelemetry::Value;
-    use opentelemetry::trace::Status;
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-
     use super::*;
 
     #[test]
@@ -347,8 +274,6 @@ mod tests {
         let f = log_filter("debug", Some("x=loud"));
         assert!(f.would_enable("bosh_nats_sync::controller", &Level::DEBUG));
     }
-    use crate::desired::{Counts, Skipped};
-    use crate::nats::Reloaded;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: HashMap<String, String> = vars
@@ -412,118 +337,5 @@ mod tests {
                 "{target}"
             );
         }
-    }
-
-    /// Runs `f` under a subscriber that exports to memory, and returns the finished spans.
-    fn export(f: impl FnOnce()) -> Vec<SpanData> {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = Registry::default().with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(exported_targets()),
-        );
-        tracing::subscriber::with_default(subscriber, f);
-        provider
-            .force_flush()
-            .expect("the in-memory exporter flushes");
-        exporter.get_finished_spans().expect("finished spans")
-    }
-
-    fn attribute(span: &SpanData, key: &str) -> Option<Value> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.clone())
-    }
-
-    #[test]
-    fn a_successful_pass_carries_its_summary() {
-        let report = PassReport {
-            written: true,
-            reloaded: Some(Reloaded::Verified),
-            desired: Counts {
-                director: 1,
-                hm: 1,
-                agent: 3,
-                agent_bootstrap: 2,
-            },
-            skipped: Skipped {
-                no_agent_id: 1,
-                invalid_agent_id: 1,
-                duplicate: 0,
-            },
-            observed_users: 4,
-            added: 3,
-            removed: 0,
-            held: None,
-        };
-        let spans = export(|| {
-            let span = pass_span(7, "interval");
-            record_pass(&span, Ok(&report));
-        });
-        let [span] = spans.as_slice() else {
-            panic!("one span expected: {spans:?}")
-        };
-        assert_eq!(span.name, "pass");
-        assert_eq!(span.status, Status::Ok);
-        for (key, value) in [
-            ("pass", Value::I64(7)),
-            ("triggers", Value::from("interval")),
-            ("result", Value::from("changed")),
-            ("desired", Value::I64(7)),
-            ("agents", Value::I64(3)),
-            ("added", Value::I64(3)),
-            ("removed", Value::I64(0)),
-            ("written", Value::Bool(true)),
-            ("reloaded", Value::from("ok")),
-            ("skipped_vms", Value::I64(2)),
-        ] {
-            assert_eq!(attribute(span, key), Some(value), "{key}");
-        }
-        assert_eq!(attribute(span, "reason"), None);
-    }
-
-    #[test]
-    fn a_loop_pass_span_lists_its_triggers() {
-        let ctx = PassContext {
-            pass: 4,
-            triggers: vec![
-                reconcile::Trigger::Interval,
-                reconcile::Trigger::FileChanged(PathBuf::from("/var/vcap/data/nats/auth.json")),
-            ],
-            consecutive_failures: 2,
-        };
-        let spans = export(|| drop(pass_span_for(&ctx)));
-        let [span] = spans.as_slice() else {
-            panic!("one span expected: {spans:?}")
-        };
-        assert_eq!(attribute(span, "pass"), Some(Value::I64(4)));
-        assert_eq!(
-            attribute(span, "triggers"),
-            Some(Value::from("interval, file:/var/vcap/data/nats/auth.json"))
-        );
-        assert_eq!(attribute(span, "consecutive_failures"), Some(Value::I64(2)));
-    }
-
-    #[test]
-    fn a_failed_pass_is_an_error_span_with_its_reason() {
-        let error = PassError::Reload(crate::nats::ReloadError::BadPid {
-            path: PathBuf::from("/var/vcap/sys/run/bpm/nats/nats.pid"),
-            content: "garbage".into(),
-        });
-        let spans = export(|| {
-            let span = pass_span(2, "requeue");
-            record_pass(&span, Err(&error));
-        });
-        let [span] = spans.as_slice() else {
-            panic!("one span expected: {spans:?}")
-        };
-        assert_eq!(attribute(span, "result"), Some(Value::from("error")));
-        assert_eq!(attribute(span, "reason"), Some(Value::from(error.reason())));
-        assert_eq!(span.status, Status::error(error.reason()));
-        assert_eq!(attribute(span, "written"), None);
     }
 }

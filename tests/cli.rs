@@ -198,6 +198,61 @@ async fn diff_prints_the_changes_and_writes_nothing() {
     );
 }
 
+/// `diff` shows what the next pass would do, damping included: a mass removal is listed as
+/// held (`!`, exit 4) while the next pass holds it, and an addition alongside it is listed as
+/// what the pass writes (exit 3) — and `once` (a pass from a fresh process, as `diff` is)
+/// then does exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_agrees_with_a_pass_about_held_removals() {
+    let ids: Vec<String> = (0..12).map(|i| format!("agent-{i:02}")).collect();
+    let vms = |ids: &[String]| ids.iter().map(|id| Vm::agent(id).permanent(true)).collect();
+    let env = Env::start(Auth::Basic, vms(&ids)).await;
+    env.once(true).await;
+
+    // The director suddenly lists one VM of twelve.
+    env.director.set_deployment("cf", vms(&ids[..1]));
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{}", stderr(&out));
+    for id in &ids[1..] {
+        let dn = sim::pki::bosh_subject(&agent_cn(id));
+        assert!(
+            stdout.contains(&format!("! {dn} (removal held by damping)")),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(&format!("- {dn}")), "{stdout}");
+    }
+    assert!(stdout.contains("a pass would write nothing"), "{stdout}");
+    let before = std::fs::read(&env.auth_file).unwrap();
+    env.once(true).await;
+    assert_eq!(
+        std::fs::read(&env.auth_file).unwrap(),
+        before,
+        "the pass held the removal, as diff said"
+    );
+
+    // A new VM as well: the pass writes it and keeps holding the removal.
+    env.director
+        .add_vm("cf", Vm::agent("fresh").permanent(true));
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let fresh = sim::pki::bosh_subject(&agent_cn("fresh"));
+    assert!(stdout.contains(&format!("+ {fresh}")), "{stdout}");
+    assert!(
+        stdout.contains("1 added, 0 removed, 0 changed, the held removals kept"),
+        "{stdout}"
+    );
+    env.once(true).await;
+    let text = env.auth_text();
+    assert!(text.contains(&fresh), "{text}");
+    assert!(
+        ids.iter().all(|id| text.contains(&agent_cn(id))),
+        "held agents stay: {text}"
+    );
+    assert_eq!(env.run(&["diff"]).await.status.code(), Some(4));
+}
+
 /// Without the `demo` feature (the default build, what operators run), `demo` is refused in
 /// one line that says how to get it, and does nothing else.
 #[cfg(not(feature = "demo"))]
@@ -258,7 +313,7 @@ fn the_demo_runs_the_controller_against_the_simulated_director() {
         "a real nats-server was started:\n{stdout}"
     );
     let auth = std::fs::read_to_string(dir.path().join("auth.json")).unwrap();
-    let users = match bosh_nats_sync::authfile::classify(auth.as_bytes()) {
+    let users = match bosh_nats_sync::authfile::reference::classify(auth.as_bytes()) {
         bosh_nats_sync::authfile::Observed::Users(u) => u,
         other => panic!("not a users file: {other:?}"),
     };

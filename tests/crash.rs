@@ -1,4 +1,4 @@
-//! Crash safety (SPEC §4.4, §6.4): the real binary is SIGKILLed at random points while it
+//! Crash safety (§4.4, §6.4): the real binary is SIGKILLed at random points while it
 //! replaces a large auth file, hundreds of times. After every kill the file must parse and be
 //! exactly the old or the new desired state — never a mix, a truncation or empty — and the
 //! temporary files of killed writes must not pile up.
@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::users::Users;
+use bosh_nats_sync::users::reference::Users;
 use common::{Auth, Env};
 use rand::{Rng, SeedableRng};
 use sim::director::Vm;
@@ -69,7 +69,10 @@ struct States {
 
 impl States {
     fn new(a: Users, b: Users) -> States {
-        let (a_bytes, b_bytes) = (authfile::render(&a), authfile::render(&b));
+        let (a_bytes, b_bytes) = (
+            authfile::reference::render(&a),
+            authfile::reference::render(&b),
+        );
         States {
             a,
             b,
@@ -89,7 +92,7 @@ impl States {
         if bytes == self.b_bytes {
             return State::B;
         }
-        let users = match authfile::classify(&bytes) {
+        let users = match authfile::reference::classify(&bytes) {
             Observed::Users(users) => users,
             other => panic!(
                 "{context}: the auth file is not a users config ({}); {} bytes, ending {:?}",

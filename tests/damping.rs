@@ -1,4 +1,4 @@
-//! Mass-removal damping end to end (SPEC §6.5): the real binary in run mode against the
+//! Mass-removal damping end to end (§6.5): the real binary in run mode against the
 //! simulated director and a real nats-server.
 
 mod common;

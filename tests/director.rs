@@ -1,11 +1,14 @@
-//! The director client over real HTTPS against the simulated director and UAA (SPEC §2).
+//! The director client over real HTTPS against the simulated director and UAA (§2).
+
+mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bosh_nats_sync::director::{Client, Error, Settings, Vm};
+use bosh_nats_sync::director::{Client, Error, Settings};
 use bosh_nats_sync::secret::Secret;
+use bosh_nats_sync::vm::Vm;
 use sim::director::{AuthSeen, DirectorConfig, DirectorSim, Endpoint, Vm as SimVm};
 use sim::fault::Fault;
 use sim::pki::{Pki, PkiFiles};
@@ -72,11 +75,11 @@ impl Env {
 
 struct Harness {
     client: Client,
-    metrics: Arc<metrics::Metrics>,
+    metrics: Arc<monitoring::Metrics>,
 }
 
 fn client(settings: Settings) -> Harness {
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(monitoring::Metrics::new());
     let client = Client::new(settings, metrics.clone()).expect("client");
     Harness { client, metrics }
 }
@@ -569,11 +572,12 @@ async fn director_coming_up_within_the_wait_is_read() {
         let h = h.clone();
         async move { h.client.fetch_vms().await }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while h.requests("info", "connection") == 0 {
-        assert!(Instant::now() < deadline, "no failed /info attempt seen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        "a failed /info attempt",
+        || async { h.requests("info", "connection") > 0 },
+    )
+    .await;
     director.set_down(false);
     let vms = tokio::time::timeout(Duration::from_secs(20), fetch)
         .await
@@ -808,7 +812,7 @@ async fn garbage_ca_file_is_refused_at_construction() {
     std::fs::write(&path, "not a certificate").expect("write");
     let mut settings = env.settings("https://127.0.0.1:1");
     settings.director_ca = Some(path);
-    let err =
-        Client::new(settings, Arc::new(metrics::Metrics::new())).expect_err("garbage CA accepted");
+    let err = Client::new(settings, Arc::new(monitoring::Metrics::new()))
+        .expect_err("garbage CA accepted");
     assert!(err.to_string().contains("garbage.crt"), "{err}");
 }

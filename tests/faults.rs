@@ -1,4 +1,4 @@
-//! The fault matrix (hardening; SPEC §2.4, §4.4, §5, §6.3): the real binary in run mode
+//! The fault matrix (hardening; §2.4, §4.4, §5, §6.3): the real binary in run mode
 //! against the simulated director/UAA and a real nats-server. For every fault: the auth file
 //! is only ever the old or the new desired state (never partial or empty), the failure is
 //! counted under its own `reason` in `/metrics` and shown in `/status`, the loop backs off
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::users::Users;
+use bosh_nats_sync::users::reference::Users;
 use common::{Auth, Env, http};
 use serde_json::Value;
 use sim::director::{Endpoint, Vm};
@@ -144,7 +144,7 @@ fn expected(env: &Env, agents: &[&str]) -> Users {
 /// The file's users, failing the test for anything that is not a users config.
 fn file_users(path: &Path) -> Users {
     let bytes = std::fs::read(path).unwrap();
-    match authfile::classify(&bytes) {
+    match authfile::reference::classify(&bytes) {
         Observed::Users(users) => users,
         other => panic!(
             "the auth file is not a users config ({}):\n{}",

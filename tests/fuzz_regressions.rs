@@ -3,16 +3,18 @@
 //! from stay covered even where cargo-fuzz is not installed.
 
 use bosh_nats_sync::authfile::{self, NOBODY, Observed};
-use bosh_nats_sync::desired::{self, AgentId, InvalidAgentId, Subject, Subjects};
-use bosh_nats_sync::director::{self, Vm};
-use bosh_nats_sync::users::{Permissions, User, Users};
+use bosh_nats_sync::director;
+use bosh_nats_sync::pass::desired::{self, Subject, Subjects};
+use bosh_nats_sync::users::agent::{AgentId, InvalidAgentId};
+use bosh_nats_sync::users::reference::{Permissions, User, Users};
+use bosh_nats_sync::vm::Vm;
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
     let path = format!("{}/fuzz/corpus/{target}/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("seed {path}: {e}"))
 }
 
-fn users_of(observed: Observed) -> Users {
+fn users_of(observed: Observed<Users>) -> Users {
     match observed {
         Observed::Users(u) => u,
         other => panic!("expected a users config, got {other:?}"),
@@ -53,7 +55,7 @@ fn auth_file_seeds_classify_into_the_documented_states() {
     for name in unparseable {
         assert!(
             matches!(
-                authfile::classify(&seed("authfile", name)),
+                authfile::reference::classify(&seed("authfile", name)),
                 Observed::Unparseable(_)
             ),
             "{name}"
@@ -65,21 +67,25 @@ fn auth_file_seeds_classify_into_the_documented_states() {
         "empty-users-list",
     ] {
         assert_eq!(
-            authfile::classify(&seed("authfile", name)),
+            authfile::reference::classify(&seed("authfile", name)),
             Observed::Empty,
             "{name}"
         );
     }
     assert_eq!(
-        authfile::classify(&seed("authfile", "nobody")),
+        authfile::reference::classify(&seed("authfile", "nobody")),
         Observed::Users(Users::default())
     );
     assert_eq!(
-        users_of(authfile::classify(&seed("authfile", "rendered-two-agents"))).len(),
+        users_of(authfile::reference::classify(&seed(
+            "authfile",
+            "rendered-two-agents"
+        )))
+        .len(),
         4
     );
     assert_eq!(
-        users_of(authfile::classify(&seed(
+        users_of(authfile::reference::classify(&seed(
             "authfile",
             "reordered-keys-whitespace"
         ))),
@@ -91,7 +97,10 @@ fn auth_file_seeds_classify_into_the_documented_states() {
             }),
         }])
     );
-    let absent = users_of(authfile::classify(&seed("authfile", "absent-permissions")));
+    let absent = users_of(authfile::reference::classify(&seed(
+        "authfile",
+        "absent-permissions",
+    )));
     assert_eq!(absent.0[0].permissions, None);
     assert_eq!(
         absent.0[1].permissions,
@@ -101,11 +110,11 @@ fn auth_file_seeds_classify_into_the_documented_states() {
         })
     );
     assert_eq!(
-        users_of(authfile::classify(&seed("authfile", "escapes"))).0[0].user,
+        users_of(authfile::reference::classify(&seed("authfile", "escapes"))).0[0].user,
         "CN=A\n\t\\\"\u{8}"
     );
     assert_eq!(
-        users_of(authfile::classify(&seed("authfile", "utf8"))).0[0].user,
+        users_of(authfile::reference::classify(&seed("authfile", "utf8"))).0[0].user,
         "C=DE, O=Zürich, CN=ö.agent"
     );
 }
@@ -120,10 +129,10 @@ fn what_was_read_renders_back_to_the_same_users() {
         "escapes",
         "utf8",
     ] {
-        let read = authfile::classify(&seed("authfile", name));
+        let read = authfile::reference::classify(&seed("authfile", name));
         let users = users_of(read.clone());
         assert_eq!(
-            authfile::classify(&authfile::render(&users)),
+            authfile::reference::classify(&authfile::reference::render(&users)),
             read,
             "{name}"
         );
@@ -131,7 +140,7 @@ fn what_was_read_renders_back_to_the_same_users() {
     // The rendered seed is byte-for-byte what render writes for the users it holds.
     let rendered = seed("authfile", "rendered-two-agents");
     assert_eq!(
-        authfile::render(&users_of(authfile::classify(&rendered))),
+        authfile::reference::render(&users_of(authfile::reference::classify(&rendered))),
         rendered
     );
 }
@@ -141,8 +150,8 @@ fn what_was_read_renders_back_to_the_same_users() {
 /// control character — which validated subjects and agent ids never do.
 #[test]
 fn render_needs_a_rejected_escape_only_for_control_characters() {
-    let with_controls = users_of(authfile::classify(&seed("authfile", "escapes")));
-    let found = escapes(&authfile::render(&with_controls));
+    let with_controls = users_of(authfile::reference::classify(&seed("authfile", "escapes")));
+    let found = escapes(&authfile::reference::render(&with_controls));
     assert!(found.contains(&b'b'), "U+0008 is written as \\b: {found:?}");
 
     let subjects = Subjects {
@@ -150,19 +159,21 @@ fn render_needs_a_rejected_escape_only_for_control_characters() {
         hm: Subject::parse(NOBODY).unwrap(),
     };
     let desired = desired::compute(&subjects, vec![vm(Some("a-b_C9"), false)]);
-    let users = desired.users.to_users();
-    let found = escapes(&authfile::render(&users));
+    let users = Users(desired.users.to_users());
+    let found = escapes(&authfile::reference::render(&users));
     assert_eq!(
         found, b"\"\\",
         "only the quote and the backslash are escaped"
     );
     assert_eq!(
-        users_of(authfile::classify(&authfile::render(&users))),
+        users_of(authfile::reference::classify(&authfile::reference::render(
+            &users
+        ))),
         users
     );
     assert_eq!(
-        authfile::render_set(&desired.users),
-        authfile::render(&users)
+        authfile::reference::render_set(&desired.users),
+        authfile::reference::render(&users)
     );
 }
 
@@ -187,7 +198,7 @@ fn vm_seeds_decode_with_the_documented_defaults() {
         "x.> never reaches a subject"
     );
     assert_eq!(desired.skipped.duplicate, 1);
-    let users = desired.users.to_users();
+    let users = Users(desired.users.to_users());
     let names: Vec<&str> = users.iter().map(|u| u.user.as_str()).collect();
     assert_eq!(
         names,
@@ -250,7 +261,7 @@ fn agent_ids_are_ascii_only_and_at_most_128_bytes() {
         AgentId::parse(&"a".repeat(129)),
         Err(InvalidAgentId::TooLong)
     );
-    // Unicode letters and digits are alphanumeric to Rust's `char` methods, not to SPEC §3.3.
+    // Unicode letters and digits are alphanumeric to Rust's `char` methods, not to §3.3.
     for raw in ["ａ", "١٢٣", "é", "x.>", "x*", "a b", "a\u{0}"] {
         assert_eq!(
             AgentId::parse(raw),

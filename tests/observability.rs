@@ -1,4 +1,4 @@
-//! Observability end to end (SPEC §7, §8, §9): the real binary against the simulated director
+//! Observability end to end (§7, §8, §9): the real binary against the simulated director
 //! and a real nats-server — metric values after real passes, `promtool check metrics`,
 //! `/healthz` and `/readyz` through failures, no secret in any output, OTLP span export to
 //! an in-process collector, the log file under logrotate's copytruncate, JSON log lines.
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Auth, CLIENT_ID, CLIENT_SECRET, Env, PASSWORD, USER, http};
+use common::{Auth, CLIENT_ID, CLIENT_SECRET, Env, PASSWORD, USER, http, until};
 use serde_json::{Value, json};
 use sim::director::{Endpoint, Vm};
 use sim::fault::Fault;
@@ -153,27 +153,6 @@ fn promtool_check(text: &str) {
         "promtool check metrics: {:?}\n{said}\n--- text:\n{text}",
         out.status
     );
-}
-
-/// Polls `check` every 50 ms until it returns `Ok`, failing with the last `Err` after `within`.
-async fn until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "timed out after {within:?} waiting for {what}; last: {last}"
-                );
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
@@ -962,7 +941,7 @@ async fn json_log_lines_parse_and_the_pass_line_has_its_fields() {
     assert!(unchanged["duration_ms"].as_u64().is_some(), "{unchanged}");
 }
 
-/// SPEC §6.4: SIGTERM ends the process within 2 s — also while an export hangs on a
+/// §6.4: SIGTERM ends the process within 2 s — also while an export hangs on a
 /// collector that accepted the connection and never answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresponsive_collector_does_not_delay_the_exit() {

@@ -100,7 +100,7 @@ async fn unreachable_director_leaves_a_users_file_untouched() {
 async fn an_unchanged_director_means_no_write_and_no_reload() {
     let env = Env::start(Auth::Basic, vec![Vm::agent(A)]).await;
     env.once(true).await;
-    // `once` reloads at start-up by design (SPEC §5.3); later passes of one `run` process
+    // `once` reloads at start-up by design (§5.3); later passes of one `run` process
     // that find nothing to change must neither write nor reload.
     let before = identity(&env.auth_file);
     let loaded = env.nats.config_load_time().await.unwrap();
@@ -256,7 +256,7 @@ async fn the_bosh_job_templates_config_converges_unchanged() {
     assert!(env.admitted(DIRECTOR_CN).await);
 }
 
-/// SPEC §4.3 through the binary: a file that grants the same rights in another form — users
+/// §4.3 through the binary: a file that grants the same rights in another form — users
 /// and permission lists in another order, pretty-printed, as another writer would leave it
 /// — is not rewritten. (A pass compares bytes first; this is the path where they differ and
 /// the values decide.) One changed permission in the same form is rewritten.

@@ -1,4 +1,4 @@
-//! The auth-file reader and writer (SPEC §4): `classify` takes any bytes without panicking,
+//! The auth-file reader and writer (§4): `classify` takes any bytes without panicking,
 //! and `render` output reads back as the same users using only escapes nats-server accepts;
 //! the compact `UserSet` a pass compares and renders agrees with the users as values.
 
@@ -9,8 +9,8 @@ mod common;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::desired::{self, AgentId};
-use bosh_nats_sync::users::{Permissions, User, Users};
+use bosh_nats_sync::pass::desired::{self, AgentId};
+use bosh_nats_sync::users::reference::{Permissions, User, Users};
 use libfuzzer_sys::fuzz_target;
 
 /// A user as the fuzzer builds it: any strings, any presence of the permission lists.
@@ -30,7 +30,7 @@ impl From<ArbUser> for User {
         if let Some((id, bootstrap, rotate)) = &a.agent
             && let Ok(id) = AgentId::parse(id)
         {
-            let mut user = desired::agent_user(&id, *bootstrap);
+            let mut user = bosh_nats_sync::users::agent::user(&id, *bootstrap);
             if let Some(publish) = user.permissions.as_mut().and_then(|p| p.publish.as_mut()) {
                 publish.rotate_left(usize::from(*rotate) % 4);
             }
@@ -51,7 +51,7 @@ impl From<ArbUser> for User {
 
 fuzz_target!(|data: &[u8]| {
     // The bytes as a file on disk.
-    let observed = authfile::classify(data);
+    let observed = authfile::reference::classify(data);
     match &observed {
         Observed::Missing => panic!("classify never reports a missing file"),
         // What was read is written back the same way and reads back the same.

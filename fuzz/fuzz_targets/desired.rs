@@ -1,4 +1,4 @@
-//! Desired state (SPEC §3): subject files and agent ids are validated at the edge, and
+//! Desired state (§3): subject files and agent ids are validated at the edge, and
 //! `compute` only ever builds users and permissions from valid parts — no `*`, `>` or `.`
 //! from an agent id reaches a NATS subject or a DN.
 
@@ -8,8 +8,8 @@
 mod common;
 
 use arbitrary::Arbitrary;
-use bosh_nats_sync::desired::{self, Subjects};
-use bosh_nats_sync::director::Vm;
+use bosh_nats_sync::pass::desired::{self, Subjects};
+use bosh_nats_sync::vm::Vm;
 use libfuzzer_sys::fuzz_target;
 
 /// Exactly 64 characters, so any byte picks one: ids from the valid alphabet are common.

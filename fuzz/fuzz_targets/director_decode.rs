@@ -1,4 +1,4 @@
-//! Decoding the director's `/deployments` and `/deployments/{name}/vms` bodies (SPEC §2.1):
+//! Decoding the director's `/deployments` and `/deployments/{name}/vms` bodies (§2.1):
 //! never a panic, and what decodes holds exactly the documented fields and defaults. Decoded
 //! VMs then go through `desired::compute`.
 
@@ -7,8 +7,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use bosh_nats_sync::desired::{self, Subject, Subjects};
-use bosh_nats_sync::director::{self, Vm};
+use bosh_nats_sync::pass::desired::{self, Subject, Subjects};
+use bosh_nats_sync::director;
+use bosh_nats_sync::vm::Vm;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -24,7 +24,7 @@ pub struct BackoffConfig {
 }
 
 impl Default for BackoffConfig {
-    /// 1 s doubling up to 60 s, with jitter (SPEC §6.3).
+    /// 1 s doubling up to 60 s, with jitter (§6.3).
     fn default() -> Self {
         Self {
             min: Duration::from_secs(1),

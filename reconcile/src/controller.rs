@@ -11,11 +11,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::observe::{Observer, PassOutcome};
-use crate::pass::{Action, PassContext, PassError, Reconcile, Trigger, TriggerHandle};
+use crate::observe::{EndedPass, Observer};
+use crate::pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 use crate::watch::{FileWatch, SelfWrites};
 
-/// Default bound on one pass (SPEC §6.4).
+/// Default bound on one pass (§6.4).
 pub const DEFAULT_PASS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Default window that gathers a burst of file events into one trigger.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -44,7 +44,7 @@ pub struct Controller<R: Reconcile> {
     backoff: BackoffConfig,
     pass_timeout: Duration,
     error_policy: Option<ErrorPolicy<R::Error>>,
-    observer: Box<dyn Observer<R::Error>>,
+    observer: Box<dyn Observer<R::Output, R::Error>>,
     manual: Arc<Notify>,
 }
 
@@ -147,7 +147,7 @@ where
     }
 
     /// Be told about every pass (metrics, health, status).
-    pub fn observer(mut self, observer: impl Observer<R::Error> + 'static) -> Self {
+    pub fn observer(mut self, observer: impl Observer<R::Output, R::Error> + 'static) -> Self {
         self.observer = Box::new(observer);
         self
     }
@@ -232,27 +232,27 @@ where
                 }
             };
             let result = match result {
-                Ok(Ok(action)) => Ok(action),
-                Ok(Err(err)) => Err(PassError::Failed(err)),
-                Err(_elapsed) => Err(PassError::Timeout(pass_timeout)),
+                Ok(Ok(output)) => Ok(output),
+                Ok(Err(err)) => Err(Failure::Failed(err)),
+                Err(_elapsed) => Err(Failure::Timeout(pass_timeout)),
             };
 
             let ended_at = Instant::now();
             let next_interval = interval.map(|i| ended_at + i);
             match &result {
-                Ok(action) => {
+                Ok(output) => {
                     failures = 0;
                     backoff.reset();
-                    schedule.succeeded(ended_at, *action, next_interval);
+                    schedule.succeeded(ended_at, output.action(), next_interval);
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     let delay = match err {
-                        PassError::Failed(e) => error_policy.as_ref().and_then(|policy| policy(e)),
-                        PassError::Timeout(_) => None,
+                        Failure::Failed(e) => error_policy.as_ref().and_then(|policy| policy(e)),
+                        Failure::Timeout(_) => None,
                     }
                     .unwrap_or_else(|| backoff.next_delay());
-                    if let PassError::Timeout(limit) = err {
+                    if let Failure::Timeout(limit) = err {
                         tracing::warn!(%ctx, ?limit, retry_in = ?delay, "pass timed out and was cancelled");
                     } else {
                         tracing::debug!(%ctx, error = %err, retry_in = ?delay, "pass failed");
@@ -260,7 +260,7 @@ where
                     schedule.failed(ended_at + delay, next_interval);
                 }
             }
-            observer.on_pass_end(&PassOutcome {
+            observer.on_pass_end(&EndedPass {
                 context: &ctx,
                 started_at,
                 duration: ended_at - started_at,
@@ -803,14 +803,14 @@ mod tests {
         Duration,
     );
 
-    impl Observer<Boom> for Seen {
+    impl Observer<Action, Boom> for Seen {
         fn on_pass_start(&self, ctx: &PassContext) {
             self.starts.lock().unwrap().push(ctx.pass);
         }
-        fn on_pass_end(&self, o: &PassOutcome<'_, Boom>) {
+        fn on_pass_end(&self, o: &EndedPass<'_, Action, Boom>) {
             self.ends.lock().unwrap().push((
                 o.context.pass,
-                o.result.copied().map_err(PassError::reason),
+                o.result.copied().map_err(Failure::reason),
                 o.consecutive_failures,
                 o.next_pass_in(),
                 o.duration,

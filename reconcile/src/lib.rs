@@ -13,12 +13,13 @@
 //! - the pass's own [`Action::Requeue`] delay, or the backoff delay after a failure.
 //!
 //! Passes never overlap: triggers that arrive during a pass coalesce into one follow-up pass.
-//! A failed pass ([`PassError::Failed`]) or one that outlives the pass timeout
-//! ([`PassError::Timeout`], its future dropped) is retried after an exponential, jittered
+//! A failed pass ([`Failure::Failed`]) or one that outlives the pass timeout
+//! ([`Failure::Timeout`], its future dropped) is retried after an exponential, jittered
 //! backoff that resets on success; while backing off, other triggers wait for the retry
 //! deadline instead of bypassing it. Cancelling the [`CancellationToken`] drops any pass in
 //! flight and ends [`Controller::run`]. All timing uses `tokio::time`, so the loop can be
-//! tested with paused time. An [`Observer`] sees every pass, for metrics and health.
+//! tested with paused time. An [`Observer`] sees every pass — with what the reconciler
+//! reported ([`Outcome`]) — for metrics and health.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -65,7 +66,7 @@ mod watch;
 
 pub use backoff::BackoffConfig;
 pub use controller::{Controller, DEFAULT_DEBOUNCE, DEFAULT_PASS_TIMEOUT};
-pub use observe::{Observer, PassOutcome};
-pub use pass::{Action, PassContext, PassError, Reconcile, Trigger, TriggerHandle};
+pub use observe::{EndedPass, Observer};
+pub use pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 pub use tokio_util::sync::CancellationToken;
 pub use watch::{FileIdentity, SelfWrites};

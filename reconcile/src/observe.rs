@@ -5,21 +5,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::pass::{Action, PassContext, PassError};
+use crate::pass::{Failure, PassContext};
 
-/// What happened in one pass, handed to [`Observer::on_pass_end`].
+/// What happened in one pass, handed to [`Observer::on_pass_end`]: `T` is what the reconciler
+/// reported, `E` its error.
 ///
 /// Invariant: `consecutive_failures` is 0 exactly when `result` is `Ok`.
 #[derive(Debug)]
-pub struct PassOutcome<'a, E> {
+pub struct EndedPass<'a, T, E> {
     /// The context the pass was started with.
     pub context: &'a PassContext,
     /// When the pass started (tokio clock).
     pub started_at: Instant,
     /// How long the pass ran (up to the pass timeout).
     pub duration: Duration,
-    /// The reconciler's action, or why the pass failed.
-    pub result: Result<&'a Action, &'a PassError<E>>,
+    /// What the reconciler reported, or why the pass failed.
+    pub result: Result<&'a T, &'a Failure<E>>,
     /// Failed passes in a row, this one included.
     pub consecutive_failures: u32,
     /// When the next pass is due as things stand, or `None` when only a future file change or
@@ -28,7 +29,7 @@ pub struct PassOutcome<'a, E> {
     pub next_pass_at: Option<Instant>,
 }
 
-impl<E> PassOutcome<'_, E> {
+impl<T, E> EndedPass<'_, T, E> {
     /// Time from now until the next scheduled pass (zero if it is due now).
     pub fn next_pass_in(&self) -> Option<Duration> {
         self.next_pass_at
@@ -40,22 +41,22 @@ impl<E> PassOutcome<'_, E> {
 ///
 /// They run on the loop's task between passes, so they must be quick and must not block:
 /// update counters or a status struct behind a short lock, nothing more.
-pub trait Observer<E>: Send + Sync {
+pub trait Observer<T, E>: Send + Sync {
     /// A pass is about to start.
     fn on_pass_start(&self, _ctx: &PassContext) {}
     /// A pass ended: it returned, failed or timed out. Not called for a pass cut short by
     /// cancellation of the whole loop.
-    fn on_pass_end(&self, _outcome: &PassOutcome<'_, E>) {}
+    fn on_pass_end(&self, _ended: &EndedPass<'_, T, E>) {}
 }
 
 /// The observer that observes nothing.
-impl<E> Observer<E> for () {}
+impl<T, E> Observer<T, E> for () {}
 
-impl<E, T: Observer<E> + ?Sized> Observer<E> for Arc<T> {
+impl<T, E, O: Observer<T, E> + ?Sized> Observer<T, E> for Arc<O> {
     fn on_pass_start(&self, ctx: &PassContext) {
         (**self).on_pass_start(ctx);
     }
-    fn on_pass_end(&self, outcome: &PassOutcome<'_, E>) {
-        (**self).on_pass_end(outcome);
+    fn on_pass_end(&self, ended: &EndedPass<'_, T, E>) {
+        (**self).on_pass_end(ended);
     }
 }

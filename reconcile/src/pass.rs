@@ -1,4 +1,5 @@
-//! What one pass is given (its triggers) and what it gives back (an `Action` or an error).
+//! What one pass is given (its triggers) and what it gives back (its output, which names
+//! the loop's next [`Action`], or an error).
 
 use std::fmt;
 use std::future::Future;
@@ -90,9 +91,23 @@ impl fmt::Display for PassContext {
     }
 }
 
+/// What a successful pass returns: whatever the reconciler reports (the loop hands it to the
+/// [`Observer`](crate::Observer)), naming what the loop does next.
+pub trait Outcome {
+    /// When the next pass runs, as far as this pass is concerned.
+    fn action(&self) -> Action;
+}
+
+/// A reconciler with nothing to report returns the action alone.
+impl Outcome for Action {
+    fn action(&self) -> Action {
+        *self
+    }
+}
+
 /// Why a pass did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum PassError<E> {
+pub enum Failure<E> {
     /// The reconciler returned an error.
     #[error("{0}")]
     Failed(E),
@@ -101,37 +116,42 @@ pub enum PassError<E> {
     Timeout(Duration),
 }
 
-impl<E> PassError<E> {
+impl<E> Failure<E> {
     /// A short, fixed label for metrics. For `Failed`, ask the inner error for a finer one.
     pub fn reason(&self) -> &'static str {
         match self {
-            PassError::Failed(_) => "reconcile_failed",
-            PassError::Timeout(_) => "pass_timeout",
+            Failure::Failed(_) => "reconcile_failed",
+            Failure::Timeout(_) => "pass_timeout",
         }
     }
 }
 
 /// A reconciler: called once per pass, it returns a future that does the pass.
 ///
-/// Implemented for every `FnMut(PassContext) -> impl Future<Output = Result<Action, E>>`, so
+/// Implemented for every `FnMut(PassContext) -> impl Future<Output = Result<T, E>>` where
+/// `T` is an [`Outcome`] (an [`Action`], or a report that names one), so
 /// a closure capturing an `Arc<State>` is a reconciler:
 /// `move |ctx| { let s = state.clone(); async move { s.pass(ctx).await } }`.
 /// The future is dropped, not polled to the end, when the pass times out or the loop is
 /// cancelled; a pass must therefore leave nothing half-done at an `.await` point.
 pub trait Reconcile {
+    /// What a successful pass reports.
+    type Output: Outcome;
     /// The reconciler's error.
     type Error;
     /// The future of one pass.
-    type Future: Future<Output = Result<Action, Self::Error>>;
+    type Future: Future<Output = Result<Self::Output, Self::Error>>;
     /// Start one pass.
     fn reconcile(&mut self, ctx: PassContext) -> Self::Future;
 }
 
-impl<F, Fut, E> Reconcile for F
+impl<F, Fut, T, E> Reconcile for F
 where
     F: FnMut(PassContext) -> Fut,
-    Fut: Future<Output = Result<Action, E>>,
+    Fut: Future<Output = Result<T, E>>,
+    T: Outcome,
 {
+    type Output = T;
     type Error = E;
     type Future = Fut;
 
@@ -183,10 +203,10 @@ mod tests {
 
     #[test]
     fn pass_error_reasons_are_labels() {
-        let failed: PassError<std::io::Error> = PassError::Failed(std::io::Error::other("boom"));
+        let failed: Failure<std::io::Error> = Failure::Failed(std::io::Error::other("boom"));
         assert_eq!(failed.reason(), "reconcile_failed");
         assert_eq!(failed.to_string(), "boom");
-        let timeout: PassError<std::io::Error> = PassError::Timeout(Duration::from_secs(300));
+        let timeout: Failure<std::io::Error> = Failure::Timeout(Duration::from_secs(300));
         assert_eq!(timeout.reason(), "pass_timeout");
     }
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::desired::{self, Subject, Subjects};
-use bosh_nats_sync::director::Vm;
-use bosh_nats_sync::users::Users;
+use bosh_nats_sync::pass::desired::{self, Subject, Subjects};
+use bosh_nats_sync::users::UserSet;
+use bosh_nats_sync::vm::Vm;
 use clap::Parser;
 use sim::churn::Churn;
 use sim::director::{DirectorSim, Endpoint};
@@ -203,7 +203,7 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
             rss_kib: rss_kib(pid)?,
             fds: open_fds(pid)?,
             counters: scrape(&http, &metrics_url).await?,
-            file_users: authfile::read(&auth_file)?.users().map_or(0, Users::len),
+            file_users: authfile::read(&auth_file)?.users().map_or(0, UserSet::len),
         };
         println!("{}", row(&sample));
         samples.push(sample);
@@ -230,13 +230,11 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
         director: Subject::parse(&std::fs::read_to_string(&stage.director_subject_file)?)?,
         hm: Subject::parse(&std::fs::read_to_string(&stage.hm_subject_file)?)?,
     };
-    let expected = desired::compute(&subjects, director_vms(director))
-        .users
-        .to_users();
+    let expected = desired::compute(&subjects, director_vms(director)).users;
     // The first pass after the faults clear may wait out a backoff (capped at 60 s).
     let deadline = Duration::from_secs(60) + Duration::from_secs_f64(args.poll * 5.0);
     let converged = wait_until(deadline, || async {
-        matches!(authfile::read(&auth_file), Ok(Observed::Users(u)) if u.same_as(&expected))
+        matches!(authfile::read(&auth_file), Ok(Observed::Users(u)) if u == expected)
     })
     .await
     .is_ok();

@@ -1,4 +1,4 @@
-//! How requests to the director authenticate (SPEC §2.2): the mode `/info` announces, basic
+//! How requests to the director authenticate (§2.2): the mode `/info` announces, basic
 //! credentials, and UAA client-credentials tokens cached across passes.
 
 use std::future::Future;

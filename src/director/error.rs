@@ -3,10 +3,11 @@
 use std::error::Error as StdError;
 use std::path::PathBuf;
 
-/// A problem with the client's configuration, found when the client is built or when
-/// `/info` asks for a mode whose credentials are not configured. Never transient.
+/// A problem with the client's settings, found when the client is built (CA files, the UAA
+/// key, the URL) or when `/info` asks for a mode whose credentials are not configured. The
+/// operator's to fix; never transient.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum SettingsError {
     #[error("CA file {path}: cannot read it: {source}")]
     CaFileUnreadable {
         path: PathBuf,
@@ -42,7 +43,7 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
+impl SettingsError {
     pub fn reason(&self) -> &'static str {
         "config"
     }
@@ -104,7 +105,7 @@ pub enum Error {
     #[error("UAA token rejected: {detail}")]
     TokenInvalid { detail: String },
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] SettingsError),
 }
 
 fn fmt_detail(detail: &str) -> String {
@@ -135,17 +136,9 @@ impl Error {
         }
     }
 
-    /// Connection-class failures (SPEC §2.4): the director may simply not be up yet.
+    /// Connection-class failures (§2.4): the director may simply not be up yet.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Connection { .. } | Error::Timeout { .. })
-    }
-
-    /// The HTTP status, for `Status` errors.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Error::Status { status, .. } => Some(*status),
-            _ => None,
-        }
     }
 
     /// Classifies a transport error from reqwest. TLS is checked first because a failed
@@ -261,7 +254,7 @@ mod tests {
                 status: 401,
                 detail,
             },
-            "config" => Error::Config(ConfigError::CaFileNoCertificate {
+            "config" => Error::Config(SettingsError::CaFileNoCertificate {
                 path: "/ca.pem".into(),
             }),
             other => panic!("no sample for {other}"),
@@ -286,8 +279,10 @@ mod tests {
             assert_eq!(e.reason(), kind);
             assert_eq!(e.is_transient(), transient, "{kind}");
         }
-        assert_eq!(sample("status").status(), Some(500));
-        assert_eq!(sample("tls").status(), None);
+        assert!(matches!(
+            sample("status"),
+            Error::Status { status: 500, .. }
+        ));
     }
 
     #[test]

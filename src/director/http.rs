@@ -16,7 +16,7 @@ pub(crate) struct Request<'a> {
     pub url: String,
     pub builder: reqwest::RequestBuilder,
     pub max_body_bytes: usize,
-    pub metrics: &'a metrics::Metrics,
+    pub metrics: &'a monitoring::Metrics,
 }
 
 /// A URL as it may appear in a message: no user info, no query, no fragment.

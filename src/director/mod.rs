@@ -1,4 +1,4 @@
-//! The BOSH director API client (SPEC §2): `/info`, `/deployments`, `/deployments/{name}/vms`,
+//! The BOSH director API client (§2): `/info`, `/deployments`, `/deployments/{name}/vms`,
 //! basic or UAA authentication, TLS trust selection, timeouts, body cap, error classes.
 //!
 //! One [`Client`] lives for the whole process: it holds one connection pool per trust domain
@@ -10,7 +10,7 @@
 //! - `tls`: which CA file (or the system store) each pool trusts.
 //! - `auth`: the mode `/info` announces, basic credentials, the UAA token cache and JWT checks.
 //! - `http`: one request with its size cap, error classification, span and metrics.
-//! - `error`: [`Error`] (per fetch) and [`ConfigError`] (construction or missing credentials).
+//! - `error`: [`Error`] (per fetch) and [`SettingsError`] (construction or missing credentials).
 
 mod auth;
 mod error;
@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::secret::Secret;
+use crate::vm::Vm;
 use auth::{Credentials, FetchedToken, Mode, TokenCache};
-pub use error::{ConfigError, Error};
+pub use error::{Error, SettingsError};
 use http::{Request, display_url};
 
 /// Everything the client needs, already validated by `config`.
@@ -58,22 +59,7 @@ pub struct Settings {
     pub connection_wait_timeout: Duration,
 }
 
-/// One VM as the director reports it; only the fields SPEC §2.1 uses. Validation of
-/// `agent_id` is `desired`'s job, so this holds exactly what the director sent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Vm {
-    #[serde(default)]
-    pub agent_id: Option<String>,
-    /// Absent and `null` both mean false: directors older than the feature omit it.
-    #[serde(default, deserialize_with = "null_as_false")]
-    pub permanent_nats_credentials: bool,
-}
-
-fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    Ok(<Option<bool> as serde::Deserialize>::deserialize(d)?.unwrap_or(false))
-}
-
-/// How often `/info` is retried while the director is unreachable (SPEC §6.4).
+/// How often `/info` is retried while the director is unreachable (§6.4).
 const INFO_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The director client. Invariant: `director` trusts the roots chosen for the director and
@@ -85,7 +71,7 @@ pub struct Client {
     uaa: reqwest::Client,
     jwt_key: Option<jsonwebtoken::DecodingKey>,
     token: TokenCache,
-    metrics: Arc<metrics::Metrics>,
+    metrics: Arc<monitoring::Metrics>,
 }
 
 impl std::fmt::Debug for Client {
@@ -97,8 +83,8 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The credentials one pass uses, settled once `/info` has named the mode.
-enum AuthPlan<'a> {
+/// The credentials one read of the director uses, settled once `/info` has named the mode.
+enum Auth<'a> {
     Basic {
         user: &'a str,
         password: &'a Secret,
@@ -116,16 +102,23 @@ struct Deployment {
     name: String,
 }
 
+/// Whether `url` can be a base for the director's endpoints: `http` or `https`, with a host.
+/// The one check of a URL the configuration names (the director's, nats-server's monitoring
+/// endpoint).
+pub fn is_http_base(url: &url::Url) -> bool {
+    matches!(url.scheme(), "https" | "http") && url.host().is_some() && !url.cannot_be_a_base()
+}
+
 impl Client {
     /// Builds the HTTP clients (director and UAA trust, TLS 1.2 minimum, rustls/ring) and
     /// parses `uaa_public_key`. A CA file that exists, is non-blank and holds no certificate
-    /// is a `ConfigError` naming the file.
-    pub fn new(settings: Settings, metrics: Arc<metrics::Metrics>) -> Result<Client, ConfigError> {
-        if !matches!(settings.url.scheme(), "https" | "http")
-            || settings.url.cannot_be_a_base()
-            || settings.url.host().is_none()
-        {
-            return Err(ConfigError::DirectorUrl {
+    /// is a `SettingsError` naming the file.
+    pub fn new(
+        settings: Settings,
+        metrics: Arc<monitoring::Metrics>,
+    ) -> Result<Client, SettingsError> {
+        if !is_http_base(&settings.url) {
+            return Err(SettingsError::DirectorUrl {
                 url: display_url(&settings.url),
             });
         }
@@ -145,7 +138,7 @@ impl Client {
             "director client trust selected"
         );
         let jwt_key = auth::verification_key(settings.uaa_public_key.as_deref())
-            .map_err(|detail| ConfigError::UaaPublicKey { detail })?;
+            .map_err(|detail| SettingsError::UaaPublicKey { detail })?;
         Ok(Client {
             settings,
             director,
@@ -175,16 +168,16 @@ impl Client {
                 || self.info(),
             )
             .await?;
-            let plan = self.plan(mode)?;
-            let deployments = self.deployments(&plan).await?;
+            let auth = self.auth(mode)?;
+            let deployments = self.deployments(&auth).await?;
             tracing::Span::current().record("deployments", deployments.len());
-            let plan = &plan;
+            let auth = &auth;
             // Owned names: a stream over borrowed ones makes this future's `Send` proof fail
             // (a higher-ranked lifetime rustc cannot name), and the controller spawns it.
             let mut per_deployment: Vec<(usize, Vec<Vm>)> =
                 futures::stream::iter(deployments.into_iter().enumerate())
                     .map(move |(index, name)| async move {
-                        Ok::<_, Error>((index, self.vms(plan, &name).await?))
+                        Ok::<_, Error>((index, self.vms(auth, &name).await?))
                     })
                     .buffer_unordered(self.settings.max_concurrency.max(1))
                     .try_collect()
@@ -213,23 +206,23 @@ impl Client {
         })
     }
 
-    fn plan(&self, mode: Mode) -> Result<AuthPlan<'_>, Error> {
+    fn auth(&self, mode: Mode) -> Result<Auth<'_>, Error> {
         match mode {
             Mode::Basic => match &self.settings.basic {
-                Some((user, password)) => Ok(AuthPlan::Basic { user, password }),
-                None => Err(ConfigError::MissingCredentials {
+                Some((user, password)) => Ok(Auth::Basic { user, password }),
+                None => Err(SettingsError::MissingCredentials {
                     mode: "basic",
                     keys: "director.user and director.password",
                 }
                 .into()),
             },
             Mode::Uaa { url } => match &self.settings.uaa_client {
-                Some((client_id, client_secret)) => Ok(AuthPlan::Uaa {
+                Some((client_id, client_secret)) => Ok(Auth::Uaa {
                     url,
                     client_id,
                     client_secret,
                 }),
-                None => Err(ConfigError::MissingCredentials {
+                None => Err(SettingsError::MissingCredentials {
                     mode: "UAA",
                     keys: "director.client_id and director.client_secret",
                 }
@@ -238,20 +231,20 @@ impl Client {
         }
     }
 
-    async fn deployments(&self, plan: &AuthPlan<'_>) -> Result<Vec<String>, Error> {
+    async fn deployments(&self, auth: &Auth<'_>) -> Result<Vec<String>, Error> {
         let mut url = self.endpoint_url(&["deployments"]);
         url.query_pairs_mut()
             .append_pair("exclude_configs", "true")
             .append_pair("exclude_releases", "true")
             .append_pair("exclude_stemcells", "true")
             .append_pair("exclude_lock", "true");
-        let body = self.send_authenticated("deployments", &url, plan).await?;
+        let body = self.send_authenticated("deployments", &url, auth).await?;
         decode_with("deployments", &display_url(&url), &body, decode_deployments)
     }
 
-    async fn vms(&self, plan: &AuthPlan<'_>, deployment: &str) -> Result<Vec<Vm>, Error> {
+    async fn vms(&self, auth: &Auth<'_>, deployment: &str) -> Result<Vec<Vm>, Error> {
         let url = vms_url(&self.settings.url, deployment)?;
-        match self.send_authenticated("vms", &url, plan).await {
+        match self.send_authenticated("vms", &url, auth).await {
             Ok(body) => decode_with("vms", &display_url(&url), &body, decode_vms),
             Err(Error::Status { status: 404, .. }) => {
                 tracing::info!(
@@ -268,14 +261,14 @@ impl Client {
         &self,
         endpoint: &'static str,
         url: &url::Url,
-        plan: &AuthPlan<'_>,
+        auth: &Auth<'_>,
     ) -> Result<Vec<u8>, Error> {
-        let credentials = match plan {
-            AuthPlan::Basic { user, password } => Credentials::Basic {
+        let credentials = match auth {
+            Auth::Basic { user, password } => Credentials::Basic {
                 user: (*user).to_string(),
                 password: (*password).clone(),
             },
-            AuthPlan::Uaa {
+            Auth::Uaa {
                 url: uaa,
                 client_id,
                 client_secret,
@@ -288,7 +281,7 @@ impl Client {
             }
         };
         let result = self.send_director(endpoint, url, Some(&credentials)).await;
-        if let (Err(Error::Status { status: 401, .. }), AuthPlan::Uaa { .. }) = (&result, plan) {
+        if let (Err(Error::Status { status: 401, .. }), Auth::Uaa { .. }) = (&result, auth) {
             self.token.invalidate().await;
         }
         result
@@ -401,7 +394,7 @@ impl Client {
 fn http_client(
     settings: &Settings,
     roots: rustls::RootCertStore,
-) -> Result<reqwest::Client, ConfigError> {
+) -> Result<reqwest::Client, SettingsError> {
     let tls = tls::client_config(roots)?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -412,7 +405,7 @@ fn http_client(
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .user_agent(concat!("bosh-nats-sync/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ConfigError::HttpClient {
+        .map_err(|e| SettingsError::HttpClient {
             detail: error::chain(&e),
         })
 }
@@ -437,7 +430,7 @@ fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
                 .extend(["deployments", deployment, "vms"]);
         }
         Err(()) => {
-            return Err(Error::Config(ConfigError::DirectorUrl {
+            return Err(Error::Config(SettingsError::DirectorUrl {
                 url: display_url(base),
             }));
         }
@@ -619,7 +612,7 @@ mod tests {
         let s = settings();
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        let e = Error::Config(ConfigError::MissingCredentials {
+        let e = Error::Config(SettingsError::MissingCredentials {
             mode: "basic",
             keys: "director.user",
         });
@@ -668,7 +661,7 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_refused_at_construction() {
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(monitoring::Metrics::new());
         let dir = tempfile::tempdir().expect("tempdir");
         let garbage = dir.path().join("uaa_ca.pem");
         std::fs::write(&garbage, "garbage").expect("write");
@@ -690,7 +683,7 @@ mod tests {
             metrics.clone(),
         )
         .expect_err("bad key accepted");
-        assert!(matches!(err, ConfigError::UaaPublicKey { .. }), "{err}");
+        assert!(matches!(err, SettingsError::UaaPublicKey { .. }), "{err}");
 
         let err = Client::new(
             Settings {
@@ -700,7 +693,7 @@ mod tests {
             metrics,
         )
         .expect_err("mailto accepted");
-        assert!(matches!(err, ConfigError::DirectorUrl { .. }), "{err}");
+        assert!(matches!(err, SettingsError::DirectorUrl { .. }), "{err}");
     }
 
     fn connection_error() -> Error {

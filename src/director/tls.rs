@@ -1,4 +1,4 @@
-//! Which certificates the client trusts (SPEC §2.3) and the rustls configuration built on them.
+//! Which certificates the client trusts (§2.3) and the rustls configuration built on them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::error::ConfigError;
+use super::error::SettingsError;
 
 /// Where a set of trust anchors came from. Two clients with equal sources can share one
 /// connection pool.
@@ -23,13 +23,13 @@ pub(crate) enum TrustSource {
 /// would silently trust far more than the operator configured.
 pub(crate) fn select_roots(
     candidates: &[Option<&Path>],
-) -> Result<(TrustSource, RootCertStore), ConfigError> {
+) -> Result<(TrustSource, RootCertStore), SettingsError> {
     for path in candidates.iter().flatten() {
         let content = match std::fs::read(path) {
             Ok(content) => content,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => {
-                return Err(ConfigError::CaFileUnreadable {
+                return Err(SettingsError::CaFileUnreadable {
                     path: path.to_path_buf(),
                     source,
                 });
@@ -44,15 +44,15 @@ pub(crate) fn select_roots(
     Ok((TrustSource::System, system_roots()?))
 }
 
-fn roots_from_pem(path: &Path, content: &[u8]) -> Result<RootCertStore, ConfigError> {
+fn roots_from_pem(path: &Path, content: &[u8]) -> Result<RootCertStore, SettingsError> {
     let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(content)
         .collect::<Result<_, _>>()
-        .map_err(|e| ConfigError::CaFileInvalidPem {
+        .map_err(|e| SettingsError::CaFileInvalidPem {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(ConfigError::CaFileNoCertificate {
+        return Err(SettingsError::CaFileNoCertificate {
             path: path.to_path_buf(),
         });
     }
@@ -60,7 +60,7 @@ fn roots_from_pem(path: &Path, content: &[u8]) -> Result<RootCertStore, ConfigEr
     for (index, cert) in certs.into_iter().enumerate() {
         roots
             .add(cert)
-            .map_err(|e| ConfigError::CaCertificateRejected {
+            .map_err(|e| SettingsError::CaCertificateRejected {
                 path: path.to_path_buf(),
                 index: index + 1,
                 detail: e.to_string(),
@@ -72,7 +72,7 @@ fn roots_from_pem(path: &Path, content: &[u8]) -> Result<RootCertStore, ConfigEr
 /// System stores routinely hold a few certificates webpki cannot use; those are skipped,
 /// as every TLS client does. An empty result is an error, because every request would
 /// then fail verification with a message that hides the cause.
-fn system_roots() -> Result<RootCertStore, ConfigError> {
+fn system_roots() -> Result<RootCertStore, SettingsError> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
@@ -83,18 +83,18 @@ fn system_roots() -> Result<RootCertStore, ConfigError> {
             let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
             format!(" ({})", errors.join("; "))
         };
-        return Err(ConfigError::NoSystemRoots { detail });
+        return Err(SettingsError::NoSystemRoots { detail });
     }
     Ok(roots)
 }
 
 /// rustls with the ring provider, TLS 1.2 and 1.3 (rustls implements nothing older, so 1.2
 /// is the floor by construction), the peer's certificate always verified against `roots`.
-pub(crate) fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, ConfigError> {
+pub(crate) fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, SettingsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ConfigError::Tls {
+        .map_err(|e| SettingsError::Tls {
             detail: e.to_string(),
         })?
         .with_root_certificates(roots)
@@ -144,7 +144,7 @@ mod tests {
                 assert_eq!(source, TrustSource::System);
                 assert!(!roots.is_empty());
             }
-            Err(e) => assert!(matches!(e, ConfigError::NoSystemRoots { .. }), "{e}"),
+            Err(e) => assert!(matches!(e, SettingsError::NoSystemRoots { .. }), "{e}"),
         }
     }
 
@@ -157,7 +157,7 @@ mod tests {
         std::fs::write(&later, ca_pem()).expect("write");
         let err = select_roots(&[Some(&garbage), Some(&later)]).expect_err("garbage accepted");
         assert!(
-            matches!(err, ConfigError::CaFileNoCertificate { .. }),
+            matches!(err, SettingsError::CaFileNoCertificate { .. }),
             "{err}"
         );
         assert!(
@@ -175,7 +175,7 @@ mod tests {
         std::fs::write(&key_only, key.serialize_pem()).expect("write");
         let err = select_roots(&[Some(&key_only)]).expect_err("key accepted");
         assert!(
-            matches!(err, ConfigError::CaFileNoCertificate { .. }),
+            matches!(err, SettingsError::CaFileNoCertificate { .. }),
             "{err}"
         );
     }
@@ -187,7 +187,10 @@ mod tests {
         let pem = ca_pem();
         std::fs::write(&truncated, &pem[..pem.len() / 2]).expect("write");
         let err = select_roots(&[Some(&truncated)]).expect_err("truncated accepted");
-        assert!(matches!(err, ConfigError::CaFileInvalidPem { .. }), "{err}");
+        assert!(
+            matches!(err, SettingsError::CaFileInvalidPem { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("truncated.pem"), "{err}");
 
         let not_der = dir.path().join("not_der.pem");
@@ -198,7 +201,7 @@ mod tests {
         .expect("write");
         let err = select_roots(&[Some(&not_der)]).expect_err("non-DER accepted");
         assert!(
-            matches!(err, ConfigError::CaCertificateRejected { index: 1, .. }),
+            matches!(err, SettingsError::CaCertificateRejected { index: 1, .. }),
             "{err}"
         );
         assert!(err.to_string().contains("not_der.pem"), "{err}");
@@ -209,6 +212,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // A directory exists but cannot be read as a file.
         let err = select_roots(&[Some(dir.path())]).expect_err("directory accepted");
-        assert!(matches!(err, ConfigError::CaFileUnreadable { .. }), "{err}");
+        assert!(
+            matches!(err, SettingsError::CaFileUnreadable { .. }),
+            "{err}"
+        );
     }
 }

@@ -241,23 +241,50 @@ impl Env {
     }
 }
 
-/// Polls `check` every 20 ms until it holds or `within` passes.
+/// The one polling loop of the tests: calls `check` every 20 ms until it returns `Ok`, for at
+/// most `within`; then gives up with its last `Err`. Every wait of the tests goes through it
+/// (no fixed sleeps).
+pub async fn poll<T, E, F, Fut>(within: Duration, mut check: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(last) if tokio::time::Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// [`poll`] until `check` returns `Ok`, failing the test with `what` and the last `Err`.
+pub async fn until<T, F, Fut>(within: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    match poll(within, check).await {
+        Ok(value) => value,
+        Err(last) => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
+    }
+}
+
+/// [`poll`] until `check` holds, failing the test with `what`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let holds = poll(within, || {
+        let check = check();
+        async move { if check.await { Ok(()) } else { Err(()) } }
+    });
+    assert!(
+        holds.await.is_ok(),
+        "timed out after {within:?} waiting for: {what}"
+    );
 }
 
 /// The file's identity, to show it was not rewritten.
@@ -346,18 +373,18 @@ impl Env {
 
     /// Waits until the log holds at least `n` occurrences of `needle`.
     pub async fn log_count_reaches(&self, within: Duration, needle: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        let reached = poll(within, || async {
             if self.log().matches(needle).count() >= n {
-                return;
+                Ok(())
+            } else {
+                Err(())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {within:?} waiting for {n} × {needle:?} in the log\n{}",
-                self.diagnostics()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        });
+        assert!(
+            reached.await.is_ok(),
+            "timed out after {within:?} waiting for {n} × {needle:?} in the log\n{}",
+            self.diagnostics()
+        );
     }
 }
 
@@ -423,8 +450,11 @@ impl Env {
 impl Env {
     /// The desired users for `agents` (id, has permanent credentials), computed by the
     /// library from this env's subject files — what a converged auth file must hold.
-    pub fn expected_users(&self, agents: &[(&str, bool)]) -> bosh_nats_sync::users::Users {
-        use bosh_nats_sync::desired::{self, Subject, Subjects};
+    pub fn expected_users(
+        &self,
+        agents: &[(&str, bool)],
+    ) -> bosh_nats_sync::users::reference::Users {
+        use bosh_nats_sync::pass::desired::{self, Subject, Subjects};
         let subject = |path: &Path| {
             Subject::parse(&std::fs::read_to_string(path).unwrap())
                 .unwrap()
@@ -434,14 +464,14 @@ impl Env {
             director: Some(subject(&self.director_subject_file)),
             hm: Some(subject(&self.hm_subject_file)),
         };
-        let vms: Vec<bosh_nats_sync::director::Vm> = agents
+        let vms: Vec<bosh_nats_sync::vm::Vm> = agents
             .iter()
-            .map(|(id, permanent)| bosh_nats_sync::director::Vm {
+            .map(|(id, permanent)| bosh_nats_sync::vm::Vm {
                 agent_id: Some((*id).to_owned()),
                 permanent_nats_credentials: *permanent,
             })
             .collect();
-        desired::compute(&subjects, vms).users.to_users()
+        bosh_nats_sync::users::reference::Users(desired::compute(&subjects, vms).users.to_users())
     }
 }
 

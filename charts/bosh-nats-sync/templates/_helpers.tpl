@@ -67,7 +67,7 @@ directory, then the absolute path without its leading slash.
 {{- printf "%s:%s" .repository (toString .tag) }}
 {{- end }}
 
-{{/* The sidecar's configuration file (SPEC §1.2 keys), as a dict for toYaml. */}}
+{{/* The sidecar's configuration file (§1.2 keys), as a dict for toYaml. */}}
 {{- define "bosh-nats-sync.syncConfig" -}}
 {{- $d := .Values.director }}
 {{- $conf := include "bosh-nats-sync.syncConfDir" . }}

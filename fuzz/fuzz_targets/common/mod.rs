@@ -3,14 +3,15 @@
 #![allow(dead_code)] // each target uses a different subset
 
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::desired::{self, AgentId, Desired, Subject, SubjectError, Subjects};
-use bosh_nats_sync::director::Vm;
-use bosh_nats_sync::users::{User, Users};
-use bosh_nats_sync::userset::UserSet;
+use bosh_nats_sync::pass::desired::{self, Desired, Subject, SubjectError, Subjects};
+use bosh_nats_sync::users::AgentId;
+use bosh_nats_sync::vm::Vm;
+use bosh_nats_sync::users::reference::{User, Users};
+use bosh_nats_sync::users::UserSet;
 
 const DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
 
-/// SPEC §3.3: `[A-Za-z0-9_-]{1,128}`, written out independently of `AgentId::parse`.
+/// §3.3: `[A-Za-z0-9_-]{1,128}`, written out independently of `AgentId::parse`.
 pub fn is_valid_agent_id(raw: &str) -> bool {
     (1..=128).contains(&raw.len())
         && raw
@@ -32,7 +33,7 @@ pub fn check_agent_id(raw: &str) {
     }
 }
 
-/// SPEC §3.2 for one subject file's content; returns what `Subject::parse` made of it.
+/// §3.2 for one subject file's content; returns what `Subject::parse` made of it.
 pub fn check_subject(raw: &str) -> Option<Subject> {
     let parsed = Subject::parse(raw);
     let trimmed = raw.trim();
@@ -113,13 +114,13 @@ fn strings_of(users: &Users) -> impl Iterator<Item = &str> {
 /// file: `Users` empty), and uses an escape nats-server rejects exactly when some string
 /// holds a control character other than tab, newline and carriage return.
 pub fn check_render(users: &Users) {
-    let rendered = authfile::render(users);
+    let rendered = authfile::reference::render(users);
     let expected = if users.is_empty() || users.0 == [nobody()] {
         Users::default()
     } else {
         users.clone()
     };
-    assert_eq!(authfile::classify(&rendered), Observed::Users(expected));
+    assert_eq!(authfile::reference::classify(&rendered), Observed::Users(expected));
     let bad_escape = escapes(&rendered).iter().any(|e| !NATS_ESCAPES.contains(e));
     let has_control = strings_of(users).any(|s| s.chars().any(needs_rejected_escape));
     assert_eq!(
@@ -142,11 +143,11 @@ pub fn check_render(users: &Users) {
 pub fn check_set(users: &Users) {
     let set = UserSet::from_users(users.0.iter().cloned());
     assert_eq!(set.len(), users.len());
-    let expanded = set.to_users();
+    let expanded = Users(set.to_users());
     assert!(expanded.same_as(users), "{expanded:?} vs {users:?}");
-    let rendered = authfile::render_set(&set);
-    assert_eq!(rendered, authfile::render(&expanded));
-    let back = UserSet::from_users(match authfile::classify(&rendered) {
+    let rendered = authfile::reference::render_set(&set);
+    assert_eq!(rendered, authfile::reference::render(&expanded));
+    let back = UserSet::from_users(match authfile::reference::classify(&rendered) {
         Observed::Users(u) => u.0,
         other => panic!("render_set wrote {other:?}"),
     });
@@ -190,9 +191,9 @@ fn agent_permissions(id: &str) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// Everything SPEC §3 says of `compute(subjects, vms)`.
+/// Everything §3 says of `compute(subjects, vms)`.
 pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
-    let expanded = desired.users.to_users();
+    let expanded = Users(desired.users.to_users());
     let users = &expanded.0;
     let mut rest = users.as_slice();
     if let Some(s) = &subjects.director {
@@ -289,8 +290,8 @@ pub fn check_desired(subjects: &Subjects, vms: &[Vm], desired: &Desired) {
     assert_eq!(desired::compute(subjects, reversed), *desired);
 
     // Desired users never need an escape beyond `\"` and `\\`, and read back unchanged.
-    let rendered = authfile::render(&expanded);
-    assert_eq!(authfile::render_set(&desired.users), rendered);
+    let rendered = authfile::reference::render(&expanded);
+    assert_eq!(authfile::reference::render_set(&desired.users), rendered);
     assert!(
         escapes(&rendered).iter().all(|e| matches!(e, b'"' | b'\\')),
         "{:?}",

@@ -43,7 +43,7 @@ impl PassOutcome {
     }
 }
 
-/// Desired users by kind (SPEC §3.1), as computed by a pass.
+/// Desired users by kind (§3.1), as computed by a pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredCounts {
     pub director: usize,
@@ -70,16 +70,16 @@ impl DesiredCounts {
 /// Everything a finished pass reports. `desired` and `observed_users` are `None` when the
 /// pass failed before computing them; the last known values are then kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PassReport {
+pub struct PassSummary {
     pub outcome: PassOutcome,
     pub desired: Option<DesiredCounts>,
     pub observed_users: Option<usize>,
-    /// Mass-removal damping held this pass back (SPEC §6.5); counted in
+    /// Mass-removal damping held this pass back (§6.5); counted in
     /// `bosh_nats_sync_held_passes_total`.
     pub held: bool,
 }
 
-impl PassReport {
+impl PassSummary {
     /// A report of a pass that failed before it knew the desired or observed users.
     pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -94,7 +94,7 @@ impl PassReport {
     }
 }
 
-/// How a reload of nats-server ended (SPEC §5).
+/// How a reload of nats-server ended (§5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// Signalled, and the monitoring endpoint confirmed the new config was loaded.
@@ -243,7 +243,7 @@ impl Health {
     /// metrics (passes, duration, errors, last success, consecutive failures, users, held).
     /// The duration is measured from the matching [`Health::pass_started`]; without one it
     /// is unknown and not observed in the histogram.
-    pub fn pass_finished(&self, report: PassReport) {
+    pub fn pass_finished(&self, report: PassSummary) {
         let now = Stamp::now();
         let mut s = self.state();
         let started = s.running.take();
@@ -313,7 +313,7 @@ impl Health {
     }
 
     /// The auth file holds a usable config and nats-server has loaded it. From the first
-    /// call on, `/readyz` answers 200 for the rest of the process's life (SPEC §7); later
+    /// call on, `/readyz` answers 200 for the rest of the process's life (§7); later
     /// calls change nothing.
     pub fn mark_ready(&self) {
         let mut s = self.state();
@@ -520,8 +520,8 @@ mod tests {
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
     }
 
-    fn unchanged(desired: DesiredCounts, observed: usize) -> PassReport {
-        PassReport {
+    fn unchanged(desired: DesiredCounts, observed: usize) -> PassSummary {
+        PassSummary {
             outcome: PassOutcome::Unchanged,
             desired: Some(desired),
             observed_users: Some(observed),
@@ -550,7 +550,7 @@ mod tests {
             advance(LIMIT - Duration::from_secs(1)).await;
             h.pass_started();
             advance(Duration::from_secs(1)).await;
-            h.pass_finished(PassReport::failed("connection", "director unreachable"));
+            h.pass_finished(PassSummary::failed("connection", "director unreachable"));
             assert_eq!(h.liveness(), Ok(()));
         }
         assert_eq!(h.status().consecutive_failures, 5);
@@ -573,7 +573,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ready_once_stays_ready() {
         let (_, h) = health();
-        h.pass_finished(PassReport::failed("connection", "refused"));
+        h.pass_finished(PassSummary::failed("connection", "refused"));
         assert_eq!(
             h.readiness().unwrap_err().to_string(),
             "not ready: nats-server has not loaded a usable auth file yet \
@@ -590,7 +590,7 @@ mod tests {
         );
         h.mark_ready();
         assert_eq!(h.readiness(), Ok(()));
-        h.pass_finished(PassReport::failed("status", "500"));
+        h.pass_finished(PassSummary::failed("status", "500"));
         h.reload_finished(ReloadOutcome::Failed {
             reason: "reload",
             message: "x".into(),
@@ -611,7 +611,7 @@ mod tests {
 
         h.pass_started();
         advance(Duration::from_millis(1500)).await;
-        h.pass_finished(PassReport {
+        h.pass_finished(PassSummary {
             outcome: PassOutcome::Changed,
             desired: Some(desired),
             observed_users: Some(2),
@@ -621,9 +621,9 @@ mod tests {
         h.reload_finished(ReloadOutcome::Verified);
 
         h.pass_started();
-        h.pass_finished(PassReport::failed("timeout", "pass timed out after 300s"));
+        h.pass_finished(PassSummary::failed("timeout", "pass timed out after 300s"));
         h.pass_started();
-        h.pass_finished(PassReport::failed("connection", "connection refused"));
+        h.pass_finished(PassSummary::failed("connection", "connection refused"));
         h.next_pass_in(Duration::from_secs(4));
         advance(Duration::from_secs(1)).await;
 
@@ -694,7 +694,7 @@ mod tests {
     async fn held_passes_are_counted_and_shown() {
         let (m, h) = health();
         h.pass_started();
-        h.pass_finished(PassReport {
+        h.pass_finished(PassSummary {
             held: true,
             ..unchanged(DesiredCounts::default(), 40)
         });

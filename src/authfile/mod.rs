@@ -1,11 +1,14 @@
-//! The auth file nats-server includes (SPEC §4): read and classify it, render the desired
-//! users, compare, and replace it atomically.
+//! The auth file nats-server includes (§4): compare it with the users a pass wants, read and
+//! classify it, and replace it atomically.
 //!
 //! A pass never needs the file's users as values when nothing changed: [`matches`] renders
 //! the desired users straight into a comparison with the file's bytes, streaming, so the
 //! steady state costs one read of the file and no allocation per user. Only when the bytes
-//! differ is the file parsed — streaming too, into a compact [`UserSet`] ([`read_set`]) —
-//! and compared as values (SPEC §4.3). Writes render straight into the temporary file.
+//! differ is the file parsed — streaming too, into a compact [`UserSet`] ([`read`]) — and
+//! compared as values (§4.3). Writes render straight into the temporary file.
+//!
+//! [`reference`] (tests and the `reference-model` feature only) holds the plain-value reader
+//! and renderer the streaming code is checked against.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -15,16 +18,16 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{AGENT_CN_SUFFIX, AGENT_DN_PREFIX, AgentId, BOOTSTRAP_CN_SUFFIX};
-use crate::users::{User, Users};
-use crate::userset::{UserRef, UserSet};
+use crate::users::{User, UserRef, UserSet, agent};
+
+#[cfg(any(test, feature = "reference-model"))]
+pub mod reference;
 
 /// What the file on disk holds. Only [`Observed::Users`] with at least one user counts as a
-/// usable config; every other state "holds no users" (SPEC §4.2). `U` is how the users are
-/// held: as values ([`Users`], from [`read`] and [`classify`]) or compactly ([`UserSet`],
-/// from [`read_set`]).
+/// usable config; every other state "holds no users" (§4.2). `U` is how the users are held:
+/// compactly ([`UserSet`], from [`read`]), or as values in the reference model.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed<U = Users> {
+pub enum Observed<U = UserSet> {
     /// There is no file.
     Missing,
     /// Not the JSON we write — e.g. BOSH pre-start's `{authorization: {token: f0oBar}}`
@@ -44,27 +47,18 @@ pub enum Observed<U = Users> {
 /// and one that did could neither publish nor subscribe.
 pub const NOBODY: &str = "CN=nobody.bosh-nats-sync.invalid";
 
-fn nobody() -> User {
+pub(crate) fn nobody() -> User {
     User::new(NOBODY.to_owned(), vec![], vec![])
 }
 
-/// The two ways users are held, as far as classifying a file needs.
-pub trait UserList: Default {
+/// How a file's users are held, as far as classifying the file needs.
+pub trait HeldUsers: Default {
     fn count(&self) -> usize;
     /// The file's only user is [`NOBODY`]: it holds no users.
     fn is_only_nobody(&self) -> bool;
 }
 
-impl UserList for Users {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn is_only_nobody(&self) -> bool {
-        self.0.len() == 1 && self.0[0] == nobody()
-    }
-}
-
-impl UserList for UserSet {
+impl HeldUsers for UserSet {
     fn count(&self) -> usize {
         self.len()
     }
@@ -73,7 +67,7 @@ impl UserList for UserSet {
     }
 }
 
-impl<U: UserList> Observed<U> {
+impl<U: HeldUsers> Observed<U> {
     pub fn users(&self) -> Option<&U> {
         match self {
             Observed::Users(u) => Some(u),
@@ -136,31 +130,11 @@ struct Authorization<U> {
     users: Option<U>,
 }
 
-/// Reads and classifies the file, holding its users as values (the dry run and tests; a
-/// pass uses [`read_set`]). Only I/O failures other than "not found" are errors: any content
-/// at all is a state the next write corrects.
+/// Reads and classifies the file, streaming: it is parsed from a buffered reader into a
+/// compact [`UserSet`], so neither its bytes nor its users are ever held whole. Only I/O
+/// failures other than "not found" are errors: any content at all is a state the next write
+/// corrects.
 pub fn read(path: &Path) -> Result<Observed, AuthFileError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Observed::Missing),
-        Err(source) => {
-            return Err(AuthFileError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    Ok(classify(&bytes))
-}
-
-/// Classifies file content (see [`Observed`]).
-pub fn classify(bytes: &[u8]) -> Observed {
-    interpret(serde_json::from_slice::<FileBody<Users>>(bytes))
-}
-
-/// [`read`], streaming: the file is parsed from a buffered reader into a compact
-/// [`UserSet`], so neither its bytes nor its users are ever held whole.
-pub fn read_set(path: &Path) -> Result<Observed<UserSet>, AuthFileError> {
     let read_error = |source| AuthFileError::Read {
         path: path.to_owned(),
         source,
@@ -177,7 +151,7 @@ pub fn read_set(path: &Path) -> Result<Observed<UserSet>, AuthFileError> {
     }
 }
 
-fn interpret<U: UserList>(parsed: Result<FileBody<U>, serde_json::Error>) -> Observed<U> {
+fn interpret<U: HeldUsers>(parsed: Result<FileBody<U>, serde_json::Error>) -> Observed<U> {
     match parsed {
         Ok(FileBody {
             authorization: Some(Authorization { users: Some(users) }),
@@ -196,7 +170,7 @@ fn interpret<U: UserList>(parsed: Result<FileBody<U>, serde_json::Error>) -> Obs
 /// Buffer size for reading, comparing and writing the file.
 const IO_BUFFER: usize = 64 * 1024;
 
-/// Whether the file holds exactly the bytes [`write_set`] would write for `users`. Streams:
+/// Whether the file holds exactly the bytes [`write`] would write for `users`. Streams:
 /// the rendering is compared with the file as it is produced and stops at the first
 /// difference. A missing file does not match.
 pub fn matches(path: &Path, users: &UserSet) -> Result<bool, AuthFileError> {
@@ -215,7 +189,7 @@ pub fn matches(path: &Path, users: &UserSet) -> Result<bool, AuthFileError> {
     };
     let rendered = {
         let mut w = BufWriter::with_capacity(IO_BUFFER, &mut compare);
-        render_set_into(&mut w, users).and_then(|()| w.flush())
+        render_into(&mut w, users).and_then(|()| w.flush())
     };
     match rendered {
         Ok(()) => Ok(compare.file.fill_buf().map_err(read_error)?.is_empty()),
@@ -252,13 +226,18 @@ impl Write for Compare {
     }
 }
 
-const HEAD: &[u8] = b"{\"authorization\":{\"users\":[";
-const TAIL: &[u8] = b"\n]}}\n";
+pub(crate) const HEAD: &[u8] = b"{\"authorization\":{\"users\":[";
+pub(crate) const TAIL: &[u8] = b"\n]}}\n";
 
-/// Writes `users` in the file format: what [`render`] makes of `users.to_users()`, byte for
-/// byte, without building the users. Agent users are written directly (a valid agent id
-/// needs no escaping); other users through serde_json.
-pub fn render_set_into(w: &mut impl Write, users: &UserSet) -> io::Result<()> {
+/// Writes `users` in the file format: one JSON object, one user per line. Agent users are
+/// written by [`agent::write_json`], other users through serde_json. No users is written as
+/// [`NOBODY`], never as an empty list.
+///
+/// nats-server's parser rejects the escapes `\u`, `\b`, `\f` and `\/` (checked with
+/// `nats-server -t`, 2.9.10); serde_json writes the first three only for control characters,
+/// which neither a validated agent id nor a validated subject can contain, and never writes
+/// `\/`.
+pub fn render_into(w: &mut impl Write, users: &UserSet) -> io::Result<()> {
     w.write_all(HEAD)?;
     if users.is_empty() {
         w.write_all(b"\n")?;
@@ -270,80 +249,20 @@ pub fn render_set_into(w: &mut impl Write, users: &UserSet) -> io::Result<()> {
             first = false;
             match user {
                 UserRef::Other(user) => Ok(serde_json::to_writer(&mut *w, user)?),
-                UserRef::Agent(id, bootstrap) => write_agent_user(w, id, bootstrap),
+                UserRef::Agent(id, bootstrap) => agent::write_json(w, id, bootstrap),
             }
         })?;
     }
     w.write_all(TAIL)
 }
 
-/// [`render_set_into`] into memory.
-pub fn render_set(users: &UserSet) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + users.len() * 330);
-    render_set_into(&mut out, users).expect("writing into a Vec cannot fail");
-    out
-}
-
-/// One agent user as serde_json writes `desired::agent_user(id, bootstrap)`.
-fn write_agent_user(w: &mut impl Write, id: &AgentId, bootstrap: bool) -> io::Result<()> {
-    let id = id.as_str().as_bytes();
-    for part in [
-        b"{\"user\":\"".as_slice(),
-        AGENT_DN_PREFIX.as_bytes(),
-        id,
-        if bootstrap {
-            BOOTSTRAP_CN_SUFFIX.as_bytes()
-        } else {
-            AGENT_CN_SUFFIX.as_bytes()
-        },
-        b"\",\"permissions\":{\"publish\":[\"hm.agent.heartbeat.",
-        id,
-        b"\",\"hm.agent.alert.",
-        id,
-        b"\",\"hm.agent.shutdown.",
-        id,
-        b"\",\"director.*.",
-        id,
-        b".*\"],\"subscribe\":[\"agent.",
-        id,
-        b"\"]}}",
-    ] {
-        w.write_all(part)?;
-    }
-    Ok(())
-}
-
-/// The file content for `users`: one JSON object, one user per line. nats-server's parser
-/// rejects the escapes `\u`, `\b`, `\f` and `\/` (checked with `nats-server -t`, 2.9.10);
-/// serde_json writes the first three only for control characters, which neither a validated
-/// agent id nor a validated subject can contain, and never writes `\/`. No users is written as
-/// [`NOBODY`], never as an empty list.
-///
-/// This is the reference the streaming [`render_set_into`] is tested against.
-pub fn render(users: &Users) -> Vec<u8> {
-    let nobody = [nobody()];
-    let list: &[User] = if users.is_empty() { &nobody } else { &users.0 };
-    let mut out = Vec::with_capacity(64 + list.len() * 320);
-    out.extend_from_slice(HEAD);
-    for (i, user) in list.iter().enumerate() {
-        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        serde_json::to_writer(&mut out, user).expect("serialising a User into a Vec cannot fail");
-    }
-    out.extend_from_slice(TAIL);
-    out
-}
-
 /// Replaces the file with `users`, atomically: a temporary file in the same directory is
-/// written, fsynced, given the old file's mode (and owner, when root), renamed over the
-/// target, and the directory is fsynced. Any failure leaves the old file as it was.
-/// Returns the new file's metadata (so the caller can recognise its own write).
-pub fn write(path: &Path, users: &Users) -> Result<fs::Metadata, AuthFileError> {
-    write_with(path, |w| w.write_all(&render(users)))
-}
-
-/// [`write`] for a [`UserSet`]: rendered straight into the temporary file.
-pub fn write_set(path: &Path, users: &UserSet) -> Result<fs::Metadata, AuthFileError> {
-    write_with(path, |w| render_set_into(w, users))
+/// written (rendered straight into it), fsynced, given the old file's mode (and owner, when
+/// root), renamed over the target, and the directory is fsynced. Any failure leaves the old
+/// file as it was. Returns the new file's metadata (so the caller can recognise its own
+/// write).
+pub fn write(path: &Path, users: &UserSet) -> Result<fs::Metadata, AuthFileError> {
+    write_with(path, |w| render_into(w, users))
 }
 
 /// Temporary files of a write interrupted by a crash (SIGKILL, power loss) are the only
@@ -386,7 +305,7 @@ pub fn remove_stale_temp_files(path: &Path) -> usize {
 const TEMP_PREFIX: &str = ".auth-";
 const TEMP_SUFFIX: &str = ".tmp";
 
-fn write_with(
+pub(crate) fn write_with(
     path: &Path,
     content: impl FnOnce(&mut BufWriter<&mut File>) -> io::Result<()>,
 ) -> Result<fs::Metadata, AuthFileError> {
@@ -443,12 +362,14 @@ fn write_with(
 
 #[cfg(test)]
 mod tests {
+    use super::reference::{classify, render, render_set};
     use super::*;
-    use crate::desired::{self, Subject, Subjects};
-    use crate::director::Vm;
+    use crate::pass::desired::{self, Subject, Subjects};
+    use crate::users::reference::Users;
+    use crate::vm::Vm;
 
     fn fixture() -> Users {
-        fixture_set().to_users()
+        Users(fixture_set().to_users())
     }
 
     fn fixture_set() -> UserSet {
@@ -501,12 +422,12 @@ mod tests {
             UserSet::default(),
             UserSet::from_users(hand_edited),
         ] {
-            assert_eq!(render_set(&set), render(&set.to_users()), "{set:?}");
+            assert_eq!(render_set(&set), render(&Users(set.to_users())), "{set:?}");
         }
     }
 
     #[test]
-    fn matches_only_the_exact_bytes_and_read_set_reads_values() {
+    fn matches_only_the_exact_bytes_and_read_reads_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.json");
         let set = fixture_set();
@@ -514,11 +435,11 @@ mod tests {
             !matches(&path, &set).unwrap(),
             "a missing file does not match"
         );
-        assert_eq!(read_set(&path).unwrap(), Observed::Missing);
-        write_set(&path, &set).unwrap();
+        assert_eq!(read(&path).unwrap(), Observed::Missing);
+        write(&path, &set).unwrap();
         assert_eq!(fs::read(&path).unwrap(), render(&fixture()));
         assert!(matches(&path, &set).unwrap());
-        assert_eq!(read_set(&path).unwrap(), Observed::Users(set.clone()));
+        assert_eq!(read(&path).unwrap(), Observed::Users(set.clone()));
         assert!(!matches(&path, &UserSet::default()).unwrap());
 
         let bytes = render(&fixture());
@@ -539,7 +460,7 @@ mod tests {
         reordered.0.reverse();
         fs::write(&path, render(&reordered)).unwrap();
         assert!(!matches(&path, &set).unwrap());
-        assert_eq!(read_set(&path).unwrap(), Observed::Users(set));
+        assert_eq!(read(&path).unwrap(), Observed::Users(set));
         // Every state classifies as it does from memory.
         for content in [
             &b"{}"[..],
@@ -550,7 +471,7 @@ mod tests {
         ] {
             fs::write(&path, content).unwrap();
             let from_memory = classify(content);
-            match (read_set(&path).unwrap(), from_memory) {
+            match (read(&path).unwrap(), from_memory) {
                 (Observed::Unparseable(_), Observed::Unparseable(_)) => {}
                 (Observed::Users(a), Observed::Users(b)) => {
                     assert_eq!(a, UserSet::from_users(b.0))
@@ -620,7 +541,7 @@ mod tests {
     fn a_missing_file_is_a_state_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            read(&dir.path().join("auth.json")).unwrap(),
+            reference::read(&dir.path().join("auth.json")).unwrap(),
             Observed::Missing
         );
     }
@@ -632,9 +553,9 @@ mod tests {
         fs::write(&path, "{authorization: {token: f0oBar}}").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let users = fixture();
-        let meta = write(&path, &users).unwrap();
+        let meta = reference::write(&path, &users).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o640);
-        assert_eq!(read(&path).unwrap(), Observed::Users(users));
+        assert_eq!(reference::read(&path).unwrap(), Observed::Users(users));
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -686,7 +607,7 @@ mod tests {
     fn a_new_file_is_world_readable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.json");
-        let meta = write(&path, &fixture()).unwrap();
+        let meta = reference::write(&path, &fixture()).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o644);
     }
 
@@ -723,7 +644,7 @@ mod tests {
         let path = dir.path().join("auth.json");
         fs::write(&path, "old content").unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o555)).unwrap();
-        let result = write(&path, &fixture());
+        let result = reference::write(&path, &fixture());
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let e = result.unwrap_err();
         assert_eq!(e.reason(), "auth_file_write");

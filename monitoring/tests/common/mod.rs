@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::{
-    DesiredCounts, Health, Metrics, PassOutcome, PassReport, ReloadOutcome, SkipReason, SubjectKind,
+use monitoring::{
+    DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
+    SubjectKind,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,13 +79,13 @@ pub fn record_everything(metrics: &Metrics, health: &Health) {
         SkipReason::InvalidAgentId,
         SkipReason::Duplicate,
     ] {
-        metrics.vm_skipped(reason);
+        metrics.vms_skipped(reason, 1);
     }
     metrics.subject_rejected(SubjectKind::Director);
     metrics.subject_rejected(SubjectKind::HealthMonitor);
 
     health.pass_started();
-    health.pass_finished(PassReport {
+    health.pass_finished(PassSummary {
         outcome: PassOutcome::Changed,
         desired: Some(DesiredCounts {
             director: 1,
@@ -103,14 +104,14 @@ pub fn record_everything(metrics: &Metrics, health: &Health) {
         message: "config_load_time did not advance within 5s".into(),
     });
     health.pass_started();
-    health.pass_finished(PassReport {
+    health.pass_finished(PassSummary {
         outcome: PassOutcome::Unchanged,
         desired: Some(DesiredCounts::default()),
         observed_users: Some(5),
         held: true,
     });
     health.pass_started();
-    health.pass_finished(PassReport::failed("connection", "connection refused"));
+    health.pass_finished(PassSummary::failed("connection", "connection refused"));
     health.mark_ready();
     health.next_pass_in(Duration::from_secs(2));
 }

@@ -1,38 +1,11 @@
-//! NATS users and their permissions: the values both desired and observed state are made of.
+//! The reference model of a users list (tests and the `reference-model` feature only): users
+//! as plain values, compared by sorting. Production code holds users as a compact
+//! [`UserSet`](crate::users::UserSet) and compares files as bytes; this slow, obvious model is
+//! what unit tests, the integration tests and the fuzz targets check that code against.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// What a NATS user may publish and subscribe to. `None` means the key is absent, which to
-/// nats-server means "no restriction" — so an absent list and an empty list differ.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Permissions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscribe: Option<Vec<String>>,
-}
-
-/// One entry of `authorization.users`: a certificate subject DN and its permissions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    pub user: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<Permissions>,
-}
-
-impl User {
-    pub fn new(user: String, publish: Vec<String>, subscribe: Vec<String>) -> Self {
-        Self {
-            user,
-            permissions: Some(Permissions {
-                publish: Some(publish),
-                subscribe: Some(subscribe),
-            }),
-        }
-    }
-}
+pub use crate::users::{Permissions, User};
 
 /// A list of users in file order. Comparison with [`Users::same_as`] is by value: the order
 /// of users and of subjects inside a permission list does not matter to nats-server, so it
@@ -152,19 +125,10 @@ fn sorted(list: &[String]) -> Vec<&str> {
     v
 }
 
-/// A user from string slices, for tests.
-#[cfg(test)]
-pub(crate) fn u(name: &str, publish: &[&str], subscribe: &[&str]) -> User {
-    User::new(
-        name.into(),
-        publish.iter().map(|s| s.to_string()).collect(),
-        subscribe.iter().map(|s| s.to_string()).collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::users::user::u;
 
     #[test]
     fn order_does_not_matter_but_content_does() {

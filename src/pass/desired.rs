@@ -1,74 +1,8 @@
-//! Director state + subjects → the desired NATS users (SPEC §3). Pure: no I/O.
+//! The director's VMs + the two subjects → the desired NATS users (§3). Pure: no I/O.
 
-use std::fmt;
-
-use crate::director::Vm;
-use crate::users::User;
-use crate::userset::UserSet;
-
-/// An agent id that is safe inside a NATS subject and a DN: `[A-Za-z0-9_-]{1,128}`.
-/// A boxed `str` (16 bytes, no spare capacity): a big director has 100 000 of them.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AgentId(Box<str>);
-
-/// Why an agent id was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidAgentId {
-    Empty,
-    TooLong,
-    ForbiddenCharacter,
-}
-
-impl AgentId {
-    pub const MAX_LEN: usize = 128;
-
-    pub fn parse(raw: &str) -> Result<Self, InvalidAgentId> {
-        Self::check(raw)?;
-        Ok(Self(raw.into()))
-    }
-
-    /// [`AgentId::parse`] for an id the caller owns: keeps its allocation.
-    pub fn parse_owned(raw: String) -> Result<Self, InvalidAgentId> {
-        Self::check(&raw)?;
-        Ok(Self(raw.into_boxed_str()))
-    }
-
-    fn check(raw: &str) -> Result<(), InvalidAgentId> {
-        if raw.is_empty() {
-            return Err(InvalidAgentId::Empty);
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(InvalidAgentId::TooLong);
-        }
-        if !raw.bytes().all(|b| ALLOWED[usize::from(b)]) {
-            return Err(InvalidAgentId::ForbiddenCharacter);
-        }
-        Ok(())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The bytes an agent id may hold, `[A-Za-z0-9_-]`, as a table: checked for every VM of every
-/// pass, and a table lookup per byte is what a size-optimised build runs fastest.
-const ALLOWED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
-        b += 1;
-    }
-    table
-};
-
-impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::users::agent::{self, AgentId};
+use crate::users::{User, UserSet};
+use crate::vm::Vm;
 
 /// A client-certificate subject DN as read from a subject file: trimmed, without an
 /// `openssl x509 -subject` style `subject=` prefix, non-empty, free of control characters.
@@ -110,13 +44,7 @@ pub struct Subjects {
     pub hm: Option<Subject>,
 }
 
-impl Subjects {
-    pub fn any_known(&self) -> bool {
-        self.director.is_some() || self.hm.is_some()
-    }
-}
-
-/// VMs left out of the desired users, by reason (SPEC §3.3).
+/// VMs left out of the desired users, by reason (§3.3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Skipped {
     pub no_agent_id: usize,
@@ -154,28 +82,8 @@ impl Desired {
     }
 }
 
-pub(crate) const AGENT_DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
-pub(crate) const BOOTSTRAP_CN_SUFFIX: &str = ".bootstrap.agent.bosh-internal";
-pub(crate) const AGENT_CN_SUFFIX: &str = ".agent.bosh-internal";
-
-/// The agent of a user DN this program writes: `C=USA, O=Cloud Foundry, CN=<id>.agent…`
-/// or `…CN=<id>.bootstrap.agent.bosh-internal`; `(id, is_bootstrap_user)`.
-pub fn agent_of(user: &str) -> Option<(AgentId, bool)> {
-    agent_of_str(user).and_then(|(id, bootstrap)| Some((AgentId::parse(id).ok()?, bootstrap)))
-}
-
-/// [`agent_of`] without allocating: the id is borrowed from `user` (and already checked).
-pub(crate) fn agent_of_str(user: &str) -> Option<(&str, bool)> {
-    let cn = user.strip_prefix(AGENT_DN_PREFIX)?;
-    let (id, bootstrap) = match cn.strip_suffix(BOOTSTRAP_CN_SUFFIX) {
-        Some(id) => (id, true),
-        None => (cn.strip_suffix(AGENT_CN_SUFFIX)?, false),
-    };
-    AgentId::check(id).ok()?;
-    Some((id, bootstrap))
-}
-
-pub(crate) fn director_user(subject: &Subject) -> User {
+/// The director's user (§3.1).
+fn director_user(subject: &Subject) -> User {
     User::new(
         subject.as_str().to_owned(),
         vec!["agent.*".into(), "hm.director.alert".into()],
@@ -183,7 +91,8 @@ pub(crate) fn director_user(subject: &Subject) -> User {
     )
 }
 
-pub(crate) fn hm_user(subject: &Subject) -> User {
+/// The health monitor's user (§3.1).
+fn hm_user(subject: &Subject) -> User {
     User::new(
         subject.as_str().to_owned(),
         vec![],
@@ -196,31 +105,12 @@ pub(crate) fn hm_user(subject: &Subject) -> User {
     )
 }
 
-/// The user of an agent: the one with permanent credentials, or its bootstrap user.
-pub fn agent_user(id: &AgentId, bootstrap: bool) -> User {
-    let cn_suffix = if bootstrap {
-        BOOTSTRAP_CN_SUFFIX
-    } else {
-        AGENT_CN_SUFFIX
-    };
-    User::new(
-        format!("{AGENT_DN_PREFIX}{id}{cn_suffix}"),
-        vec![
-            format!("hm.agent.heartbeat.{id}"),
-            format!("hm.agent.alert.{id}"),
-            format!("hm.agent.shutdown.{id}"),
-            format!("director.*.{id}.*"),
-        ],
-        vec![format!("agent.{id}")],
-    )
-}
-
 /// The director/health-monitor-only users: what bootstrap writes before the director answers.
 pub fn bootstrap(subjects: &Subjects) -> Desired {
     compute(subjects, Vec::new())
 }
 
-/// The full desired state (SPEC §3.1). Deterministic: the same inputs in any order give the
+/// The full desired state (§3.1). Deterministic: the same inputs in any order give the
 /// same users in the same order. An agent id reported twice yields its users once; if any of
 /// its reports lacks permanent credentials, it keeps its bootstrap user too (so the result
 /// does not depend on which report came first). Takes the VMs by value: their agent ids
@@ -232,34 +122,23 @@ pub fn compute(subjects: &Subjects, vms: Vec<Vm>) -> Desired {
         .into_iter()
         .filter_map(|vm| {
             let raw = match vm.agent_id {
-                None => {
+                Some(raw) if !raw.is_empty() => raw,
+                _ => {
                     skipped.no_agent_id += 1;
                     return None;
                 }
-                Some(raw) if raw.is_empty() => {
-                    skipped.no_agent_id += 1;
-                    return None;
-                }
-                Some(raw) => raw,
             };
-            if AgentId::check(&raw).is_err() {
-                skipped.invalid_agent_id += 1;
-                tracing::warn!(agent_id = ?raw, "skipping a VM whose agent id is not [A-Za-z0-9_-]{{1,128}}");
-                return None;
+            match AgentId::parse_string(raw) {
+                Ok(id) => Some((id, !vm.permanent_nats_credentials)),
+                Err((_, raw)) => {
+                    skipped.invalid_agent_id += 1;
+                    tracing::warn!(agent_id = ?raw, "skipping a VM whose agent id is not [A-Za-z0-9_-]{{1,128}}");
+                    None
+                }
             }
-            Some((AgentId(raw.into_boxed_str()), !vm.permanent_nats_credentials))
         })
         .collect();
-    agents.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let reported = agents.len();
-    agents.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 |= later.1;
-        }
-        same
-    });
-    skipped.duplicate = reported - agents.len();
+    skipped.duplicate = agent::merge_by_id(&mut agents, |a| &a.0, |kept, later| kept.1 |= later.1);
 
     let mut counts = Counts::default();
     let mut components = Vec::with_capacity(2);
@@ -288,26 +167,6 @@ mod tests {
         Vm {
             agent_id: id.map(str::to_owned),
             permanent_nats_credentials: permanent,
-        }
-    }
-
-    #[test]
-    fn agent_id_table() {
-        let long = "a".repeat(129);
-        for bad in [
-            "x.>", "*", ">", "a b", "a,b=c", "a\"b", "a'b", "a\\b", "ä", "a\tb", "a\nb", "", "a.b",
-            &long,
-        ] {
-            assert!(AgentId::parse(bad).is_err(), "{bad:?} must be rejected");
-        }
-        let max = "Z".repeat(128);
-        for good in [
-            "4e3f6a3c-2b1d-4b8a-9c1e-0f2d3c4b5a69",
-            "abc_DEF-123",
-            "a",
-            &max,
-        ] {
-            assert_eq!(AgentId::parse(good).unwrap().as_str(), good);
         }
     }
 
@@ -396,7 +255,7 @@ mod tests {
         };
         let d = bootstrap(&only_hm);
         assert_eq!(d.users.len(), 1);
-        assert_eq!(d.users.to_users().0[0].user, "CN=h");
+        assert_eq!(d.users.to_users()[0].user, "CN=h");
         assert!(bootstrap(&Subjects::default()).users.is_empty());
     }
 }

@@ -7,17 +7,18 @@
 //! write (the director's and the health monitor's, a hand-added one, an agent DN with other
 //! permissions) is kept as it is.
 //!
-//! Equality is by value, as SPEC §4.3 asks: the order of users and the order inside a
-//! permission list do not matter, a user listed twice differs from one listed once. Which
-//! part a user lands in depends only on its value (permission lists compared as multisets),
-//! so two sets are equal exactly when [`Users::same_as`] says their users are.
+//! Equality is by value (§4.3): the order of users and the order inside a permission list do
+//! not matter, a user listed twice differs from one listed once. Which part a user lands in
+//! depends only on its value (permission lists compared as multisets, [`agent::recognise`]),
+//! so two sets are equal exactly when their users are.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 
-use crate::desired::{self, AgentId};
-use crate::users::{User, Users};
+use crate::users::agent::{self, AgentId};
+use crate::users::{Permissions, User};
 
 /// How many users of each kind one agent has in a set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,23 +30,58 @@ struct AgentUsers {
     agent: u32,
 }
 
+impl AgentUsers {
+    fn new(id: AgentId, bootstrap: bool) -> Self {
+        Self {
+            id,
+            bootstrap: u32::from(bootstrap),
+            agent: 1,
+        }
+    }
+}
+
 /// Users, compactly (see the module documentation). Invariant: `agents` is sorted by id
 /// with each id once and a non-zero count; `len` is the number of users.
 #[derive(Debug, Clone, Default)]
 pub struct UserSet {
     agents: Vec<AgentUsers>,
     /// Every other user, in the order given.
-    others: Users,
+    others: Vec<User>,
     len: usize,
 }
 
 impl PartialEq for UserSet {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.agents == other.agents && self.others.same_as(&other.others)
+        self.len == other.len
+            && self.agents == other.agents
+            && canonical(&self.others) == canonical(&other.others)
     }
 }
 
 impl Eq for UserSet {}
+
+/// Users sorted, with sorted permission lists: equal exactly when the users are equal as
+/// values. Only ever the few users that are not agents' (the director's, the health
+/// monitor's, hand edits), so the copies are cheap.
+fn canonical(users: &[User]) -> Vec<User> {
+    let mut users: Vec<User> = users
+        .iter()
+        .map(|u| {
+            let mut u = u.clone();
+            if let Some(p) = u.permissions.as_mut() {
+                for list in [p.publish.as_mut(), p.subscribe.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    list.sort_unstable();
+                }
+            }
+            u
+        })
+        .collect();
+    users.sort_unstable();
+    users
+}
 
 /// One user of a set, as [`UserSet::for_each`] hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,50 +99,70 @@ enum Dn<'a> {
     Other(&'a str),
 }
 
+/// The subjects a change adds and removes, and those whose permissions it changes: what
+/// `diff` lists. Each sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
 impl UserSet {
     /// The users in the given order, sorted into their parts.
     pub fn from_users(users: impl IntoIterator<Item = User>) -> Self {
-        let mut builder = Builder::default();
+        let mut agents = Vec::new();
+        let mut others = Vec::new();
         for user in users {
-            builder.push(user);
-        }
-        builder.finish()
-    }
-
-    /// A desired state: the component users (director, health monitor) first, then one
-    /// permanent user per agent and a bootstrap user for each agent flagged so.
-    /// `agents` must be sorted by id, each id once.
-    pub(crate) fn desired(components: Vec<User>, agents: Vec<(AgentId, bool)>) -> Self {
-        debug_assert!(agents.windows(2).all(|w| w[0].0 < w[1].0));
-        let mut set = Self::from_users(components);
-        if set.agents.is_empty() {
-            set.len += agents.len() + agents.iter().filter(|(_, b)| *b).count();
-            set.agents = agents
-                .into_iter()
-                .map(|(id, bootstrap)| AgentUsers {
+            match agent::recognise(&user) {
+                Some((id, bootstrap)) => agents.push(AgentUsers {
                     id,
                     bootstrap: u32::from(bootstrap),
-                    agent: 1,
-                })
-                .collect();
-        } else {
-            set.add_agents(agents);
+                    agent: u32::from(!bootstrap),
+                }),
+                None => others.push(user),
+            }
         }
+        let len = agents.len() + others.len();
+        agent::merge_by_id(
+            &mut agents,
+            |a| &a.id,
+            |kept, later| {
+                kept.bootstrap += later.bootstrap;
+                kept.agent += later.agent;
+            },
+        );
+        agents.shrink_to_fit();
+        UserSet {
+            agents,
+            others,
+            len,
+        }
+    }
+
+    /// A desired state: `components` (director, health monitor) first, then one permanent
+    /// user per agent and a bootstrap user for each agent flagged so. `agents` must be sorted
+    /// by id, each id once (as [`agent::merge_by_id`] leaves them).
+    pub fn desired(components: Vec<User>, agents: Vec<(AgentId, bool)>) -> Self {
+        debug_assert!(agents.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut set = Self::from_users(components);
+        set.add_agents(agents);
         set
     }
 
     /// Adds a permanent user (and a bootstrap user when flagged) for each agent that has no
     /// entry yet; an agent already present is left as it is.
     pub fn add_agents(&mut self, agents: impl IntoIterator<Item = (AgentId, bool)>) {
-        self.agents
-            .extend(agents.into_iter().map(|(id, bootstrap)| AgentUsers {
-                id,
-                bootstrap: u32::from(bootstrap),
-                agent: 1,
-            }));
-        // Stable: of equal ids, the entry that was there first comes first and is kept.
-        self.agents.sort_by(|a, b| a.id.cmp(&b.id));
-        self.agents.dedup_by(|later, kept| later.id == kept.id);
+        let before = self.agents.len();
+        self.agents.extend(
+            agents
+                .into_iter()
+                .map(|(id, bootstrap)| AgentUsers::new(id, bootstrap)),
+        );
+        // Already sorted and merged when nothing was there before (a desired state).
+        if before > 0 {
+            agent::merge_by_id(&mut self.agents, |a| &a.id, |_kept, _later| {});
+        }
         self.len = self.others.len()
             + self
                 .agents
@@ -135,13 +191,13 @@ impl UserSet {
 
     /// True when the set is exactly this one user.
     pub fn is_only(&self, user: &User) -> bool {
-        self.len == 1 && self.others.0.first() == Some(user)
+        self.len == 1 && self.others.first() == Some(user)
     }
 
     /// Every user, in file order: the other users as given, then per agent (by id) its
     /// bootstrap users and its permanent users. Stops at the first error.
     pub fn for_each<E>(&self, mut f: impl FnMut(UserRef<'_>) -> Result<(), E>) -> Result<(), E> {
-        for user in self.others.iter() {
+        for user in &self.others {
             f(UserRef::Other(user))?;
         }
         for a in &self.agents {
@@ -156,16 +212,16 @@ impl UserSet {
     }
 
     /// The users as values, in the order [`UserSet::for_each`] gives them.
-    pub fn to_users(&self) -> Users {
+    pub fn to_users(&self) -> Vec<User> {
         let mut users = Vec::with_capacity(self.len);
         let _: Result<(), ()> = self.for_each(|u| {
             users.push(match u {
                 UserRef::Other(u) => u.clone(),
-                UserRef::Agent(id, bootstrap) => desired::agent_user(id, bootstrap),
+                UserRef::Agent(id, bootstrap) => agent::user(id, bootstrap),
             });
             Ok(())
         });
-        Users(users)
+        users
     }
 
     /// Every agent with a user in the set, whatever that user's permissions: `(id, has a
@@ -177,20 +233,9 @@ impl UserSet {
             .map(|a| (a.id.as_str(), a.bootstrap > 0))
             .collect();
         let before = out.len();
-        out.extend(
-            self.others
-                .iter()
-                .filter_map(|u| desired::agent_of_str(&u.user)),
-        );
+        out.extend(self.others.iter().filter_map(|u| agent::parse_dn(&u.user)));
         if out.len() > before {
-            out.sort_by(|a, b| a.0.cmp(b.0));
-            out.dedup_by(|later, kept| {
-                let same = later.0 == kept.0;
-                if same {
-                    kept.1 |= later.1;
-                }
-                same
-            });
+            agent::merge_by_id(&mut out, |a| &a.0, |kept, later| kept.1 |= later.1);
         }
         out
     }
@@ -198,8 +243,8 @@ impl UserSet {
     /// The distinct subjects, sorted (agent subjects as their id and kind).
     fn subjects(&self) -> Vec<Dn<'_>> {
         let mut out = Vec::with_capacity(self.len);
-        for u in self.others.iter() {
-            out.push(match desired::agent_of_str(&u.user) {
+        for u in &self.others {
+            out.push(match agent::parse_dn(&u.user) {
                 Some((id, bootstrap)) => Dn::Agent(id, bootstrap),
                 None => Dn::Other(&u.user),
             });
@@ -222,6 +267,7 @@ impl UserSet {
     }
 
     /// How many subjects going from `self` to `to` adds and removes: `(added, removed)`.
+    /// Cheap (no DN is built): what every pass reports.
     pub fn subject_changes(&self, to: &UserSet) -> (usize, usize) {
         let (mine, theirs) = (self.subjects(), to.subjects());
         let (mut i, mut j, mut added, mut removed) = (0, 0, 0, 0);
@@ -244,93 +290,43 @@ impl UserSet {
         (added + theirs.len() - j, removed + mine.len() - i)
     }
 
+    /// The subjects going from `self` to `to` adds, removes, and gives other permissions
+    /// (a subject listed more than once compares all its entries), by name: what `diff`
+    /// prints. Builds every DN, so it is for the command line, not for every pass.
+    pub fn list_changes(&self, to: &UserSet) -> SubjectChanges {
+        type Grants = Vec<Option<Permissions>>;
+        let by_subject = |set: &UserSet| {
+            let mut map: BTreeMap<String, Grants> = BTreeMap::new();
+            for user in canonical(&set.to_users()) {
+                map.entry(user.user).or_default().push(user.permissions);
+            }
+            map
+        };
+        let (mine, theirs) = (by_subject(self), by_subject(to));
+        let mut changes = SubjectChanges::default();
+        for (subject, grants) in &mine {
+            match theirs.get(subject) {
+                None => changes.removed.push(subject.clone()),
+                Some(other) if other != grants => changes.changed.push(subject.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.added = theirs
+            .keys()
+            .filter(|s| !mine.contains_key(*s))
+            .cloned()
+            .collect();
+        changes
+    }
+
     /// A hash of the set's content, for recognising the same desired state on a later pass
     /// (sets built the same way from the same input hash the same).
     pub fn fingerprint(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.others.0.hash(&mut h);
+        self.others.hash(&mut h);
         self.agents.hash(&mut h);
         h.finish()
     }
-}
-
-/// Collects users into a [`UserSet`].
-#[derive(Default)]
-struct Builder {
-    agents: Vec<AgentUsers>,
-    others: Vec<User>,
-}
-
-impl Builder {
-    fn push(&mut self, user: User) {
-        match canonical_agent(&user) {
-            Some((id, bootstrap)) => self.agents.push(AgentUsers {
-                id,
-                bootstrap: u32::from(bootstrap),
-                agent: u32::from(!bootstrap),
-            }),
-            None => self.others.push(user),
-        }
-    }
-
-    fn finish(mut self) -> UserSet {
-        let len = self.agents.len() + self.others.len();
-        self.agents.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        self.agents.dedup_by(|later, kept| {
-            let same = later.id == kept.id;
-            if same {
-                kept.bootstrap += later.bootstrap;
-                kept.agent += later.agent;
-            }
-            same
-        });
-        self.agents.shrink_to_fit();
-        UserSet {
-            agents: self.agents,
-            others: Users(self.others),
-            len,
-        }
-    }
-}
-
-/// `(id, is the bootstrap user)` when `user` is an agent user exactly as this program writes
-/// it: the agent DN, and the agent permissions (each list compared as a multiset).
-fn canonical_agent(user: &User) -> Option<(AgentId, bool)> {
-    let (id, bootstrap) = desired::agent_of_str(&user.user)?;
-    let permissions = user.permissions.as_ref()?;
-    let publish = permissions.publish.as_deref()?;
-    let subscribe = permissions.subscribe.as_deref()?;
-    if subscribe.len() != 1 || subscribe[0].strip_prefix("agent.") != Some(id) {
-        return None;
-    }
-    if publish.len() != 4 {
-        return None;
-    }
-    // Four distinct patterns, four entries, every pattern matched: the same multiset.
-    let mut seen = 0u8;
-    for subject in publish {
-        let is = |prefix: &str, suffix: &str| {
-            subject
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.strip_suffix(suffix))
-                == Some(id)
-        };
-        seen |= if is("hm.agent.heartbeat.", "") {
-            1
-        } else if is("hm.agent.alert.", "") {
-            2
-        } else if is("hm.agent.shutdown.", "") {
-            4
-        } else if is("director.*.", ".*") {
-            8
-        } else {
-            return None;
-        };
-    }
-    if seen != 0b1111 {
-        return None;
-    }
-    Some((AgentId::parse(id).ok()?, bootstrap))
 }
 
 /// Reads a JSON list of users one at a time, so a file of 150 000 users is never held as
@@ -344,11 +340,20 @@ impl<'de> Deserialize<'de> for UserSet {
                 f.write_str("a list of users")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UserSet, A::Error> {
-                let mut builder = Builder::default();
-                while let Some(user) = seq.next_element::<User>()? {
-                    builder.push(user);
+                // One user at a time: each is sorted into its part before the next is read.
+                let users = std::iter::from_fn(|| seq.next_element::<User>().transpose());
+                let mut error = None;
+                let set = UserSet::from_users(users.map_while(|r| match r {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        error = Some(e);
+                        None
+                    }
+                }));
+                match error {
+                    Some(e) => Err(e),
+                    None => Ok(set),
                 }
-                Ok(builder.finish())
             }
         }
         deserializer.deserialize_seq(Each)
@@ -357,13 +362,15 @@ impl<'de> Deserialize<'de> for UserSet {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
-    use crate::desired::{self, Subject, Subjects};
-    use crate::director::Vm;
-    use crate::users::u;
+    use crate::pass::desired::{self, Subject, Subjects};
+    use crate::users::reference::Users;
+    use crate::users::user::u;
+    use crate::vm::Vm;
 
     fn agent(id: &str, bootstrap: bool) -> User {
-        desired::agent_user(&AgentId::parse(id).unwrap(), bootstrap)
+        agent::user(&AgentId::parse(id).unwrap(), bootstrap)
     }
 
     fn desired_for(ids: &[(&str, bool)]) -> UserSet {
@@ -421,9 +428,9 @@ mod tests {
             Users(vec![u("CN=d", &["x", "y"], &["s"]), agent("a", false)]),
             Users(vec![agent("a", false), u("CN=d", &["y", "x"], &["s"])]),
             Users(vec![u("CN=d", &["x"], &["s"]), agent("a", false)]),
-            desired_for(&[("a", true), ("b", false)]).to_users(),
-            desired_for(&[("b", false), ("a", true)]).to_users(),
-            desired_for(&[("a", false), ("b", false)]).to_users(),
+            Users(desired_for(&[("a", true), ("b", false)]).to_users()),
+            Users(desired_for(&[("b", false), ("a", true)]).to_users()),
+            Users(desired_for(&[("a", false), ("b", false)]).to_users()),
         ]
     }
 
@@ -450,7 +457,7 @@ mod tests {
         let lists = lists();
         for a in &lists {
             let sa = UserSet::from_users(a.0.clone());
-            assert!(sa.to_users().same_as(a), "{a:?}");
+            assert!(Users(sa.to_users()).same_as(a), "{a:?}");
             for b in &lists {
                 let sb = UserSet::from_users(b.0.clone());
                 let (added, removed) = a.diff(b);
@@ -459,6 +466,14 @@ mod tests {
                     (added.len(), removed.len()),
                     "{a:?} -> {b:?}"
                 );
+                // The listing `diff` prints names the same subjects, and finds a change of
+                // permissions exactly when the values differ with no subject added or removed.
+                let listed = sa.list_changes(&sb);
+                assert_eq!(listed.added, added, "{a:?} -> {b:?}");
+                assert_eq!(listed.removed, removed, "{a:?} -> {b:?}");
+                if listed.added.is_empty() && listed.removed.is_empty() {
+                    assert_eq!(listed.changed.is_empty(), a.same_as(b), "{a:?} -> {b:?}");
+                }
             }
         }
     }

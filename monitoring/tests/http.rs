@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{get, sample};
-use metrics::{
-    DesiredCounts, Health, Metrics, PassOutcome, PassReport, ReloadOutcome, SHUTDOWN_GRACE,
+use monitoring::{
+    DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SHUTDOWN_GRACE,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -26,14 +26,14 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let listener = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
+    let listener = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = listener.local_addr().expect("bound address");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone(), LIMIT));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(metrics::serve(
+    let task = tokio::spawn(monitoring::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -64,7 +64,7 @@ async fn readyz_is_503_until_marked_ready_then_200_for_good() {
 
     s.health.pass_started();
     s.health
-        .pass_finished(PassReport::failed("connection", "connection refused"));
+        .pass_finished(PassSummary::failed("connection", "connection refused"));
     let r = get(s.addr, "/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.body.contains("last pass failed: connection"), "{r:?}");
@@ -73,10 +73,10 @@ async fn readyz_is_503_until_marked_ready_then_200_for_good() {
     let r = get(s.addr, "/readyz").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
-    // Later failures never take readiness away (SPEC §7).
+    // Later failures never take readiness away (§7).
     s.health.pass_started();
     s.health
-        .pass_finished(PassReport::failed("status", "HTTP 500"));
+        .pass_finished(PassSummary::failed("status", "HTTP 500"));
     s.health.reload_finished(ReloadOutcome::Failed {
         reason: "reload",
         message: "config_load_time did not advance".into(),
@@ -102,7 +102,7 @@ async fn healthz_follows_progress_and_failing_passes_count_as_progress() {
     // A failed pass (director down) is progress.
     s.health.pass_started();
     s.health
-        .pass_finished(PassReport::failed("connection", "connection refused"));
+        .pass_finished(PassSummary::failed("connection", "connection refused"));
     let r = get(s.addr, "/healthz").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
@@ -129,7 +129,7 @@ async fn status_reports_the_recorded_passes() {
 
     s.health.pass_started();
     tokio::time::advance(Duration::from_millis(250)).await;
-    s.health.pass_finished(PassReport {
+    s.health.pass_finished(PassSummary {
         outcome: PassOutcome::Changed,
         desired: Some(DesiredCounts {
             director: 1,
@@ -146,7 +146,7 @@ async fn status_reports_the_recorded_passes() {
     s.health.pass_started();
     tokio::time::advance(Duration::from_secs(2)).await;
     s.health
-        .pass_finished(PassReport::failed("timeout", "director request timed out"));
+        .pass_finished(PassSummary::failed("timeout", "director request timed out"));
     s.health.next_pass_in(Duration::from_secs(4));
 
     let r = get(s.addr, "/status").await;
@@ -192,7 +192,7 @@ async fn metrics_are_served_as_prometheus_text() {
     s.health.reload_finished(ReloadOutcome::Verified);
     s.health.pass_started();
     s.health
-        .pass_finished(PassReport::failed("connection", "connection refused"));
+        .pass_finished(PassSummary::failed("connection", "connection refused"));
     s.metrics
         .director_request("deployments", "200", Duration::from_millis(30));
 
@@ -271,11 +271,11 @@ async fn shutdown_does_not_wait_forever_for_a_stuck_client() {
 
 #[tokio::test]
 async fn bind_errors_name_the_address() {
-    let first = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
+    let first = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = first.local_addr().expect("bound address");
-    let err = metrics::bind(addr).await.expect_err("the port is taken");
+    let err = monitoring::bind(addr).await.expect_err("the port is taken");
     assert_eq!(err.addr, addr);
     assert_eq!(err.reason(), "bind");
     let msg = err.to_string();

@@ -1,4 +1,4 @@
-//! The HTTP server (SPEC §7): `/metrics`, `/healthz`, `/readyz` and `/status`, with
+//! The HTTP server (§7): `/metrics`, `/healthz`, `/readyz` and `/status`, with
 //! graceful shutdown on a `CancellationToken`.
 
 use std::io;
@@ -18,7 +18,7 @@ use crate::health::Health;
 use crate::registry::Metrics;
 
 /// How long requests in flight may take to finish after shutdown is requested. The process
-/// must exit within 2 s of SIGTERM (SPEC §6.4), and a client that opened a connection and
+/// must exit within 2 s of SIGTERM (§6.4), and a client that opened a connection and
 /// never finished its request would otherwise hold graceful shutdown open forever.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 

@@ -1,10 +1,11 @@
-//! Making nats-server load the auth file (SPEC §5): signal a reload, then — when the
+//! Making nats-server load the auth file (§5): signal a reload, then — when the
 //! monitoring endpoint is known — verify the server really reloaded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::config::NatsSettings;
 
@@ -107,13 +108,22 @@ impl Reloader {
         Self { settings, http }
     }
 
-    pub fn settings(&self) -> &NatsSettings {
-        &self.settings
+    /// Signals a reload and, with a monitoring URL, waits until the server shows it loaded
+    /// its configuration again. A `reload` span covers it.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let span = tracing::info_span!(
+            "reload",
+            method = if self.settings.executable.is_some() {
+                "executable"
+            } else {
+                "sighup"
+            },
+            verified = self.settings.monitoring_url.is_some()
+        );
+        self.signal_and_verify().instrument(span).await
     }
 
-    /// Signals a reload and, with a monitoring URL, waits until the server shows it loaded
-    /// its configuration again.
-    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+    async fn signal_and_verify(&self) -> Result<Reloaded, ReloadError> {
         let Some(base) = &self.settings.monitoring_url else {
             self.signal().await?;
             return Ok(Reloaded::Unverified);
@@ -158,8 +168,8 @@ impl Reloader {
         Ok(body.config_load_time)
     }
 
-    /// Delivers the reload signal (SPEC §5.1).
-    pub async fn signal(&self) -> Result<(), ReloadError> {
+    /// Delivers the reload signal (§5.1).
+    async fn signal(&self) -> Result<(), ReloadError> {
         match &self.settings.executable {
             Some(exe) => signal_with_executable(exe, &self.settings.pid_file).await,
             None => sighup(&self.settings.pid_file),

@@ -1,9 +1,9 @@
-//! Observability for bosh-nats-sync: Prometheus metrics (SPEC §8), the control loop's
-//! health and status (SPEC §7), and the axum server that exposes them.
+//! Monitoring for bosh-nats-sync: Prometheus metrics (§8), the control loop's health and
+//! status (§7), and the axum server that exposes them.
 //!
 //! Who records what:
 //! - the director client calls [`Metrics::director_request`] and [`Metrics::uaa_token_fetch`];
-//! - computing desired users calls [`Metrics::vm_skipped`] and [`Metrics::subject_rejected`];
+//! - computing desired users calls [`Metrics::vms_skipped`] and [`Metrics::subject_rejected`];
 //! - the control loop reports passes, writes, reloads, scheduling and readiness to
 //!   [`Health`], which updates `/status` and the matching metrics together.
 //!
@@ -15,7 +15,7 @@ mod server;
 
 pub use health::{
     DesiredCounts, DesiredUsers, ErrorInfo, Health, LastPass, LastReload, NextPass, PassOutcome,
-    PassReport, ReloadOutcome, RunningPass, Status, Unhealthy,
+    PassSummary, ReloadOutcome, RunningPass, Status, Unhealthy,
 };
 pub use registry::{
     BuildInfo, Metrics, PassResult, ReloadResult, SkipReason, SubjectKind, UserKind,

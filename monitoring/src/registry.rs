@@ -1,4 +1,4 @@
-//! The Prometheus registry: every metric of SPEC §8 and typed methods that record them.
+//! The Prometheus registry: every metric of §8 and typed methods that record them.
 //!
 //! Label values are either small enums defined here or `&'static str` reasons taken from the
 //! program's error enums (`Error::reason()`), so a label can never carry a deployment name,
@@ -48,7 +48,7 @@ impl PassResult {
     }
 }
 
-/// The `kind` label of `bosh_nats_sync_desired_users`: which rule of SPEC §3.1 made a user.
+/// The `kind` label of `bosh_nats_sync_desired_users`: which rule of §3.1 made a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UserKind {
     Director,
@@ -75,7 +75,7 @@ impl UserKind {
     }
 }
 
-/// The `reason` label of `bosh_nats_sync_skipped_vms_total` (SPEC §3.3).
+/// The `reason` label of `bosh_nats_sync_skipped_vms_total` (§3.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SkipReason {
     /// `agent_id` null or empty: normal for a moment while a VM is being created.
@@ -99,7 +99,7 @@ impl SkipReason {
 }
 
 /// The `kind` label of `bosh_nats_sync_subjects_rejected_total`: whose subject file held a
-/// subject that was rejected (SPEC §3.2).
+/// subject that was rejected (§3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SubjectKind {
     Director,
@@ -117,7 +117,7 @@ impl SubjectKind {
     }
 }
 
-/// The `result` label of `bosh_nats_sync_reloads_total` (SPEC §5).
+/// The `result` label of `bosh_nats_sync_reloads_total` (§5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReloadResult {
     /// Signalled, and nats-server's `config_load_time` advanced.
@@ -150,14 +150,11 @@ pub struct BuildInfo {
 }
 
 impl BuildInfo {
-    /// This crate's version (the workspace shares one) and the revision in the
-    /// `BOSH_NATS_SYNC_REVISION` environment variable at compile time, if any.
-    pub fn from_build_env() -> Self {
-        Self {
-            version: env!("CARGO_PKG_VERSION"),
-            revision: option_env!("BOSH_NATS_SYNC_REVISION").unwrap_or("unknown"),
-        }
-    }
+    /// For a registry outside the program (tests, tools): the program names its own build.
+    pub const UNKNOWN: BuildInfo = BuildInfo {
+        version: "unknown",
+        revision: "unknown",
+    };
 }
 
 /// Every metric the program exports, each registered exactly once in `registry` (so
@@ -233,9 +230,9 @@ fn register(registry: &Registry, c: impl Collector + 'static) {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric, build info from [`BuildInfo::from_build_env`].
+    /// A fresh registry with every metric and [`BuildInfo::UNKNOWN`].
     pub fn new() -> Self {
-        Self::with_build_info(BuildInfo::from_build_env())
+        Self::with_build_info(BuildInfo::UNKNOWN)
     }
 
     /// A fresh registry with every metric; `build` fills `bosh_nats_sync_build_info`.
@@ -401,11 +398,6 @@ impl Metrics {
         self.uaa_token_fetches.with_label_values(&[result]).inc();
     }
 
-    /// One VM left out of the desired users.
-    pub fn vm_skipped(&self, reason: SkipReason) {
-        self.skipped_vms.with_label_values(&[reason.as_str()]).inc();
-    }
-
     /// `count` VMs left out of the desired users for the same reason.
     pub fn vms_skipped(&self, reason: SkipReason, count: u64) {
         self.skipped_vms
@@ -420,8 +412,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A pass was held back by mass-removal damping (SPEC §6.5); reported through
-    /// `PassReport::held` so `/status` shows it too.
+    /// A pass was held back by mass-removal damping (§6.5); reported through
+    /// `PassSummary::held` so `/status` shows it too.
     pub(crate) fn pass_held(&self) {
         self.held_passes.inc();
     }
@@ -563,8 +555,7 @@ mod tests {
     #[test]
     fn direct_recorders_count() {
         let m = Metrics::new();
-        m.vm_skipped(SkipReason::InvalidAgentId);
-        m.vm_skipped(SkipReason::InvalidAgentId);
+        m.vms_skipped(SkipReason::InvalidAgentId, 2);
         m.vms_skipped(SkipReason::NoAgentId, 1);
         m.vms_skipped(SkipReason::Duplicate, 0);
         m.subject_rejected(SubjectKind::Director);

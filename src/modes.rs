@@ -1,0 +1,383 @@
+//! The program's modes — run, once, diff, check-config — each a function from a validated
+//! configuration to an exit status. `main` only parses arguments and calls these.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use monitoring::{BuildInfo, Health, Metrics};
+use reconcile::{BackoffConfig, Failure, PassContext, SelfWrites};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::director;
+use crate::pass::{self, PassError, Paths, Reconciler, Report, report};
+use crate::reload::Reloader;
+use crate::users::{AgentId, UserSet, agent};
+
+/// The version and revision this binary was built from (the revision comes from `build.rs`).
+pub const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    revision: env!("BOSH_NATS_SYNC_REVISION"),
+};
+
+/// `0.1.0 (rev abc123def456)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("BOSH_NATS_SYNC_REVISION"),
+    ")"
+);
+
+/// Exit status when a pass failed (once) or the program could not start (run).
+const EXIT_FAILED: u8 = 1;
+/// Exit status for usage and configuration errors.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status of `diff` when the next pass would write the file.
+const EXIT_DIFFERS: u8 = 3;
+/// Exit status of `diff` when the file differs from the director only by removals that
+/// damping holds back: the next pass writes nothing.
+const EXIT_HELD: u8 = 4;
+
+/// The reconciler the modes run: the real director client and nats-server.
+type Live = Reconciler<director::Client, Reloader>;
+
+/// One thread is plenty for a controller that mostly waits on the network, and keeps the
+/// resident memory small. (The demo runs on it too.)
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect(
+            "building a current-thread tokio runtime only fails if the OS denies timers or epoll",
+        )
+}
+
+/// The metrics registry and the loop's health record (which updates the same metrics).
+fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
+    let metrics = Arc::new(Metrics::with_build_info(BUILD));
+    let limit = Health::liveness_limit(
+        config.poll_interval,
+        config.backoff_max,
+        config.pass_timeout,
+    );
+    (metrics.clone(), Arc::new(Health::new(metrics, limit)))
+}
+
+/// Builds the reconciler — the director client checks its CA files and key here — or says
+/// why not (a configuration problem).
+fn reconciler(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<Live, director::SettingsError> {
+    let client = director::Client::new(config.director.clone(), metrics.clone())?;
+    Ok(Reconciler::new(
+        Paths::of(config),
+        config.damping,
+        client,
+        Reloader::new(config.nats.clone()),
+        metrics,
+        health,
+    ))
+}
+
+/// [`reconciler`] for the modes that run passes: a problem is logged, printed, and exit 2.
+fn start(config: &Config, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<Live, ExitCode> {
+    reconciler(config, metrics, health).map_err(|e| {
+        tracing::error!(error = %e, "cannot start");
+        eprintln!(
+            "bosh-nats-sync: invalid configuration: {}: {e}",
+            config.path.display()
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!(
+                "cannot install SIGTERM/SIGINT handlers; stop the process with SIGKILL"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT received: stopping"),
+        }
+        token.cancel();
+    });
+}
+
+/// `check-config`: the file parses and validates, and the CA files hold certificates.
+pub fn check_config(config: &Config) -> ExitCode {
+    let (metrics, health) = observability(config);
+    if let Err(e) = reconciler(config, metrics, health) {
+        eprintln!(
+            "bosh-nats-sync: invalid configuration: {}: {e}",
+            config.path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for key in &config.unknown_keys {
+        println!(
+            "warning: {}: unknown key {key} (ignored)",
+            config.path.display()
+        );
+    }
+    println!(
+        "{}: OK (director {}, auth file {}, reload via {})",
+        config.path.display(),
+        config.director.url,
+        config.nats.auth_file.display(),
+        match &config.nats.executable {
+            Some(exe) => format!("{} --signal reload", exe.display()),
+            None => "SIGHUP".to_owned(),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// `once`: one pass, bounded by the pass timeout and cancelled by SIGTERM/SIGINT.
+pub fn once(config: Config) -> ExitCode {
+    let timeout = config.pass_timeout;
+    let (metrics, health) = observability(&config);
+    let reconciler = match start(&config, metrics, health.clone()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    runtime().block_on(async {
+        let cancel = CancellationToken::new();
+        cancel_on_signals(cancel.clone());
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, reconciler.pass(report::span(1, "once"))) => match r {
+                Ok(result) => result.map_err(Failure::Failed),
+                Err(_elapsed) => Err(Failure::Timeout(timeout)),
+            },
+            _ = cancel.cancelled() => {
+                tracing::warn!("cancelled before the pass finished");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
+        report::finished(&health, None, result.as_ref(), started.elapsed());
+        match result {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(EXIT_FAILED),
+        }
+    })
+}
+
+/// `diff`: print what the next pass would do — the same observation and decision as a pass,
+/// damping included — and write or reload nothing.
+pub fn diff(config: Config) -> ExitCode {
+    let timeout = config.pass_timeout;
+    let (metrics, health) = observability(&config);
+    let reconciler = match start(&config, metrics, health) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let dry =
+        runtime().block_on(async { tokio::time::timeout(timeout, reconciler.dry_run()).await });
+    let pass::DryRun { observed, decision } = match dry {
+        Ok(Ok(dry)) => dry,
+        Ok(Err(e)) => {
+            eprintln!("bosh-nats-sync: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+        Err(_) => {
+            eprintln!(
+                "bosh-nats-sync: reading the director took longer than the {timeout:?} pass timeout"
+            );
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    println!(
+        "auth file {}: {}",
+        config.nats.auth_file.display(),
+        observed.describe()
+    );
+    let held_users = decision.held.as_ref().map_or(0, |held| {
+        held.keep.len() + held.keep.values().filter(|bootstrap| **bootstrap).count()
+    });
+    println!(
+        "director: {} users desired",
+        decision.users.len() - held_users
+    );
+    let changes = observed
+        .users()
+        .unwrap_or(&UserSet::default())
+        .list_changes(&decision.users);
+    for user in &changes.added {
+        println!("+ {user}");
+    }
+    for user in &changes.removed {
+        println!("- {user}");
+    }
+    for user in &changes.changed {
+        println!("~ {user} (permissions differ)");
+    }
+    if let Some(held) = &decision.held {
+        for (id, bootstrap) in &held.keep {
+            for dn in held_subjects(id, *bootstrap) {
+                println!("! {dn} (removal held by damping)");
+            }
+        }
+        println!(
+            "damping holds the removal of {} of the {} agents in the file: a pass applies it once the director reports the same state on {} consecutive passes (damping.confirmations)",
+            held.removing, held.agents_in_file, held.needed
+        );
+    }
+    if decision.write {
+        println!(
+            "a pass would write the file: {} added, {} removed, {} changed{}",
+            changes.added.len(),
+            changes.removed.len(),
+            changes.changed.len(),
+            if decision.held.is_some() {
+                ", the held removals kept"
+            } else {
+                ""
+            }
+        );
+        ExitCode::from(EXIT_DIFFERS)
+    } else if decision.held.is_some() {
+        println!("a pass would write nothing: every difference is a held removal");
+        ExitCode::from(EXIT_HELD)
+    } else {
+        println!("in sync: a pass would write nothing");
+        ExitCode::SUCCESS
+    }
+}
+
+/// The subjects an agent held by damping keeps in the file.
+fn held_subjects(id: &AgentId, bootstrap: bool) -> impl Iterator<Item = String> + '_ {
+    [true, false]
+        .into_iter()
+        .filter(move |kind| !*kind || bootstrap)
+        .map(move |kind| agent::user(id, kind).user)
+}
+
+/// `run` (the default): the controller until SIGTERM/SIGINT, with the HTTP endpoints.
+pub fn run(config: Config) -> ExitCode {
+    runtime().block_on(async {
+        let cancel = CancellationToken::new();
+        cancel_on_signals(cancel.clone());
+        run_until_cancelled(config, cancel).await
+    })
+}
+
+/// The long-running mode, until `cancel` fires (on a signal, or when the demo ends).
+pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> ExitCode {
+    let (metrics, health) = observability(&config);
+    let server = match config.http_listen {
+        Some(addr) => match monitoring::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(address = %addr, "serving /metrics, /healthz, /readyz and /status");
+                Some(tokio::spawn(monitoring::serve(
+                    listener,
+                    metrics.clone(),
+                    health.clone(),
+                    cancel.clone(),
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the HTTP server");
+                eprintln!(
+                    "bosh-nats-sync: {e} (set http.listen to another address or http.enabled: false)"
+                );
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        None => None,
+    };
+
+    let self_writes = SelfWrites::new();
+    let recorder = self_writes.clone();
+    let reconciler = match start(&config, metrics, health.clone()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let reconciler = Arc::new(reconciler.on_write(Arc::new(move |path, meta| {
+        recorder.record(path, reconcile::FileIdentity::from_metadata(meta));
+    })));
+    let paths = reconciler.paths().watched();
+
+    let pass = move |ctx: PassContext| {
+        let reconciler = reconciler.clone();
+        async move {
+            let result = reconciler.pass(report::span_for(&ctx)).await;
+            release_freed_memory();
+            result
+        }
+    };
+    tracing::info!(
+        version = VERSION,
+        director = %config.director.url,
+        auth_file = %config.nats.auth_file.display(),
+        poll_interval = ?config.poll_interval,
+        "bosh-nats-sync starting"
+    );
+    reconcile::Controller::new(pass)
+        .interval(config.poll_interval)
+        .watch(paths)
+        .self_writes(self_writes)
+        .backoff(BackoffConfig {
+            min: config.backoff_min,
+            max: config.backoff_max,
+            factor: 2.0,
+            jitter: true,
+        })
+        .pass_timeout(config.pass_timeout)
+        .observer(LoopObserver { health })
+        .run(cancel.clone())
+        .await;
+    cancel.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    tracing::info!("bosh-nats-sync stopped");
+    ExitCode::SUCCESS
+}
+
+/// Feeds every pass of the loop to [`report::finished`] and tells `/status` when the next
+/// one is due.
+struct LoopObserver {
+    health: Arc<Health>,
+}
+
+impl reconcile::Observer<Report, PassError> for LoopObserver {
+    fn on_pass_start(&self, _ctx: &PassContext) {
+        self.health.pass_started();
+    }
+
+    fn on_pass_end(&self, ended: &reconcile::EndedPass<'_, Report, PassError>) {
+        report::finished(
+            &self.health,
+            Some(ended.context),
+            ended.result,
+            ended.duration,
+        );
+        if let Some(next) = ended.next_pass_in() {
+            self.health.next_pass_in(next);
+        }
+    }
+}
+
+/// Hands the memory a pass freed back to the kernel. A pass over a big director allocates
+/// and frees tens of MiB of small strings; glibc keeps freed chunks in its heap (the top of
+/// the heap is rarely free, so it seldom trims by itself), and the process would sit at its
+/// peak resident size between passes. musl returns memory by itself.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's free lists; it is safe to
+    // call at any time from any thread.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
