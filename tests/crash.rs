@@ -265,9 +265,10 @@ async fn sigkill_at_random_points_leaves_the_old_or_the_new_file_and_no_pile_of_
         let stale = temp_files(&dir);
         let spawned = Instant::now();
         let mut child = once(&env).await;
-        // A third of the kills anywhere in the process's life (a little beyond its usual end
-        // included), a third around the rename, a third as soon as the temporary file shows.
-        let aim = rng.random_range(0..3);
+        // A quarter of the kills anywhere in the process's life (a little beyond its usual end
+        // included), a quarter around the rename, a quarter just after it, a quarter as soon as
+        // the temporary file shows.
+        let aim = rng.random_range(0..4);
         let mut temp_seen = false;
         let how = match aim {
             0 => {
@@ -277,6 +278,19 @@ async fn sigkill_at_random_points_leaves_the_old_or_the_new_file_and_no_pile_of_
             1 => {
                 tokio::time::sleep(rng.random_range(around_rename.clone())).await;
                 "around the rename"
+            }
+            2 => {
+                // Right after the rename, before the process is done: the new file must be
+                // whole. (The window is a few milliseconds; aiming at it by time alone hits
+                // it only now and then.)
+                let old = common::identity(&env.auth_file);
+                while spawned.elapsed() < longest * 2
+                    && child.try_wait().unwrap().is_none()
+                    && common::identity(&env.auth_file) == old
+                {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+                "just after the rename"
             }
             _ => {
                 let extra = Duration::from_micros(rng.random_range(0..3000));
