@@ -9,7 +9,7 @@ mod common;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bosh_nats_sync::authfile::{self, Observed};
-use bosh_nats_sync::pass::desired::{self, AgentId};
+use bosh_nats_sync::users::agent::AgentId;
 use bosh_nats_sync::users::reference::{Permissions, User, Users};
 use libfuzzer_sys::fuzz_target;
 
