@@ -1,4 +1,11 @@
-//! A fake BOSH director: `/info`, `/deployments` and `/deployments/{name}/vms` over real HTTP(S), with basic or UAA auth, runtime state changes, request accounting and fault injection.
+//! A fake BOSH director: `/info`, `/deployments`, `/deployments/{name}/vms` and `/events` over real HTTP(S), with basic or UAA auth, runtime state changes, request accounting and fault injection.
+//!
+//! State changes come in two kinds, as on the real director. The event-recording ones
+//! ([`DirectorHandle::create_vm`], [`DirectorHandle::delete_vm`],
+//! [`DirectorHandle::create_deployment`], [`DirectorHandle::delete_deployment`]) change the
+//! deployments and record the events the director records for them (SPEC §2.5; see
+//! [`crate::events`]). The others (`set_deployment`, `add_vm`, `remove_vm`, `update_vms`, …)
+//! change the deployments without an event, like the director's few internal paths that do.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::get;
@@ -26,6 +33,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::events::{DEFAULT_MAX_EVENTS, EventLog, LogSnapshot, NewEvent, Query, TASK_USER};
 use crate::fault::{
     Fault, FaultAction, FaultTable, delay_then_action, json_response, lock, mangle,
 };
@@ -41,6 +49,8 @@ pub enum Endpoint {
     Deployments,
     /// `GET /deployments/{name}/vms` (any deployment)
     Vms,
+    /// `GET /events` and `GET /events/{id}`
+    Events,
     /// Any other path (answered `404`).
     Other,
 }
@@ -96,6 +106,11 @@ pub struct DirectorConfig {
     pub auth: DirectorAuth,
     /// Plain HTTP or HTTPS.
     pub transport: Transport,
+    /// `director.events.record_events`: whether events are recorded (the job's own default
+    /// is `false`; bosh-deployment, and so this simulator, sets `true`).
+    pub record_events: bool,
+    /// `director.events.max_events`: how many events a clean-up keeps (default 10 000).
+    pub max_events: usize,
 }
 
 impl DirectorConfig {
@@ -109,6 +124,8 @@ impl DirectorConfig {
                 password: password.to_owned(),
             },
             transport: Transport::Plain,
+            record_events: true,
+            max_events: DEFAULT_MAX_EVENTS,
         }
     }
 
@@ -123,6 +140,19 @@ impl DirectorConfig {
     /// Serve HTTPS with this server configuration.
     pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.transport = Transport::Tls(config);
+        self
+    }
+
+    /// Sets `record_events`; a director started with `false` answers `GET /events` with `[]`
+    /// for ever.
+    pub fn with_record_events(mut self, record: bool) -> Self {
+        self.record_events = record;
+        self
+    }
+
+    /// Sets `max_events`.
+    pub fn with_max_events(mut self, max_events: usize) -> Self {
+        self.max_events = max_events;
         self
     }
 }
@@ -193,6 +223,43 @@ enum VmList {
     Raw(Value),
 }
 
+/// A VM whose creation has begun: the first `create`/`vm` event is recorded and the "CPI" is
+/// at work; the VM has no row yet. [`DirectorHandle::finish_create_vm`] inserts the row and
+/// records the second event.
+#[derive(Debug, Clone)]
+#[must_use = "an unfinished creation leaves a create/vm event without its second half"]
+pub struct VmCreation {
+    deployment: String,
+    vm: Vm,
+    task: String,
+    first_event: Option<u64>,
+}
+
+impl VmCreation {
+    /// The deployment the VM is created in.
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// The VM as its row will be inserted.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The id of the first `create`/`vm` event (`None` with `record_events` off).
+    pub fn first_event(&self) -> Option<u64> {
+        self.first_event
+    }
+}
+
+/// A copy of the director's database — its deployments and its event log, with the id
+/// sequence — to hand to [`DirectorHandle::restore`], as an operator restores a backup.
+#[derive(Debug, Clone)]
+pub struct DirectorSnapshot {
+    deployments: BTreeMap<String, VmList>,
+    log: LogSnapshot,
+}
+
 /// One request the director answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -235,7 +302,9 @@ struct Shared {
     name: String,
     uuid: String,
     auth: DirectorAuth,
+    /// Lock order: `deployments` before `events` wherever both are held.
     deployments: Mutex<BTreeMap<String, VmList>>,
+    events: Mutex<EventLog>,
     delete_after_list: Mutex<Vec<String>>,
     faults: FaultTable<FaultKey>,
     stats: Mutex<Stats>,
@@ -275,6 +344,7 @@ impl DirectorSim {
             uuid: config.uuid,
             auth: config.auth,
             deployments: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(EventLog::new(config.record_events, config.max_events)),
             delete_after_list: Mutex::new(Vec::new()),
             faults: FaultTable::new(),
             stats: Mutex::new(Stats::default()),
@@ -285,6 +355,8 @@ impl DirectorSim {
             .route("/info", get(info))
             .route("/deployments", get(deployments))
             .route("/deployments/{name}/vms", get(vms))
+            .route("/events", get(list_events))
+            .route("/events/{id}", get(show_event))
             .fallback(not_found)
             .with_state(shared.clone());
         let server = Server::start(router, config.transport).await?;
@@ -496,6 +568,245 @@ impl DirectorHandle {
     pub fn reset_stats(&self) {
         *lock(&self.shared.stats) = Stats::default();
         self.shared.vms_max_in_flight.store(0, Ordering::SeqCst);
+    }
+}
+
+/// `job/uuid`, the instance name the director writes into VM events.
+fn instance_name(vm: &Vm) -> String {
+    format!("{}/{}", vm.job, vm.id)
+}
+
+/// The event log, and the changes that record events as the real director does (SPEC §2.5).
+impl DirectorHandle {
+    fn log(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        lock(&self.shared.events)
+    }
+
+    /// A new task id, as the director numbers its tasks (`task` of [`NewEvent`]).
+    pub fn new_task(&self) -> String {
+        self.log().next_task()
+    }
+
+    /// Records an arbitrary event (a lock, a config, a task of no deployment, …); its id, or
+    /// `None` with `record_events` off.
+    pub fn record_event(&self, event: NewEvent) -> Option<u64> {
+        self.log().record(event)
+    }
+
+    /// Creates a VM the way the director's create-VM step does: `create`/`vm` (deployment and
+    /// instance, no `object_name`), the row inserted, then `create`/`vm` again with
+    /// `object_name` = the cid and `parent_id` = the first. Returns the second event's id.
+    pub fn create_vm(&self, deployment: &str, vm: Vm) -> Option<u64> {
+        let creation = self.begin_create_vm(deployment, vm);
+        self.finish_create_vm(creation)
+    }
+
+    /// The first half of [`DirectorHandle::create_vm`]: the first event only.
+    pub fn begin_create_vm(&self, deployment: &str, vm: Vm) -> VmCreation {
+        let task = self.new_task();
+        self.begin_in_task(deployment, vm, task)
+    }
+
+    fn begin_in_task(&self, deployment: &str, vm: Vm, task: String) -> VmCreation {
+        let first_event = self.record_event(
+            NewEvent::new("create", "vm")
+                .user(TASK_USER)
+                .task(&task)
+                .deployment(deployment)
+                .instance(&instance_name(&vm)),
+        );
+        VmCreation {
+            deployment: deployment.to_owned(),
+            vm,
+            task,
+            first_event,
+        }
+    }
+
+    /// The second half: the row is inserted (as [`DirectorHandle::add_vm`] does), then the
+    /// second `create`/`vm` event is recorded. Returns its id.
+    pub fn finish_create_vm(&self, creation: VmCreation) -> Option<u64> {
+        let VmCreation {
+            deployment,
+            vm,
+            task,
+            first_event,
+        } = creation;
+        let event = NewEvent::new("create", "vm")
+            .user(TASK_USER)
+            .task(&task)
+            .deployment(&deployment)
+            .instance(&instance_name(&vm))
+            .object_name(&vm.cid)
+            .parent(first_event);
+        self.add_vm(&deployment, vm);
+        self.record_event(event)
+    }
+
+    /// Deletes the (first) VM of `deployment` whose cid is `cid` the way the director's
+    /// delete-VM step does: `delete`/`vm`, the row deleted, `delete`/`vm` again with
+    /// `parent_id`. Returns the VM; `None`, and no event, when there is no such VM.
+    pub fn delete_vm(&self, deployment: &str, cid: &str) -> Option<Vm> {
+        let task = self.new_task();
+        self.delete_in_task(deployment, cid, &task)
+    }
+
+    fn delete_in_task(&self, deployment: &str, cid: &str, task: &str) -> Option<Vm> {
+        let vm = match lock(&self.shared.deployments).get(deployment) {
+            Some(VmList::Typed(vms)) => vms.iter().find(|vm| vm.cid == cid).cloned(),
+            _ => None,
+        }?;
+        let event = NewEvent::new("delete", "vm")
+            .user(TASK_USER)
+            .task(task)
+            .deployment(deployment)
+            .instance(&instance_name(&vm))
+            .object_name(cid);
+        let first = self.record_event(event.clone());
+        self.update_vms(deployment, |vms| {
+            if let Some(at) = vms.iter().position(|vm| vm.cid == cid) {
+                vms.remove(at);
+            }
+        });
+        self.record_event(event.parent(first));
+        Some(vm)
+    }
+
+    /// Deploys `name` with these VMs, recording what a deploy records: the deployment lock
+    /// acquired, `create`/`deployment` (`update` when it already exists), every VM created as
+    /// [`DirectorHandle::create_vm`] does, the second deployment event, the lock released. An
+    /// existing deployment keeps its VMs and gains these.
+    pub fn create_deployment(&self, name: &str, vms: Vec<Vm>) {
+        let task = self.new_task();
+        let existed = {
+            let mut map = lock(&self.shared.deployments);
+            let existed = map.contains_key(name);
+            if !existed {
+                map.insert(name.to_owned(), VmList::Typed(Vec::new()));
+            }
+            existed
+        };
+        let action = if existed { "update" } else { "create" };
+        self.in_deployment_lock(name, &task, action, || {
+            for vm in vms {
+                let creation = self.begin_in_task(name, vm, task.clone());
+                self.finish_create_vm(creation);
+            }
+        });
+    }
+
+    /// Deletes a deployment the way `bosh delete-deployment` does: the lock, `delete`/
+    /// `deployment`, every VM deleted as [`DirectorHandle::delete_vm`] does, the deployment
+    /// removed, the second event, the lock released. `false`, and no event, if it is absent.
+    pub fn delete_deployment(&self, name: &str) -> bool {
+        let cids: Vec<String> = match lock(&self.shared.deployments).get(name) {
+            None => return false,
+            Some(VmList::Typed(vms)) => vms.iter().map(|vm| vm.cid.clone()).collect(),
+            Some(VmList::Raw(_)) => Vec::new(),
+        };
+        let task = self.new_task();
+        self.in_deployment_lock(name, &task, "delete", || {
+            for cid in &cids {
+                self.delete_in_task(name, cid, &task);
+            }
+            self.remove_deployment(name);
+        });
+        true
+    }
+
+    /// `acquire`/`lock`, `<action>`/`deployment`, `work`, the second deployment event with
+    /// `parent_id`, `release`/`lock`.
+    fn in_deployment_lock(&self, name: &str, task: &str, action: &str, work: impl FnOnce()) {
+        let lock_name = format!("lock:deployment:{name}");
+        let lock_event = |action: &str| {
+            NewEvent::new(action, "lock")
+                .user(TASK_USER)
+                .task(task)
+                .deployment(name)
+                .object_name(&lock_name)
+        };
+        self.record_event(lock_event("acquire"));
+        let event = NewEvent::new(action, "deployment")
+            .user(TASK_USER)
+            .task(task)
+            .deployment(name)
+            .object_name(name);
+        let parent = self.record_event(event.clone());
+        work();
+        self.record_event(event.parent(parent));
+        self.record_event(lock_event("release"));
+    }
+
+    /// Every event in the log, oldest first.
+    pub fn events(&self) -> Vec<crate::events::Event> {
+        self.log().all().to_vec()
+    }
+
+    /// The newest event's id (`None` for an empty log).
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.log().all().last().map(|e| e.id)
+    }
+
+    /// Turns `record_events` on or off, as a redeploy of the director with the property
+    /// changed does: off records nothing more, and the events already recorded stay and are
+    /// served (the director keeps its table). For a log empty from the start, start the
+    /// director with [`DirectorConfig::with_record_events`]`(false)` or call
+    /// [`DirectorHandle::clear_events`].
+    pub fn set_record_events(&self, record: bool) {
+        self.log().record = record;
+    }
+
+    /// Whether events are being recorded.
+    pub fn records_events(&self) -> bool {
+        self.log().record
+    }
+
+    /// Sets `max_events` for the next clean-up.
+    pub fn set_max_events(&self, max_events: usize) {
+        self.log().max_events = max_events;
+    }
+
+    /// The director's hourly clean-up, now: keeps the newest `max_events` (and the parents
+    /// they name); returns how many events were deleted. It also runs by itself whenever the
+    /// log reaches twice `max_events`.
+    pub fn clean_up_events(&self) -> usize {
+        self.log().clean_up()
+    }
+
+    /// Empties the log (ids go on from where they were).
+    pub fn clear_events(&self) {
+        self.log().clear();
+    }
+
+    /// Fixes the director's clock at `epoch_seconds` (`None`: the system clock again). Event
+    /// timestamps are read from it.
+    pub fn set_time(&self, epoch_seconds: Option<i64>) {
+        self.log().fixed_time = epoch_seconds;
+    }
+
+    /// The director's clock in epoch seconds.
+    pub fn now(&self) -> i64 {
+        self.log().now()
+    }
+
+    /// A copy of the deployments and the event log, for [`DirectorHandle::restore`].
+    pub fn snapshot(&self) -> DirectorSnapshot {
+        let deployments = lock(&self.shared.deployments);
+        let log = self.log();
+        DirectorSnapshot {
+            deployments: deployments.clone(),
+            log: log.snapshot(),
+        }
+    }
+
+    /// Restores a snapshot, as an operator restores a database backup: the deployments and
+    /// the event log go back, and so does the id sequence, so new events get ids a watcher
+    /// has already seen. The settings (`record_events`, `max_events`) and the clock stay.
+    pub fn restore(&self, snapshot: &DirectorSnapshot) {
+        let mut deployments = lock(&self.shared.deployments);
+        let mut log = self.log();
+        deployments.clone_from(&snapshot.deployments);
+        log.restore(&snapshot.log);
     }
 }
 
@@ -746,6 +1057,81 @@ async fn vms_response(shared: &Shared, name: &str, uri: &Uri, headers: &HeaderMa
                 .to_string()
                 .into_bytes(),
         ),
+    }
+}
+
+async fn list_events(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+    let response = list_events_response(&shared, &uri, &headers).await;
+    shared.record(Endpoint::Events, &uri, &headers, response.status());
+    response
+}
+
+async fn list_events_response(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> Response {
+    let action = delay_then_action(shared.faults.fire(&FaultKey::Endpoint(Endpoint::Events))).await;
+    if let FaultAction::Status(code) = action {
+        return error_response(shared, uri, code, None);
+    }
+    if !shared.authorized(headers) {
+        return shared.unauthorized(uri);
+    }
+    let pairs = match UrlQuery::<Vec<(String, String)>>::try_from_uri(uri) {
+        Ok(UrlQuery(pairs)) => pairs,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, e.body_text().into_bytes()),
+    };
+    // The director sets the JSON content type before it looks at the parameters, so its 400
+    // is plain text under `application/json`.
+    let query = match Query::parse(&pairs) {
+        Ok(query) => query,
+        Err(body) => return json_response(StatusCode::BAD_REQUEST, body.into_bytes()),
+    };
+    let body = {
+        let log = lock(&shared.events);
+        crate::events::to_body(&log.select(&query))
+    };
+    match body {
+        Ok(body) => mangle(&action, body),
+        Err(error) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"code": 100, "description": error.to_string()})
+                .to_string()
+                .into_bytes(),
+        ),
+    }
+}
+
+async fn show_event(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let response = show_event_response(&shared, &id, &uri, &headers).await;
+    shared.record(Endpoint::Events, &uri, &headers, response.status());
+    response
+}
+
+async fn show_event_response(
+    shared: &Shared,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    let action = delay_then_action(shared.faults.fire(&FaultKey::Endpoint(Endpoint::Events))).await;
+    if let FaultAction::Status(code) = action {
+        return error_response(shared, uri, code, None);
+    }
+    if !shared.authorized(headers) {
+        return shared.unauthorized(uri);
+    }
+    let wanted = crate::events::ruby_to_i(id);
+    let found = lock(&shared.events)
+        .all()
+        .iter()
+        .find(|e| i128::from(e.id) == wanted)
+        .map(crate::events::Event::to_json);
+    match found {
+        Some(event) => mangle(&action, event.to_string().into_bytes()),
+        None => json_response(StatusCode::NOT_FOUND, b"Event not found".to_vec()),
     }
 }
 

@@ -1,7 +1,9 @@
 //! A simulated BOSH environment for tests, demos and benchmarks: test PKI, fake director and UAA over HTTPS, a nats-server launcher.
 //!
 //! - [`pki`]: CAs, a `127.0.0.1`/`localhost` server certificate, BOSH NATS client certificates.
-//! - [`director`]: the director API (`/info`, `/deployments`, `/deployments/{name}/vms`).
+//! - [`director`]: the director API (`/info`, `/deployments`, `/deployments/{name}/vms`,
+//!   `/events`).
+//! - [`events`]: the director's event log, recorded and queried as the real one does it.
 //! - [`uaa`]: the UAA token endpoint (client-credentials grant, RSA-signed JWTs).
 //! - [`fault`]: fault rules shared by the director and the UAA.
 //! - [`churn`]: a background task that keeps adding and removing VMs (demo, soak).
@@ -12,6 +14,7 @@
 
 pub mod churn;
 pub mod director;
+pub mod events;
 pub mod fault;
 pub mod nats;
 pub mod pki;
