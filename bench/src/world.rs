@@ -109,9 +109,15 @@ impl World {
             .set_deployments((0..deployments).map(|d| (deployment_name(d), vm_list(d, vms))));
     }
 
-    /// Every director request (`/info`, `/deployments`, `/vms`) answers after `latency`.
+    /// Every director request (`/info`, `/deployments`, `/vms`, `/events`) answers after
+    /// `latency`.
     pub fn set_latency(&self, latency: Duration) {
-        for endpoint in [Endpoint::Info, Endpoint::Deployments, Endpoint::Vms] {
+        for endpoint in [
+            Endpoint::Info,
+            Endpoint::Deployments,
+            Endpoint::Vms,
+            Endpoint::Events,
+        ] {
             if latency.is_zero() {
                 self.director.clear_fault(endpoint);
             } else {
@@ -126,6 +132,7 @@ impl World {
             Endpoint::Info,
             Endpoint::Deployments,
             Endpoint::Vms,
+            Endpoint::Events,
             Endpoint::Other,
         ]
         .into_iter()

@@ -1,7 +1,10 @@
 //! VM churn for demos and soak tests: a background task that keeps creating and deleting VMs in a simulated deployment.
 //!
-//! Each step first finishes the VMs "being created" (gives their `null` agent id a UUID), then
-//! adds or deletes one VM, steering the deployment's size towards `target_vms`.
+//! Each step first finishes the VM creations the previous step began (their rows appear and
+//! their second `create`/`vm` events are recorded), then creates or deletes one VM, steering
+//! the deployment's size towards `target_vms`, and now and then records events that name no
+//! deployment (locks of releases, cloud-config updates), as a busy director's log holds. Every
+//! change goes through the director's event-recording methods, so the log announces each one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::director::{DirectorHandle, Vm};
+use crate::director::{DirectorHandle, Vm, VmCreation};
+use crate::events::{NewEvent, TASK_USER};
 
 /// How a [`Churn`] behaves.
 #[derive(Debug, Clone)]
@@ -22,17 +26,20 @@ pub struct ChurnConfig {
     pub interval: Duration,
     /// The size the deployment hovers around.
     pub target_vms: usize,
-    /// Probability that a new VM starts with a `null` agent id (it gets one next step).
+    /// Probability that a new VM takes until the next step to create: its first `create`/`vm`
+    /// event is recorded now, its row and second event next step (the CPI at work).
     pub creating_ratio: f64,
     /// Probability that a new VM has `permanent_nats_credentials: true`.
     pub permanent_ratio: f64,
+    /// Probability that a step also records a pair of events that name no deployment.
+    pub other_events_ratio: f64,
     /// RNG seed for a reproducible sequence; `None` seeds from the OS.
     pub seed: Option<u64>,
 }
 
 impl ChurnConfig {
-    /// Churn `deployment` every `interval` around `target_vms` VMs, 20% created with a null
-    /// agent id, 25% with permanent credentials.
+    /// Churn `deployment` every `interval` around `target_vms` VMs, 20% of them taking a step
+    /// to create, 25% with permanent credentials, events of no deployment in 10% of the steps.
     pub fn new(deployment: &str, interval: Duration, target_vms: usize) -> Self {
         ChurnConfig {
             deployment: deployment.to_owned(),
@@ -40,6 +47,7 @@ impl ChurnConfig {
             target_vms,
             creating_ratio: 0.2,
             permanent_ratio: 0.25,
+            other_events_ratio: 0.1,
             seed: None,
         }
     }
@@ -76,13 +84,15 @@ impl ChurnStats {
 
 /// The churn state machine, usable step by step without a task (for deterministic tests).
 ///
-/// Invariant: `next_index` grows by one per VM added, so every VM gets a distinct `cid`/`index`.
+/// Invariant: `next_index` grows by one per VM begun, so every VM gets a distinct
+/// `cid`/`index`; `pending` holds the creations begun by the last step and not yet finished.
 #[derive(Debug)]
 pub struct Churner {
     director: DirectorHandle,
     config: ChurnConfig,
     rng: StdRng,
     next_index: u32,
+    pending: Vec<VmCreation>,
     stats: Arc<ChurnStats>,
 }
 
@@ -94,13 +104,14 @@ impl Churner {
             None => StdRng::from_os_rng(),
         };
         if director.vms(&config.deployment).is_none() {
-            director.set_deployment(&config.deployment, Vec::new());
+            director.create_deployment(&config.deployment, Vec::new());
         }
         Churner {
             director,
             config,
             rng,
             next_index: 0,
+            pending: Vec::new(),
             stats: Arc::new(ChurnStats::default()),
         }
     }
@@ -110,19 +121,22 @@ impl Churner {
         self.stats.clone()
     }
 
-    /// One step: finish pending VMs, then add or remove one VM.
+    /// One step: finish the creations begun last step, then create or delete one VM, and
+    /// perhaps record events of no deployment.
     pub fn step(&mut self) {
+        for creation in std::mem::take(&mut self.pending) {
+            self.director.finish_create_vm(creation);
+            self.stats.added.fetch_add(1, Ordering::SeqCst);
+        }
         let deployment = self.config.deployment.clone();
-        let rng = &mut self.rng;
-        let len = self
+        let cids: Vec<String> = self
             .director
-            .update_vms(&deployment, |vms| {
-                for vm in vms.iter_mut().filter(|vm| vm.agent_id.is_none()) {
-                    vm.agent_id = Some(uuid(rng));
-                }
-                vms.len()
-            })
-            .unwrap_or(0);
+            .vms(&deployment)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|vm| vm.cid)
+            .collect();
+        let len = cids.len();
         let target = self.config.target_vms;
         let add = if len < target / 2 + 1 {
             true
@@ -132,43 +146,72 @@ impl Churner {
             self.rng.random_bool(0.5)
         };
         if add {
-            let mut vm = Vm::agent(&uuid(&mut self.rng));
-            vm.index = self.next_index;
-            vm.cid = format!("vm-{:08x}", self.next_index);
-            vm.id = uuid(&mut self.rng);
-            vm.ips = vec![format!(
-                "10.0.{}.{}",
-                (self.next_index / 250) % 250,
-                self.next_index % 250 + 2
-            )];
-            self.next_index += 1;
+            let vm = self.new_vm();
             if self
                 .rng
                 .random_bool(self.config.creating_ratio.clamp(0.0, 1.0))
             {
-                vm.agent_id = None;
+                self.pending
+                    .push(self.director.begin_create_vm(&deployment, vm));
+            } else {
+                self.director.create_vm(&deployment, vm);
+                self.stats.added.fetch_add(1, Ordering::SeqCst);
             }
-            vm.permanent_nats_credentials = Some(
-                self.rng
-                    .random_bool(self.config.permanent_ratio.clamp(0.0, 1.0)),
-            );
-            self.director.add_vm(&deployment, vm);
-            self.stats.added.fetch_add(1, Ordering::SeqCst);
         } else if len > 0 {
-            let victim = self.rng.random_range(0..len);
-            let removed = self.director.update_vms(&deployment, |vms| {
-                if victim < vms.len() {
-                    vms.remove(victim);
-                    true
-                } else {
-                    false
-                }
-            });
-            if removed == Some(true) {
+            let victim = &cids[self.rng.random_range(0..len)];
+            if self.director.delete_vm(&deployment, victim).is_some() {
                 self.stats.removed.fetch_add(1, Ordering::SeqCst);
             }
         }
+        if self
+            .rng
+            .random_bool(self.config.other_events_ratio.clamp(0.0, 1.0))
+        {
+            self.record_other_events();
+        }
         self.stats.steps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn new_vm(&mut self) -> Vm {
+        let mut vm = Vm::agent(&uuid(&mut self.rng));
+        vm.index = self.next_index;
+        vm.cid = format!("vm-{:08x}", self.next_index);
+        vm.id = uuid(&mut self.rng);
+        vm.ips = vec![format!(
+            "10.0.{}.{}",
+            (self.next_index / 250) % 250,
+            self.next_index % 250 + 2
+        )];
+        self.next_index += 1;
+        vm.permanent_nats_credentials = Some(
+            self.rng
+                .random_bool(self.config.permanent_ratio.clamp(0.0, 1.0)),
+        );
+        vm
+    }
+
+    /// A task of no deployment: a release's lock taken and released, or the cloud config
+    /// updated (begun and finished).
+    fn record_other_events(&mut self) {
+        let task = self.director.new_task();
+        let (action, object_type, object_name) = if self.rng.random_bool(0.5) {
+            ("acquire", "lock", "lock:release:bosh-dns")
+        } else {
+            ("update", "cloud-config", "default")
+        };
+        let event = NewEvent::new(action, object_type)
+            .user(TASK_USER)
+            .task(&task)
+            .object_name(object_name);
+        let first = self.director.record_event(event.clone());
+        let second = match action {
+            "acquire" => NewEvent {
+                action: "release".to_owned(),
+                ..event
+            },
+            _ => event.parent(first),
+        };
+        self.director.record_event(second);
     }
 }
 
@@ -250,7 +293,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn steps_add_remove_and_finish_pending_vms() {
+    async fn steps_create_and_delete_vms_through_events() {
         let director = DirectorSim::start(DirectorConfig::basic("u", "p"))
             .await
             .unwrap();
@@ -262,9 +305,18 @@ mod tests {
             churner.step();
             let vms = director.vms("churn").unwrap();
             assert!(vms.len() <= 31, "size is steered towards the target");
-            // Only the VM added by this step may still be pending.
-            assert!(vms.iter().filter(|vm| vm.agent_id.is_none()).count() <= 1);
-            saw_pending |= vms.iter().any(|vm| vm.agent_id.is_none());
+            assert!(vms.iter().all(|vm| vm.agent_id.is_some()));
+            // A creation begun this step: its first event is there, its row is not.
+            if let Some(pending) = churner.pending.first() {
+                saw_pending = true;
+                assert!(!vms.iter().any(|vm| vm.cid == pending.vm().cid));
+                assert!(
+                    director
+                        .events()
+                        .iter()
+                        .any(|e| Some(e.id) == pending.first_event())
+                );
+            }
         }
         let stats = churner.stats();
         assert_eq!(stats.steps(), 200);
@@ -275,6 +327,35 @@ mod tests {
             vms.iter()
                 .any(|vm| vm.permanent_nats_credentials == Some(true))
         );
+
+        let events = director.events();
+        let of = |action: &str, object_type: &str| {
+            events
+                .iter()
+                .filter(|e| e.fields.action == action && e.fields.object_type == object_type)
+                .collect::<Vec<_>>()
+        };
+        // Every VM created or deleted has its two events, the second naming the first.
+        let completed = |action: &str| {
+            of(action, "vm")
+                .into_iter()
+                .filter(|e| e.fields.parent_id.is_some())
+                .inspect(|second| {
+                    let first = events
+                        .iter()
+                        .find(|e| Some(e.id) == second.fields.parent_id)
+                        .expect("the parent is in the log");
+                    assert_eq!(first.fields.action, action);
+                    assert_eq!(first.fields.deployment.as_deref(), Some("churn"));
+                    assert_eq!(first.fields.instance, second.fields.instance);
+                })
+                .count() as u64
+        };
+        assert_eq!(completed("create"), stats.added());
+        assert_eq!(completed("delete"), stats.removed());
+        // The deployment was deployed through events too, and some events name none.
+        assert_eq!(of("create", "deployment").len(), 2);
+        assert!(events.iter().any(|e| e.fields.deployment.is_none()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,8 @@ use crate::pki::{DIRECTOR_CN, HM_CN, Pki, PkiFiles, bosh_subject};
 pub const PRESTART_PLACEHOLDER: &str = "{authorization: {token: f0oBar}}\n";
 
 /// The staged environment. Invariant: every path below exists inside `dir`; the director
-/// serves `deployment-0 … deployment-{n-1}` until changed through its handle.
+/// serves `deployment-0 … deployment-{n-1}` until changed through its handle, and its event
+/// log holds their deploys.
 pub struct Stage {
     pub dir: PathBuf,
     pub pki: Pki,
@@ -31,7 +32,8 @@ pub struct Stage {
 
 impl Stage {
     /// Stages `deployments` deployments of `vms` VMs each (UUID-shaped agent ids, every third
-    /// VM with permanent NATS credentials) in `dir`, with basic-auth credentials `user` /
+    /// VM with permanent NATS credentials), deployed through the director's event-recording
+    /// methods so the log shows the deploys, in `dir`, with basic-auth credentials `user` /
     /// `password`. The director subject file is written plain, the health monitor's with the
     /// `subject=` prefix `openssl x509 -subject` prints, as both appear on real VMs.
     pub async fn start(
@@ -58,7 +60,7 @@ impl Stage {
                         .permanent(n.is_multiple_of(3))
                 })
                 .collect();
-            director.set_deployment(&Self::deployment_name(d), list);
+            director.create_deployment(&Self::deployment_name(d), list);
         }
         let director_subject_file = dir.join("director-subject");
         let hm_subject_file = dir.join("hm-subject");
@@ -88,7 +90,8 @@ impl Stage {
     }
 
     /// Starts a churn on every staged deployment (VMs created and deleted every `interval`,
-    /// around the staged count); dropping the returned churns stops them.
+    /// around the staged count, each change recorded in the event log); dropping the returned
+    /// churns stops them.
     pub fn churn_every_deployment(&self, interval: Duration) -> Vec<Churn> {
         (0..self.deployments)
             .map(|d| {
