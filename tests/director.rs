@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bosh_nats_sync::director::{Client, Error, Settings};
+use bosh_nats_sync::director::{Client, Error, Event, EventsQuery, Refetched, Settings};
 use bosh_nats_sync::secret::Secret;
 use bosh_nats_sync::vm::Vm;
 use sim::director::{AuthSeen, DirectorConfig, DirectorSim, Endpoint, Vm as SimVm};
@@ -815,4 +815,408 @@ async fn garbage_ca_file_is_refused_at_construction() {
     let err = Client::new(settings, Arc::new(monitoring::Metrics::new()))
         .expect_err("garbage CA accepted");
     assert!(err.to_string().contains("garbage.crt"), "{err}");
+}
+
+fn vms_of(view: &[(String, Vec<Vm>)]) -> Vec<(&str, Vec<Vm>)> {
+    view.iter()
+        .map(|(name, vms)| (name.as_str(), vms.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn fetch_view_groups_vms_by_deployment_in_listing_order() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    director.set_deployment("c", vec![SimVm::agent("c1"), SimVm::agent("c2")]);
+    director.set_deployment("a", vec![SimVm::agent("a1")]);
+    director.set_deployment("b-goes", vec![SimVm::agent("b1")]);
+    director.set_deployment("empty", vec![]);
+    director.delete_after_next_list("b-goes");
+    let h = client(env.settings(&director.url()));
+    let view = h.client.fetch_view().await.expect("fetch");
+    assert_eq!(
+        vms_of(&view),
+        [
+            ("a", vec![agent("a1")]),
+            ("c", vec![agent("c1"), agent("c2")]),
+            ("empty", vec![]),
+        ],
+        "a deployment deleted after the listing is left out"
+    );
+    director.set_deployment("b-goes", vec![SimVm::agent("b1")]);
+    assert_eq!(
+        h.client.fetch_vms().await.expect("fetch"),
+        [agent("a1"), agent("b1"), agent("c1"), agent("c2")]
+    );
+}
+
+/// The watch's goal (§6.6): a director that changes nothing costs at most 300 requests a
+/// minute with a poll every second, so a poll is `/events` alone — no `/info`, and no
+/// token request while the token is good.
+#[tokio::test]
+async fn an_event_poll_is_one_request() {
+    let env = Env::new();
+    let uaa = env.uaa().await;
+    let director = env.uaa_director(&uaa).await;
+    director.create_vm("cf", SimVm::agent("a1"));
+    let h = client(env.settings(&director.url()));
+    h.client.fetch_view().await.expect("full read");
+    director.reset_stats();
+    let newest = h
+        .client
+        .events(EventsQuery::default())
+        .await
+        .expect("events")[0]
+        .clone();
+    for _ in 0..59 {
+        let page = h
+            .client
+            .events(EventsQuery {
+                before_id: None,
+                after_time: Some(newest.timestamp),
+            })
+            .await
+            .expect("events");
+        assert!(page.is_empty(), "a quiet director: {page:?}");
+    }
+    assert_eq!(director.request_count(Endpoint::Events), 60);
+    let others: u64 = [
+        Endpoint::Info,
+        Endpoint::Deployments,
+        Endpoint::Vms,
+        Endpoint::Other,
+    ]
+    .into_iter()
+    .map(|e| director.request_count(e))
+    .sum();
+    assert_eq!(
+        others, 0,
+        "a minute of polls costs 60 requests, all /events"
+    );
+    assert_eq!(
+        uaa.tokens_issued(),
+        1,
+        "the full read's token serves the polls"
+    );
+    assert_eq!(h.requests("events", "200"), 60);
+    assert!(
+        director
+            .requests()
+            .iter()
+            .all(|r| r.auth == AuthSeen::Bearer)
+    );
+}
+
+#[tokio::test]
+async fn events_are_decoded_and_the_query_is_sent() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    director.set_time(Some(1_700_000_000));
+    director.create_vm("cf", SimVm::agent("a1"));
+    let task = director.new_task();
+    director.record_event(
+        sim::events::NewEvent::new("acquire", "lock")
+            .object_name("lock:release:x")
+            .task(&task),
+    );
+    let h = client(env.settings(&director.url()));
+    // No full read first: the first poll asks /info, the next ones do not.
+    let events = h
+        .client
+        .events(EventsQuery::default())
+        .await
+        .expect("events");
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [3, 2, 1]);
+    assert_eq!(
+        events[1],
+        Event {
+            id: 2,
+            parent_id: Some(1),
+            timestamp: 1_700_000_000,
+            action: Some("create".into()),
+            object_type: Some("vm".into()),
+            object_name: Some("vm-a1".into()),
+            deployment: Some("cf".into()),
+            instance: Some("worker/instance-a1".into()),
+        }
+    );
+    assert_eq!(
+        events[2].object_name, None,
+        "the first create/vm names no VM"
+    );
+    assert_eq!(events[0].deployment, None, "a lock of no deployment");
+
+    let older = h
+        .client
+        .events(EventsQuery {
+            before_id: Some(3),
+            after_time: Some(1_699_999_999),
+        })
+        .await
+        .expect("events");
+    assert_eq!(older.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 1]);
+    let queries: Vec<Option<String>> = director
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Endpoint::Events)
+        .map(|r| r.query)
+        .collect();
+    assert_eq!(
+        queries,
+        [None, Some("before_id=3&after_time=1699999999".to_string())]
+    );
+    assert_eq!(director.request_count(Endpoint::Info), 1);
+    assert_eq!(h.requests("info", "200"), 1);
+}
+
+#[tokio::test]
+async fn event_poll_failures_are_classified_like_every_request() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    director.record_event(sim::events::NewEvent::new("acquire", "lock"));
+    let mut settings = env.settings(&director.url());
+    settings.request_timeout = Duration::from_millis(500);
+    let h = client(settings);
+    let poll = || h.client.events(EventsQuery::default());
+
+    for (status, reason) in [(403, "unauthorized"), (404, "status"), (500, "status")] {
+        director.set_fault(Endpoint::Events, Fault::status(status).times(1));
+        let err = poll().await.expect_err("fault ignored");
+        assert!(
+            matches!(
+                &err,
+                Error::Status { endpoint: "events", status: s, .. } if *s == status
+            ),
+            "{err}"
+        );
+        assert_eq!(err.reason(), reason);
+        assert!(err.to_string().contains("/events"), "{err}");
+        no_secrets(&err);
+    }
+    director.set_fault(Endpoint::Events, Fault::invalid_json().times(1));
+    let err = poll().await.expect_err("invalid JSON accepted");
+    assert!(
+        matches!(
+            err,
+            Error::Decode {
+                endpoint: "events",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    director.set_fault(
+        Endpoint::Events,
+        Fault::delay(Duration::from_secs(5)).times(1),
+    );
+    let err = poll().await.expect_err("stall accepted");
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                endpoint: "events",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(poll().await.expect("recovers").len(), 1);
+    assert_eq!(h.requests("events", "403"), 1);
+    assert_eq!(h.requests("events", "404"), 1);
+    assert_eq!(
+        h.requests("events", "decode"),
+        0,
+        "a decode failure is a 200"
+    );
+    assert_eq!(h.requests("events", "timeout"), 1);
+
+    director.set_down(true);
+    let err = poll().await.expect_err("down director answered");
+    assert!(
+        matches!(
+            err,
+            Error::Connection {
+                endpoint: "events",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_401_forgets_the_auth_mode_and_the_next_read_asks_info_again() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    director.set_deployment("cf", vec![SimVm::agent("a1")]);
+    let h = client(env.settings(&director.url()));
+    h.client.fetch_view().await.expect("full read");
+    h.client.events(EventsQuery::default()).await.expect("poll");
+    assert_eq!(director.request_count(Endpoint::Info), 1);
+
+    director.set_fault(Endpoint::Events, Fault::status(401).times(1));
+    let err = h
+        .client
+        .events(EventsQuery::default())
+        .await
+        .expect_err("401 ignored");
+    assert_eq!(err.reason(), "unauthorized");
+    assert_eq!(director.request_count(Endpoint::Info), 1);
+    h.client.events(EventsQuery::default()).await.expect("poll");
+    assert_eq!(
+        director.request_count(Endpoint::Info),
+        2,
+        "the poll after the 401 asked /info"
+    );
+    h.client.deployment_names().await.expect("names");
+    h.client.events(EventsQuery::default()).await.expect("poll");
+    assert_eq!(
+        director.request_count(Endpoint::Info),
+        2,
+        "and then kept it"
+    );
+}
+
+#[tokio::test]
+async fn deployment_names_is_one_listing() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    director.set_deployment("zookeeper", vec![SimVm::agent("z1")]);
+    director.set_deployment("cf", vec![SimVm::agent("a1")]);
+    let h = client(env.settings(&director.url()));
+    h.client.fetch_view().await.expect("full read");
+    director.reset_stats();
+    assert_eq!(
+        h.client.deployment_names().await.expect("names"),
+        ["cf", "zookeeper"]
+    );
+    assert_eq!(director.request_count(Endpoint::Deployments), 1);
+    assert_eq!(director.request_count(Endpoint::Vms), 0);
+    assert_eq!(director.request_count(Endpoint::Info), 0);
+    assert!(
+        director.deployments_queries()[0]
+            .split('&')
+            .any(|p| p == "exclude_configs=true")
+    );
+}
+
+#[tokio::test]
+async fn refetch_reads_only_the_named_deployments() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    for name in ["a", "b", "c", "a/b c", "ünï", "100%"] {
+        director.set_deployment(name, vec![SimVm::agent(&format!("{name}-1"))]);
+    }
+    let h = client(env.settings(&director.url()));
+    h.client.fetch_view().await.expect("full read");
+    director.reset_stats();
+
+    let names: Vec<String> = ["c", "gone", "a/b c", "ünï", "100%", "a"]
+        .map(String::from)
+        .to_vec();
+    let answers = h.client.refetch(&names).await.expect("refetch");
+    assert_eq!(
+        answers,
+        [
+            ("c".to_string(), Refetched::Vms(vec![agent("c-1")])),
+            ("gone".to_string(), Refetched::Gone),
+            ("a/b c".to_string(), Refetched::Vms(vec![agent("a/b c-1")])),
+            ("ünï".to_string(), Refetched::Vms(vec![agent("ünï-1")])),
+            ("100%".to_string(), Refetched::Vms(vec![agent("100%-1")])),
+            ("a".to_string(), Refetched::Vms(vec![agent("a-1")])),
+        ],
+        "answers in the order asked"
+    );
+    let mut paths: Vec<String> = director.requests().into_iter().map(|r| r.path).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/deployments/%C3%BCn%C3%AF/vms",
+            "/deployments/100%25/vms",
+            "/deployments/a%2Fb%20c/vms",
+            "/deployments/a/vms",
+            "/deployments/c/vms",
+            "/deployments/gone/vms",
+        ],
+        "just the named /vms: no /info, no listing"
+    );
+    assert_eq!(h.requests("vms", "404"), 1);
+
+    director.reset_stats();
+    assert!(h.client.refetch(&[]).await.expect("nothing").is_empty());
+    assert!(director.requests().is_empty(), "no names, no request");
+
+    let err = h
+        .client
+        .refetch(&["a".to_string(), "..".to_string()])
+        .await
+        .expect_err("'..' sent");
+    assert!(
+        matches!(
+            err,
+            Error::Decode {
+                endpoint: "events",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"..\""), "{err}");
+
+    director.set_vms_fault("b", Fault::status(500));
+    let err = h
+        .client
+        .refetch(&["a".to_string(), "b".to_string()])
+        .await
+        .expect_err("500 taken as an answer");
+    assert!(
+        matches!(
+            err,
+            Error::Status {
+                endpoint: "vms",
+                status: 500,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    director.set_vms_fault("b", Fault::status(403));
+    let err = h
+        .client
+        .refetch(&["b".to_string()])
+        .await
+        .expect_err("403 taken as gone");
+    assert_eq!(err.reason(), "unauthorized");
+}
+
+#[tokio::test]
+async fn refetch_keeps_to_the_concurrency_limit() {
+    let env = Env::new();
+    let director = env.basic_director().await;
+    let names: Vec<String> = (0..8).map(|i| format!("dep-{i}")).collect();
+    for name in &names {
+        director.set_deployment(name, vec![SimVm::agent(name)]);
+    }
+    director.set_fault(Endpoint::Vms, Fault::delay(Duration::from_millis(150)));
+    let mut settings = env.settings(&director.url());
+    settings.max_concurrency = 3;
+    let h = client(settings);
+    let answers = h.client.refetch(&names).await.expect("refetch");
+    assert_eq!(answers.len(), 8);
+    let max = director.max_concurrent_vms();
+    assert!(max <= 3 && max > 1, "{max} in flight with a limit of 3");
+}
+
+/// The pass spawns these futures, so they must be `Send` (a compile-time check).
+#[allow(dead_code)]
+fn the_watch_reads_are_send(client: &Client, names: &[String]) {
+    fn send<T: Send>(_: T) {}
+    send(client.events(EventsQuery::default()));
+    send(client.deployment_names());
+    send(client.refetch(names));
+    send(client.fetch_view());
+    send(client.fetch_vms());
 }

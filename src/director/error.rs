@@ -49,9 +49,9 @@ impl SettingsError {
     }
 }
 
-/// Why one `fetch_vms` failed. `endpoint` is the metric label of the request (`info`,
-/// `deployments`, `vms`, `uaa_token`); `url` is the request URL without user info or query,
-/// so messages say where without ever carrying a credential.
+/// Why one read of the director failed. `endpoint` is the metric label of the request
+/// (`info`, `deployments`, `vms`, `events`, `uaa_token`); `url` is the request URL without
+/// user info or query, so messages say where without ever carrying a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Refused, reset, unreachable, DNS failure, EOF mid-response: worth retrying.

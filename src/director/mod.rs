@@ -1,19 +1,25 @@
 //! The BOSH director API client (§2): `/info`, `/deployments`, `/deployments/{name}/vms`,
-//! basic or UAA authentication, TLS trust selection, timeouts, body cap, error classes.
+//! `/events`, basic or UAA authentication, TLS trust selection, timeouts, body cap, error
+//! classes.
 //!
 //! One [`Client`] lives for the whole process: it holds one connection pool per trust domain
-//! (director, UAA; shared when both trust the same roots) and the cached UAA token, so
-//! connections and tokens are reused across passes. [`Client::fetch_vms`] is one full read;
-//! every request is a `director.request` tracing span (endpoint, URL, status) and is counted
-//! in `metrics` by endpoint and HTTP status or error class.
+//! (director, UAA; shared when both trust the same roots), the cached UAA token and the auth
+//! mode the last `/info` announced, so connections, tokens and the mode are reused across
+//! passes. [`Client::fetch_view`] is one full read (it always asks `/info`: it is also the
+//! reachability probe); the watch's reads — [`Client::events`], [`Client::deployment_names`],
+//! [`Client::refetch`] — use the cached mode, so an event poll costs one request. Every
+//! request is a `director.request` tracing span (endpoint, URL, status) and is counted in
+//! `metrics` by endpoint and HTTP status or error class.
 //!
 //! - `tls`: which CA file (or the system store) each pool trusts.
 //! - `auth`: the mode `/info` announces, basic credentials, the UAA token cache and JWT checks.
 //! - `http`: one request with its size cap, error classification, span and metrics.
+//! - `events`: [`Event`], [`EventsQuery`] and [`decode_events`] (§2.5).
 //! - `error`: [`Error`] (per fetch) and [`SettingsError`] (construction or missing credentials).
 
 mod auth;
 mod error;
+mod events;
 mod http;
 mod tls;
 
@@ -29,6 +35,7 @@ use crate::secret::Secret;
 use crate::vm::Vm;
 use auth::{Credentials, FetchedToken, Mode, TokenCache};
 pub use error::{Error, SettingsError};
+pub use events::{Event, EventsDecodeError, EventsQuery, decode_events};
 use http::{Request, display_url};
 
 /// Everything the client needs, already validated by `config`.
@@ -62,16 +69,31 @@ pub struct Settings {
 /// How often `/info` is retried while the director is unreachable (§6.4).
 const INFO_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a full read logs for a deployment whose `/vms` answered 404 (§2.4).
+const VANISHED: &str = "deployment vanished before its VMs were listed; taking it as having none";
+
 /// The director client. Invariant: `director` trusts the roots chosen for the director and
 /// `uaa` those chosen for UAA (the same pool when both choices are equal); both live as
 /// long as the client, so connections are reused across passes, as is the cached token.
+/// `mode` is what the last successful `/info` announced, forgotten when the director answers
+/// 401 (its authentication may have changed).
 pub struct Client {
     settings: Settings,
     director: reqwest::Client,
     uaa: reqwest::Client,
     jwt_key: Option<jsonwebtoken::DecodingKey>,
     token: TokenCache,
+    mode: std::sync::Mutex<Option<Mode>>,
     metrics: Arc<monitoring::Metrics>,
+}
+
+/// What [`Client::refetch`] found for one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refetched {
+    /// Its `/vms`, in the director's order.
+    Vms(Vec<Vm>),
+    /// `/deployments/{name}/vms` answered 404: the deployment is gone (or was never there).
+    Gone,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,6 +167,7 @@ impl Client {
             uaa,
             jwt_key,
             token: TokenCache::default(),
+            mode: std::sync::Mutex::new(None),
             metrics,
         })
     }
@@ -152,10 +175,12 @@ impl Client {
     /// One full read of the director: `/info` (retrying connection-class failures about
     /// every second for `connection_wait_timeout`), `/deployments?exclude_*=true`, then
     /// every deployment's `/vms` with at most `max_concurrency` requests in flight.
-    /// A 404 on one `/vms` = that deployment has no VMs. Any other failure = `Err`.
-    /// VMs come in deployment order, each deployment's in the director's order.
+    /// Deployments come in `/deployments` order, each with its VMs in the director's order.
+    /// A 404 on one `/vms` = that deployment was deleted after the listing: it is left out
+    /// (it has no VMs, and the next listing will not name it). Any other failure = `Err`.
     /// Cancel-safe: dropping the future aborts in-flight requests and sleeps.
-    pub async fn fetch_vms(&self) -> Result<Vec<Vm>, Error> {
+    pub async fn fetch_view(&self) -> Result<Vec<(String, Vec<Vm>)>, Error> {
+        // The span keeps the name traces and dashboards already know a full read by.
         let span = tracing::info_span!(
             "director.fetch_vms",
             deployments = tracing::field::Empty,
@@ -168,30 +193,118 @@ impl Client {
                 || self.info(),
             )
             .await?;
+            self.remember_mode(&mode);
             let auth = self.auth(mode)?;
             let deployments = self.deployments(&auth).await?;
             tracing::Span::current().record("deployments", deployments.len());
-            let auth = &auth;
-            // Owned names: a stream over borrowed ones makes this future's `Send` proof fail
-            // (a higher-ranked lifetime rustc cannot name), and the controller spawns it.
-            let mut per_deployment: Vec<(usize, Vec<Vm>)> =
-                futures::stream::iter(deployments.into_iter().enumerate())
-                    .map(move |(index, name)| async move {
-                        Ok::<_, Error>((index, self.vms(auth, &name).await?))
-                    })
-                    .buffer_unordered(self.settings.max_concurrency.max(1))
-                    .try_collect()
-                    .await?;
-            per_deployment.sort_unstable_by_key(|(index, _)| *index);
-            let vms: Vec<Vm> = per_deployment
+            let answers = self.vms_of_each(&auth, deployments, "deployments").await?;
+            let view: Vec<(String, Vec<Vm>)> = answers
                 .into_iter()
-                .flat_map(|(_, vms)| vms)
+                .filter_map(|(name, answer)| match answer {
+                    Refetched::Vms(vms) => Some((name, vms)),
+                    Refetched::Gone => {
+                        tracing::info!(deployment = name, "{VANISHED}");
+                        None
+                    }
+                })
                 .collect();
-            tracing::Span::current().record("vms", vms.len());
-            Ok(vms)
+            let vms: usize = view.iter().map(|(_, vms)| vms.len()).sum();
+            tracing::Span::current().record("vms", vms);
+            Ok(view)
         }
         .instrument(span)
         .await
+    }
+
+    /// [`Client::fetch_view`] flattened: every VM, in deployment order.
+    pub async fn fetch_vms(&self) -> Result<Vec<Vm>, Error> {
+        Ok(self
+            .fetch_view()
+            .await?
+            .into_iter()
+            .flat_map(|(_, vms)| vms)
+            .collect())
+    }
+
+    /// One page of the event log (§2.5): `GET /events` with the query's parameters, newest
+    /// first, at most 200. One request when the auth mode is cached (see the type's
+    /// invariant), else `/info` first (once: an event poll never waits for the director).
+    pub async fn events(&self, query: EventsQuery) -> Result<Vec<Event>, Error> {
+        let auth = self.auth(self.cached_mode().await?)?;
+        let mut url = self.endpoint_url(&["events"]);
+        let pairs = query.pairs();
+        if !pairs.is_empty() {
+            url.query_pairs_mut().extend_pairs(pairs);
+        }
+        let body = self.send_authenticated("events", &url, &auth).await?;
+        decode_with("events", &display_url(&url), &body, decode_events)
+    }
+
+    /// The deployment names alone: `GET /deployments` (with the cached auth mode, as
+    /// [`Client::events`]).
+    pub async fn deployment_names(&self) -> Result<Vec<String>, Error> {
+        let auth = self.auth(self.cached_mode().await?)?;
+        self.deployments(&auth).await
+    }
+
+    /// The `/vms` of just these deployments (with the cached auth mode, as
+    /// [`Client::events`]), at most `max_concurrency` at once, answered in the order given.
+    /// A 404 is [`Refetched::Gone`]; any other failure of any of them is `Err`. No names, no
+    /// request.
+    pub async fn refetch(&self, names: &[String]) -> Result<Vec<(String, Refetched)>, Error> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let span = tracing::info_span!("director.refetch", deployments = names.len());
+        // Owned names: see `vms_of_each`.
+        let names = names.to_vec();
+        async move {
+            let auth = self.auth(self.cached_mode().await?)?;
+            self.vms_of_each(&auth, names, "events").await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Every named deployment's `/vms`, at most `max_concurrency` in flight, in the order of
+    /// `names`. `source` is the endpoint the names came from, for the error of a name that
+    /// cannot be a path segment.
+    async fn vms_of_each(
+        &self,
+        auth: &Auth<'_>,
+        names: Vec<String>,
+        source: &'static str,
+    ) -> Result<Vec<(String, Refetched)>, Error> {
+        // Owned names: a stream over borrowed ones makes this future's `Send` proof fail
+        // (a higher-ranked lifetime rustc cannot name), and the controller spawns it.
+        let mut answers: Vec<(usize, String, Refetched)> =
+            futures::stream::iter(names.into_iter().enumerate())
+                .map(move |(index, name)| async move {
+                    let answer = self.vms(auth, &name, source).await?;
+                    Ok::<_, Error>((index, name, answer))
+                })
+                .buffer_unordered(self.settings.max_concurrency.max(1))
+                .try_collect()
+                .await?;
+        answers.sort_unstable_by_key(|(index, _, _)| *index);
+        Ok(answers
+            .into_iter()
+            .map(|(_, name, answer)| (name, answer))
+            .collect())
+    }
+
+    /// The mode the last successful `/info` announced, or a new `/info` (one attempt).
+    async fn cached_mode(&self) -> Result<Mode, Error> {
+        if let Some(mode) = lock(&self.mode).clone() {
+            return Ok(mode);
+        }
+        let mode = self.info().await?;
+        self.remember_mode(&mode);
+        Ok(mode)
+    }
+
+    fn remember_mode(&self, mode: &Mode) {
+        *lock(&self.mode) = Some(mode.clone());
     }
 
     async fn info(&self) -> Result<Mode, Error> {
@@ -242,17 +355,18 @@ impl Client {
         decode_with("deployments", &display_url(&url), &body, decode_deployments)
     }
 
-    async fn vms(&self, auth: &Auth<'_>, deployment: &str) -> Result<Vec<Vm>, Error> {
-        let url = vms_url(&self.settings.url, deployment)?;
+    async fn vms(
+        &self,
+        auth: &Auth<'_>,
+        deployment: &str,
+        source: &'static str,
+    ) -> Result<Refetched, Error> {
+        let url = vms_url(&self.settings.url, deployment, source)?;
         match self.send_authenticated("vms", &url, auth).await {
-            Ok(body) => decode_with("vms", &display_url(&url), &body, decode_vms),
-            Err(Error::Status { status: 404, .. }) => {
-                tracing::info!(
-                    deployment,
-                    "deployment vanished before its VMs were listed; taking it as having none"
-                );
-                Ok(Vec::new())
+            Ok(body) => {
+                decode_with("vms", &display_url(&url), &body, decode_vms).map(Refetched::Vms)
             }
+            Err(Error::Status { status: 404, .. }) => Ok(Refetched::Gone),
             Err(e) => Err(e),
         }
     }
@@ -281,8 +395,12 @@ impl Client {
             }
         };
         let result = self.send_director(endpoint, url, Some(&credentials)).await;
-        if let (Err(Error::Status { status: 401, .. }), Auth::Uaa { .. }) = (&result, auth) {
-            self.token.invalidate().await;
+        if let Err(Error::Status { status: 401, .. }) = &result {
+            // The director may have changed how it authenticates: the next read asks `/info`.
+            *lock(&self.mode) = None;
+            if let Auth::Uaa { .. } = auth {
+                self.token.invalidate().await;
+            }
         }
         result
     }
@@ -412,14 +530,15 @@ fn http_client(
 
 /// `{base}/deployments/{name}/vms` with the name as exactly one path segment: `/`, `?`,
 /// `#`, `%`, `\` and spaces are percent-encoded. `.` and `..` cannot be sent as a segment
-/// at all (URL normalisation would remove them), so such a name is an error.
-fn vms_url(base: &url::Url, deployment: &str) -> Result<url::Url, Error> {
+/// at all (URL normalisation would remove them), so such a name is an error of `source`, the
+/// endpoint that named it.
+fn vms_url(base: &url::Url, deployment: &str, source: &'static str) -> Result<url::Url, Error> {
     let mut url = base.clone();
     url.set_query(None);
     url.set_fragment(None);
     if matches!(deployment, "" | "." | "..") {
         return Err(Error::Decode {
-            endpoint: "deployments",
+            endpoint: source,
             url: display_url(base),
             detail: format!("deployment name {deployment:?} cannot be used in a URL path"),
         });
@@ -459,17 +578,25 @@ fn decode<T: serde::de::DeserializeOwned>(
     decode_with(endpoint, url, body, |b| serde_json::from_slice(b))
 }
 
-fn decode_with<T>(
+fn decode_with<T, E: std::fmt::Display>(
     endpoint: &'static str,
     url: &str,
     body: &[u8],
-    decoder: fn(&[u8]) -> Result<T, serde_json::Error>,
+    decoder: fn(&[u8]) -> Result<T, E>,
 ) -> Result<T, Error> {
     decoder(body).map_err(|e| Error::Decode {
         endpoint,
         url: url.to_string(),
         detail: e.to_string(),
     })
+}
+
+/// Locks a mutex whose data stays valid whatever a panicking holder was doing (a cached
+/// value it replaces whole).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `attempt` until it succeeds, fails with a non-transient error, or `wait` has passed
@@ -514,7 +641,12 @@ mod tests {
     #[test]
     fn deployment_names_are_one_encoded_segment() {
         let b = base("https://10.0.0.6:25555");
-        let path = |name: &str| vms_url(&b, name).expect("url").path().to_string();
+        let path = |name: &str| {
+            vms_url(&b, name, "deployments")
+                .expect("url")
+                .path()
+                .to_string()
+        };
         assert_eq!(path("cf"), "/deployments/cf/vms");
         assert_eq!(path("a/b"), "/deployments/a%2Fb/vms");
         assert_eq!(path("a?b#c"), "/deployments/a%3Fb%23c/vms");
@@ -524,15 +656,27 @@ mod tests {
         assert_eq!(path("ünï"), "/deployments/%C3%BCn%C3%AF/vms");
         assert_eq!(path("..."), "/deployments/.../vms");
         for name in ["", ".", ".."] {
-            assert_eq!(vms_url(&b, name).expect_err(name).reason(), "decode");
+            let err = vms_url(&b, name, "events").expect_err(name);
+            assert!(
+                matches!(
+                    err,
+                    Error::Decode {
+                        endpoint: "events",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
         }
         let with_path = base("https://d.example/bosh/?x=1");
         assert_eq!(
-            vms_url(&with_path, "cf").expect("url").as_str(),
+            vms_url(&with_path, "cf", "deployments")
+                .expect("url")
+                .as_str(),
             "https://d.example/bosh/deployments/cf/vms"
         );
         // What the URL path decodes back to is exactly the name.
-        let url = vms_url(&b, "a/b?c d%e").expect("url");
+        let url = vms_url(&b, "a/b?c d%e", "deployments").expect("url");
         let segment = url
             .path_segments()
             .expect("segments")
