@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::director;
-use crate::pass::{self, PassError, Paths, Reconciler, Report, report};
+use crate::pass::watch::WatchSettings;
+use crate::pass::{self, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
 use crate::users::{AgentId, UserSet, agent};
 
@@ -303,15 +304,20 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
         Ok(r) => r,
         Err(code) => return code,
     };
-    let reconciler = Arc::new(reconciler.on_write(Arc::new(move |path, meta| {
+    let reconciler = reconciler.on_write(Arc::new(move |path, meta| {
         recorder.record(path, reconcile::FileIdentity::from_metadata(meta));
-    })));
+    }));
+    let watch = watch_settings(&config);
+    let reconciler = Arc::new(match watch {
+        Some(settings) => reconciler.watch(settings),
+        None => reconciler,
+    });
     let paths = reconciler.paths().watched();
 
     let pass = move |ctx: PassContext| {
         let reconciler = reconciler.clone();
         async move {
-            let result = reconciler.pass(report::span_for(&ctx)).await;
+            let result = reconciler.tick(&ctx).await;
             release_freed_memory();
             result
         }
@@ -321,6 +327,8 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
         director = %config.director.url,
         auth_file = %config.nats.auth_file.display(),
         poll_interval = ?config.poll_interval,
+        watch_interval = ?watch.map(|w| w.interval),
+        resync_interval = ?watch.map(|w| w.resync),
         "bosh-nats-sync starting"
     );
     reconcile::Controller::new(pass)
@@ -334,7 +342,10 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
             jitter: true,
         })
         .pass_timeout(config.pass_timeout)
-        .observer(LoopObserver { health })
+        .observer(LoopObserver {
+            health,
+            watch: watch.is_some(),
+        })
         .run(cancel.clone())
         .await;
     cancel.cancel();
@@ -345,25 +356,40 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
     ExitCode::SUCCESS
 }
 
-/// Feeds every pass of the loop to [`report::finished`] and tells `/status` when the next
-/// one is due.
-struct LoopObserver {
-    health: Arc<Health>,
+/// The watch's settings (§6.6), or `None` when `intervals.watch` is 0.
+fn watch_settings(config: &Config) -> Option<WatchSettings> {
+    config.watch_interval.map(|interval| WatchSettings {
+        interval,
+        resync: config.resync_interval,
+        poll: config.poll_interval,
+    })
 }
 
-impl reconcile::Observer<Report, PassError> for LoopObserver {
-    fn on_pass_start(&self, _ctx: &PassContext) {
-        self.health.pass_started();
-    }
+/// Feeds every pass of the loop to [`report::finished`] and tells `/status` when the next
+/// one is due. A tick of the watch that ran no pass is only progress.
+struct LoopObserver {
+    health: Arc<Health>,
+    /// With the watch, the next pass is the watch's to schedule (its `/status` part).
+    watch: bool,
+}
 
-    fn on_pass_end(&self, ended: &reconcile::EndedPass<'_, Report, PassError>) {
-        report::finished(
-            &self.health,
-            Some(ended.context),
-            ended.result,
-            ended.duration,
-        );
-        if let Some(next) = ended.next_pass_in() {
+impl reconcile::Observer<Tick, PassError> for LoopObserver {
+    fn on_pass_end(&self, ended: &reconcile::EndedPass<'_, Tick, PassError>) {
+        let result = match ended.result {
+            Ok(Tick { report: None, .. }) => {
+                self.health.progress();
+                return;
+            }
+            Ok(Tick {
+                report: Some(report),
+                ..
+            }) => Ok(report),
+            Err(e) => Err(e),
+        };
+        report::finished(&self.health, Some(ended.context), result, ended.duration);
+        if !self.watch
+            && let Some(next) = ended.next_pass_in()
+        {
             self.health.next_pass_in(next);
         }
     }

@@ -16,24 +16,28 @@ pub mod decide;
 pub mod desired;
 pub mod observe;
 pub mod report;
+pub mod watch;
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use monitoring::{Health, Metrics, SkipReason};
+use monitoring::{Health, Metrics, PassKind, SkipReason};
+use reconcile::PassContext;
+use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use crate::authfile::{self, AuthFileError};
 use crate::config::{Config, DampingSettings};
-use crate::director;
-use crate::reload::ReloadError;
+use crate::director::{self, Refetched};
+use crate::reload::{ReloadError, Reloaded};
 
 pub use apply::Reload;
 use decide::{BootstrapPoint, Decision, Memory};
 use desired::{Skipped, Subjects};
 pub use observe::Director;
 pub use report::Report;
+use watch::{View, Watch, WatchSettings};
 
 /// Why a pass failed. Nothing on disk was changed by a failed pass except the bootstrap
 /// users (§6.2, §6.3).
@@ -108,6 +112,43 @@ struct Passes {
     /// Temporary files of a write interrupted by a crash are removed once, by the first
     /// pass — not by `check-config` or `diff`, which change nothing.
     cleaned_up: bool,
+    /// With the watch on (§6.6): its memory, and the director as the passes last saw it.
+    watched: Option<Watched>,
+}
+
+struct Watched {
+    watch: Watch,
+    view: Option<View>,
+}
+
+/// How a pass observes the director; everything after that is the same (§6.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Observation {
+    /// Every deployment: `/info`, `/deployments`, every `/vms`.
+    Full,
+    /// The deployments the event log named since they were last fetched, over the view the
+    /// passes keep; none, when only the auth file or a subject file changed.
+    Partial,
+}
+
+/// What one tick of the loop did: with the watch, a tick reads the event log and runs a
+/// pass only when there is something to look at; without it, every tick is a full pass.
+#[derive(Debug)]
+pub struct Tick {
+    /// The pass this tick ran; `None` when the event log named nothing new.
+    pub report: Option<Report>,
+    /// When the next tick is due; `None` without the watch (the loop's interval and
+    /// triggers decide).
+    pub next: Option<std::time::Duration>,
+}
+
+impl reconcile::Outcome for Tick {
+    fn action(&self) -> reconcile::Action {
+        match self.next {
+            Some(delay) => reconcile::Action::Requeue(delay),
+            None => reconcile::Action::AwaitTrigger,
+        }
+    }
 }
 
 impl<D: Director, R: Reload> Reconciler<D, R> {
@@ -130,7 +171,21 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
             memory: tokio::sync::Mutex::new(Passes {
                 rules: Memory::AT_START,
                 cleaned_up: false,
+                watched: None,
             }),
+        }
+    }
+
+    /// Turns the watch on (§6.6): [`Reconciler::tick`] then follows the event log.
+    pub fn watch(self, settings: WatchSettings) -> Self {
+        let mut passes = self.memory.into_inner();
+        passes.watched = Some(Watched {
+            watch: Watch::new(settings),
+            view: None,
+        });
+        Self {
+            memory: tokio::sync::Mutex::new(passes),
+            ..self
         }
     }
 
@@ -144,18 +199,130 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         &self.paths
     }
 
-    /// One level-triggered pass, inside `span` (see [`report::span`]), whose outcome fields
-    /// it fills in. Cancel-safe: dropping the future at any await point leaves the file
-    /// either untouched or completely replaced, and a reload interrupted by cancellation
-    /// stays pending for the next pass.
+    /// One level-triggered full pass, inside `span` (see [`report::span`]), whose outcome
+    /// fields it fills in. Cancel-safe: dropping the future at any await point leaves the
+    /// file either untouched or completely replaced, and a reload interrupted by
+    /// cancellation stays pending for the next pass.
     pub async fn pass(&self, span: Span) -> Result<Report, PassError> {
-        let result = self.pass_inner().instrument(span.clone()).await;
+        let mut passes = self.memory.lock().await;
+        self.run(&mut passes, Observation::Full, span).await
+    }
+
+    /// One tick of the control loop. Without the watch: a full pass. With it (§6.6): read
+    /// the event log; then a full pass when one is due (start-up, the schedule of the
+    /// watch's state, a restored or unreadable log, a retry), else a partial pass when the
+    /// log named deployments, a watched file changed, or a reload or a failed pass is
+    /// pending, else nothing. Cancel-safe like [`Reconciler::pass`].
+    pub async fn tick(&self, ctx: &PassContext) -> Result<Tick, PassError> {
+        let mut passes = self.memory.lock().await;
+        let Some(watched) = passes.watched.as_mut() else {
+            let report = self
+                .run(&mut passes, Observation::Full, report::span_for(ctx))
+                .await?;
+            return Ok(Tick {
+                report: Some(report),
+                next: None,
+            });
+        };
+        self.read_events(&mut watched.watch).await;
+        let now = Instant::now();
+        let observation = match watched.watch.full_due(now) {
+            Some(reason) => Some((Observation::Full, reason.label().to_owned())),
+            None => {
+                let asked = ctx.changed_paths().next().is_some()
+                    || ctx.has(&reconcile::Trigger::Manual)
+                    || ctx.consecutive_failures > 0
+                    || passes.rules.reload_pending;
+                let watched = passes.watched.as_ref().expect("checked above");
+                (watched.watch.has_dirty() || asked).then(|| {
+                    (
+                        Observation::Partial,
+                        format!("events: {} deployment(s)", watched.watch.dirty().len()),
+                    )
+                })
+            }
+        };
+        let report = match observation {
+            Some((observation, why)) => {
+                let span = report::span_for(ctx);
+                span.record("triggers", why.as_str());
+                Some(self.run(&mut passes, observation, span).await?)
+            }
+            None => None,
+        };
+        let watch = &mut passes.watched.as_mut().expect("checked above").watch;
+        self.report_watch(watch);
+        Ok(Tick {
+            report,
+            next: Some(watch.next_tick_in(Instant::now())),
+        })
+    }
+
+    /// Reads the event log since the cursor and takes what it says; a failure only changes
+    /// the watch's state (§6.6: `/events` failing is the watch failing, not the pass).
+    async fn read_events(&self, watch: &mut Watch) {
+        let span = tracing::debug_span!("watch.read_events");
+        match observe::read_events(&self.director, watch.position())
+            .instrument(span)
+            .await
+        {
+            Ok(read) => {
+                let absorbed = watch.absorb(read, Instant::now());
+                if absorbed.events > 0 {
+                    self.metrics.events_read(absorbed.events as u64);
+                    tracing::debug!(
+                        events = absorbed.events,
+                        dirtied = absorbed.dirtied,
+                        "read the event log"
+                    );
+                }
+                if absorbed.unannounced > 0 {
+                    self.metrics
+                        .unannounced_changes(absorbed.unannounced as u64);
+                }
+            }
+            Err(e) => watch.read_failed(format!("reading the event log failed: {e}")),
+        }
+        self.health.progress();
+        self.report_watch(watch);
+    }
+
+    /// Tells `/status` and the metrics where the watch is, and logs a change of state once.
+    fn report_watch(&self, watch: &mut Watch) {
+        if let Some((state, reason)) = watch.state_change() {
+            tracing::info!(state = state.as_str(), reason, "watch state changed");
+        }
+        self.health.watch(watch.status());
+    }
+
+    async fn run(
+        &self,
+        passes: &mut Passes,
+        observation: Observation,
+        span: Span,
+    ) -> Result<Report, PassError> {
+        self.health.pass_started();
+        let kind = match observation {
+            Observation::Full => PassKind::Full,
+            Observation::Partial => PassKind::Partial,
+        };
+        span.record("kind", kind.as_str());
+        let result = self
+            .pass_inner(passes, observation)
+            .instrument(span.clone())
+            .await;
+        if passes.watched.is_some() {
+            self.metrics.pass_kind(kind);
+        }
         report::record(&span, result.as_ref());
         result
     }
 
-    async fn pass_inner(&self) -> Result<Report, PassError> {
-        let mut passes = self.memory.lock().await;
+    async fn pass_inner(
+        &self,
+        passes: &mut Passes,
+        observation: Observation,
+    ) -> Result<Report, PassError> {
         if !passes.cleaned_up {
             passes.cleaned_up = true;
             let stale = authfile::remove_stale_temp_files(&self.paths.auth_file);
@@ -166,24 +333,145 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 );
             }
         }
-        let memory = &mut passes.rules;
         let subjects = self.subjects();
-        self.bootstrap(memory, BootstrapPoint::BeforeDirector, &subjects)
+        self.bootstrap(&mut passes.rules, BootstrapPoint::BeforeDirector, &subjects)
             .await?;
-        let vms = match self.director.fetch_vms().await {
-            Ok(vms) => vms,
+        let full = observation == Observation::Full;
+        let observed = match self
+            .observe_director(passes.watched.as_mut(), observation)
+            .await
+        {
+            Ok(observed) => observed,
             Err(e) => {
-                self.bootstrap(memory, BootstrapPoint::DirectorFailed, &subjects)
+                if full && let Some(watched) = passes.watched.as_mut() {
+                    watched.watch.full_pass_failed();
+                }
+                self.bootstrap(&mut passes.rules, BootstrapPoint::DirectorFailed, &subjects)
                     .await?;
-                return Err(e.into());
+                return Err(e);
             }
         };
-        let desired = desired::compute(&subjects, vms);
+        let desired = desired::compute(&subjects, observed.vms);
         self.record_skips(&desired.skipped);
         let skipped = desired.skipped;
         let file = observe::auth_file_against(&self.paths.auth_file, &desired.users)?;
+        let memory = &mut passes.rules;
         let decision = decide::decide(memory, &self.damping, desired, &file);
-        self.apply(memory, decision, skipped).await
+        let held = decision.held.is_some();
+        let mut report = self.apply(memory, decision, skipped).await?;
+        report.refetched = observed.refetched;
+        if let Some(watched) = passes.watched.as_mut() {
+            if full {
+                watched.watch.full_pass_done(Instant::now(), held);
+            } else {
+                watched.watch.held(held);
+            }
+        }
+        // The agents the events announced are admitted once nats-server has verifiably
+        // loaded them (§8).
+        if report.reloaded == Some(Reloaded::Verified) {
+            let now = Instant::now();
+            for since in observed.announced {
+                self.metrics
+                    .admission_latency(now.saturating_duration_since(since));
+            }
+        }
+        Ok(report)
+    }
+
+    /// The director's part of a pass: a full read, or the dirty deployments refetched into
+    /// the view (§6.6). With the watch on, the view is kept for the next partial pass.
+    async fn observe_director(
+        &self,
+        watched: Option<&mut Watched>,
+        observation: Observation,
+    ) -> Result<Observed, PassError> {
+        let Some(watched) = watched else {
+            let view = self.director.fetch_view().await?;
+            return Ok(Observed {
+                vms: observe::vms(&view),
+                refetched: None,
+                announced: Vec::new(),
+            });
+        };
+        let Watched { watch, view } = watched;
+        match (observation, view.as_mut()) {
+            (Observation::Partial, Some(view)) => {
+                let dirty = watch.dirty();
+                let mut announced = Vec::new();
+                if !dirty.is_empty() {
+                    let answers = self.director.refetch(&dirty).await?;
+                    let gone: Vec<&String> = answers
+                        .iter()
+                        .filter(|(_, answer)| *answer == Refetched::Gone)
+                        .map(|(name, _)| name)
+                        .collect();
+                    // A 404 drops a deployment only once `/deployments` confirms it is gone:
+                    // a partial pass keeps a wrong answer until the next event or resync.
+                    let listed = if gone.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.director.deployment_names().await?
+                    };
+                    for (name, answer) in &answers {
+                        let before = view.get(name);
+                        let grew = match answer {
+                            Refetched::Vms(vms) => {
+                                let grew = has_new_agents(before.map(Vec::as_slice), vms);
+                                view.insert(name.clone(), vms.clone());
+                                grew
+                            }
+                            Refetched::Gone if listed.contains(name) => {
+                                tracing::warn!(
+                                    deployment = %name,
+                                    "the director answered 404 for the VMs of a deployment it still lists; keeping its last known VMs"
+                                );
+                                false
+                            }
+                            Refetched::Gone => {
+                                view.remove(name);
+                                false
+                            }
+                        };
+                        if grew && let Some(since) = watch.dirty_since(name) {
+                            announced.push(since);
+                        }
+                    }
+                    watch.fetched(&dirty);
+                }
+                Ok(Observed {
+                    vms: observe::vms(view),
+                    refetched: Some(dirty.len()),
+                    announced,
+                })
+            }
+            // A full pass, or a partial one before any view exists.
+            _ => {
+                let listed = self.director.fetch_view().await?;
+                let mut announced = Vec::new();
+                if let Some(before) = view.as_ref() {
+                    let changed = watch::changed(before, &listed);
+                    for name in &changed {
+                        if let Some(since) = watch.dirty_since(name)
+                            && let Some(vms) = listed.get(name)
+                            && has_new_agents(before.get(name).map(Vec::as_slice), vms)
+                        {
+                            announced.push(since);
+                        }
+                    }
+                    watch.listed(changed);
+                } else {
+                    watch.listed(Default::default());
+                }
+                let vms = observe::vms(&listed);
+                *view = Some(listed);
+                Ok(Observed {
+                    vms,
+                    refetched: None,
+                    announced,
+                })
+            }
+        }
     }
 
     /// Observe, decide and apply the bootstrap rule at `point` of a pass (§6.2, §6.3). A
@@ -256,6 +544,7 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
             added: decision.added,
             removed: decision.removed,
             held: decision.held.map(|h| h.removing),
+            refetched: None,
         })
     }
 
@@ -263,8 +552,8 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
     /// the same [`decide`] as a pass, from the memory of a process that has just started.
     pub async fn dry_run(&self) -> Result<DryRun, PassError> {
         let subjects = self.subjects();
-        let vms = self.director.fetch_vms().await?;
-        let desired = desired::compute(&subjects, vms);
+        let view = self.director.fetch_view().await?;
+        let desired = desired::compute(&subjects, observe::vms(&view));
         let file = observe::auth_file_against(&self.paths.auth_file, &desired.users)?;
         let observed = match &file {
             observe::FileState::Differs(observed) => observed.clone(),
@@ -293,6 +582,28 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
             }
         }
     }
+}
+
+/// What a pass observed of the director.
+struct Observed {
+    vms: Vec<crate::vm::Vm>,
+    /// Deployments refetched by a partial pass.
+    refetched: Option<usize>,
+    /// When the events that announced new agents were read, for the admission histogram.
+    announced: Vec<Instant>,
+}
+
+/// Whether `after` reports an agent id that `before` did not.
+fn has_new_agents(before: Option<&[crate::vm::Vm]>, after: &[crate::vm::Vm]) -> bool {
+    let known: std::collections::BTreeSet<&str> = before
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|vm| vm.agent_id.as_deref())
+        .collect();
+    after
+        .iter()
+        .filter_map(|vm| vm.agent_id.as_deref())
+        .any(|id| !known.contains(id))
 }
 
 /// What `diff` prints: the file as it is, and what the next pass would decide.

@@ -7,21 +7,76 @@ use std::path::Path;
 use monitoring::{Metrics, SubjectKind};
 
 use crate::authfile::{self, AuthFileError, Observed};
-use crate::director;
+use crate::director::{self, Event, EventsQuery, Refetched};
 use crate::pass::desired::{Subject, Subjects};
+use crate::pass::watch::{Pager, Position, Read, View};
 use crate::users::UserSet;
 use crate::vm::Vm;
 
-/// The director, as a pass reads it: every VM of every deployment, in one read. The real one
-/// is [`director::Client`]; tests give a pass a plain value.
+/// The director, as a pass reads it: every VM of every deployment in one read (a full pass),
+/// or the parts the watch reads (§6.6): the event log, the deployment names, the VMs of some
+/// deployments. The real one is [`director::Client`]; tests give a pass plain values.
+/// Every method is cancel-safe: dropping the future abandons the read.
 pub trait Director: Send + Sync {
-    /// One full read (§2.1). Cancel-safe: dropping the future abandons the read.
-    fn fetch_vms(&self) -> impl Future<Output = Result<Vec<Vm>, director::Error>> + Send;
+    /// One full read (§2.1): each deployment's VMs, by name.
+    fn fetch_view(&self) -> impl Future<Output = Result<View, director::Error>> + Send;
+    /// One page of the event log (§2.5).
+    fn events(
+        &self,
+        query: EventsQuery,
+    ) -> impl Future<Output = Result<Vec<Event>, director::Error>> + Send;
+    /// The deployment names alone.
+    fn deployment_names(&self)
+    -> impl Future<Output = Result<Vec<String>, director::Error>> + Send;
+    /// The VMs of these deployments, `Gone` for a `404`.
+    fn refetch(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Refetched)>, director::Error>> + Send;
 }
 
 impl Director for director::Client {
-    fn fetch_vms(&self) -> impl Future<Output = Result<Vec<Vm>, director::Error>> + Send {
-        director::Client::fetch_vms(self)
+    async fn fetch_view(&self) -> Result<View, director::Error> {
+        Ok(director::Client::fetch_view(self)
+            .await?
+            .into_iter()
+            .collect())
+    }
+    fn events(
+        &self,
+        query: EventsQuery,
+    ) -> impl Future<Output = Result<Vec<Event>, director::Error>> + Send {
+        director::Client::events(self, query)
+    }
+    fn deployment_names(
+        &self,
+    ) -> impl Future<Output = Result<Vec<String>, director::Error>> + Send {
+        director::Client::deployment_names(self)
+    }
+    fn refetch(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Refetched)>, director::Error>> + Send {
+        director::Client::refetch(self, names)
+    }
+}
+
+/// Every VM of a view, for desired state.
+pub fn vms(view: &View) -> Vec<Vm> {
+    view.values().flatten().cloned().collect()
+}
+
+/// Reads every event newer than `from`, page by page (§2.5, §6.6).
+pub async fn read_events<D: Director>(
+    director: &D,
+    from: Position,
+) -> Result<Read, director::Error> {
+    let mut pager = Pager::new(from);
+    loop {
+        let page = director.events(pager.query()).await?;
+        if let Some(read) = pager.take(page) {
+            return Ok(read);
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Report {
     pub removed: usize,
     /// Mass-removal damping held back this many agent removals (§6.5).
     pub held: Option<usize>,
+    /// A partial pass (§6.6): how many deployments it refetched; `None` for a full pass.
+    pub refetched: Option<usize>,
 }
 
 impl Report {
@@ -70,6 +72,12 @@ pub fn finished(
         Ok(r) => {
             tracing::info!(
                 pass,
+                kind = if r.refetched.is_some() {
+                    "partial"
+                } else {
+                    "full"
+                },
+                refetched = r.refetched,
                 desired = r.desired_total(),
                 agents = r.desired.agent,
                 added = r.added,
@@ -121,6 +129,7 @@ pub fn span(pass: u64, triggers: &str) -> Span {
         "pass",
         pass = i64::try_from(pass).unwrap_or(i64::MAX),
         triggers,
+        kind = tracing::field::Empty,
         consecutive_failures = tracing::field::Empty,
         result = tracing::field::Empty,
         reason = tracing::field::Empty,
@@ -235,6 +244,7 @@ mod tests {
             added: 3,
             removed: 0,
             held: None,
+            refetched: None,
         };
         let spans = export(|| {
             let span = span(7, "interval");

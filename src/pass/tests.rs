@@ -23,7 +23,8 @@ impl ScriptedDirector {
 }
 
 impl Director for ScriptedDirector {
-    fn fetch_vms(&self) -> impl Future<Output = Result<Vec<Vm>, director::Error>> + Send {
+    /// One deployment, `d`, holding the scripted VMs.
+    fn fetch_view(&self) -> impl Future<Output = Result<View, director::Error>> + Send {
         let mut answers = self.0.lock().unwrap();
         let answer = if answers.len() > 1 {
             answers.pop_front()
@@ -32,12 +33,27 @@ impl Director for ScriptedDirector {
         }
         .expect("the script has an answer");
         async move {
-            answer.map_err(|()| director::Error::Connection {
-                endpoint: "info",
-                url: "https://director.test:25555/info".into(),
-                detail: "connection refused".into(),
-            })
+            answer
+                .map(|vms| View::from([("d".to_owned(), vms)]))
+                .map_err(|()| director::Error::Connection {
+                    endpoint: "info",
+                    url: "https://director.test:25555/info".into(),
+                    detail: "connection refused".into(),
+                })
         }
+    }
+    // Without the watch a pass reads nothing else; the watch's tests have their own director.
+    async fn events(
+        &self,
+        _: director::EventsQuery,
+    ) -> Result<Vec<director::Event>, director::Error> {
+        unreachable!("a pass without the watch reads no events")
+    }
+    async fn deployment_names(&self) -> Result<Vec<String>, director::Error> {
+        unreachable!("a pass without the watch lists no names alone")
+    }
+    async fn refetch(&self, _: &[String]) -> Result<Vec<(String, Refetched)>, director::Error> {
+        unreachable!("a pass without the watch refetches nothing")
     }
 }
 
@@ -92,12 +108,12 @@ impl Reload for ScriptedServer {
     }
 }
 
-struct Setup {
+struct Setup<D = ScriptedDirector> {
     _dir: tempfile::TempDir,
     auth_file: PathBuf,
     health: Arc<Health>,
     writes: Arc<AtomicUsize>,
-    reconciler: Reconciler<ScriptedDirector, ScriptedServer>,
+    reconciler: Reconciler<D, ScriptedServer>,
 }
 
 const DIRECTOR_DN: &str = "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal";
@@ -109,6 +125,15 @@ fn setup(
     server: ScriptedServer,
     damping: DampingSettings,
 ) -> Setup {
+    setup_with(file, director, server, damping)
+}
+
+fn setup_with<D: Director>(
+    file: Option<&[u8]>,
+    director: D,
+    server: ScriptedServer,
+    damping: DampingSettings,
+) -> Setup<D> {
     let dir = tempfile::tempdir().unwrap();
     let auth_file = dir.path().join("auth.json");
     if let Some(bytes) = file {
@@ -160,7 +185,7 @@ fn file_users(path: &Path) -> Option<UserSet> {
     authfile::read(path).unwrap().users().cloned()
 }
 
-impl Setup {
+impl<D: Director> Setup<D> {
     async fn pass(&self) -> Result<Report, PassError> {
         self.reconciler.pass(Span::none()).await
     }
@@ -378,3 +403,5 @@ async fn the_dry_run_decides_as_the_next_pass_would_and_changes_nothing() {
         "a dry run reloads nothing"
     );
 }
+
+mod watched;

@@ -1,0 +1,518 @@
+//! The watch (§6.6): what the director's event log tells a pass — *which part* of the director
+//! to look at again and *when*, never *what* changed. Pure: the pages of `/events` come in as
+//! values, and what comes out is which deployments are dirty, whether a full pass is due, and
+//! the watch's state. The I/O is in [`super::Reconciler::tick`].
+//!
+//! - [`Pager`]: reading every event newer than the cursor, page by page (newest first, at
+//!   most 200 a page, `before_id` to page back, `after_time` to keep the pages small).
+//! - [`Watch`]: the cursor, the dirty deployments, the full-pass schedule, and the state
+//!   (off, unproven, healthy, failing, blind) with its reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use monitoring::{WatchState, WatchStatus};
+use tokio::time::Instant;
+
+use crate::director::{Event, EventsQuery};
+use crate::vm::Vm;
+
+/// The director as the last passes saw it: every deployment's VMs, by name. A full pass
+/// replaces it; a partial pass replaces the deployments it refetched.
+pub type View = BTreeMap<String, Vec<Vm>>;
+
+/// The director answers at most this many events at a time (§2.5).
+pub const PAGE_CAP: usize = 200;
+/// How many pages one read may take before it gives up and asks for a full pass: 2000
+/// events between two polls a second apart is a director that is better relisted.
+pub const MAX_PAGES: usize = 10;
+/// How far before the cursor's own second the pages start (`after_time`). The pages then
+/// hold only the last minute of the log rather than its newest 200 events; the minute of slack
+/// covers events whose timestamp is a little older than their id says (two director workers
+/// creating events in the same second commit in either order).
+pub const TIME_SLACK_SECS: i64 = 60;
+
+/// How often the watch polls and when full passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// `intervals.watch`: between two reads of the event log.
+    pub interval: Duration,
+    /// `intervals.resync`: between two full passes while the watch is healthy.
+    pub resync: Duration,
+    /// `intervals.poll_user_sync`: between two full passes in every other state.
+    pub poll: Duration,
+}
+
+/// The newest event seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub id: u64,
+    pub timestamp: i64,
+}
+
+impl Cursor {
+    fn of(event: &Event) -> Self {
+        Cursor {
+            id: event.id,
+            timestamp: event.timestamp,
+        }
+    }
+}
+
+/// Where in the log the watch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The log has not been read yet: the first read only finds its newest event (the full
+    /// pass that follows lists everything before it).
+    Unread,
+    /// The log was empty when last read: every event that appears is new.
+    Empty,
+    /// The newest event seen.
+    At(Cursor),
+}
+
+/// What one read of the log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The events newer than the cursor, newest first, and where the log now ends.
+    New {
+        events: Vec<Event>,
+        position: Position,
+    },
+    /// The newest event is older than the cursor: a director restored from an older
+    /// backup. Ids start over below what was seen; only a full pass can tell what changed.
+    Restored { newest: Cursor, cursor: Cursor },
+    /// The events since the cursor could not all be read: more than [`MAX_PAGES`] pages
+    /// of them, or the log no longer reaches back to the cursor (cleaned up).
+    Gap { newest: Cursor, why: &'static str },
+}
+
+/// Reading every event newer than a position, page by page. Feed each page the director
+/// answered to [`Pager::take`] until it returns the [`Read`].
+#[derive(Debug)]
+pub struct Pager {
+    from: Position,
+    pages: usize,
+    newest: Option<Cursor>,
+    collected: Vec<Event>,
+    before_id: Option<u64>,
+}
+
+impl Pager {
+    pub fn new(from: Position) -> Self {
+        Pager {
+            from,
+            pages: 0,
+            newest: None,
+            collected: Vec::new(),
+            before_id: None,
+        }
+    }
+
+    /// The query for the next page.
+    pub fn query(&self) -> EventsQuery {
+        EventsQuery {
+            before_id: self.before_id,
+            after_time: match self.from {
+                Position::At(cursor) => Some(cursor.timestamp - TIME_SLACK_SECS),
+                Position::Unread | Position::Empty => None,
+            },
+        }
+    }
+
+    /// Takes one page; `None` means: fetch the page [`Pager::query`] now names.
+    pub fn take(&mut self, mut page: Vec<Event>) -> Option<Read> {
+        // Newest first, as the director sends them; sorted here so that nothing below
+        // depends on it.
+        page.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        page.dedup_by_key(|e| e.id);
+        let first = self.pages == 0;
+        self.pages += 1;
+        if first {
+            let Some(head) = page.first() else {
+                return Some(Read::New {
+                    events: Vec::new(),
+                    position: match self.from {
+                        // Nothing in the minute before the cursor's second, the cursor
+                        // included: nothing was added since (a cleaned-up cursor would need
+                        // 10 000 newer events, which the pages would show).
+                        at @ Position::At(_) => at,
+                        Position::Unread | Position::Empty => Position::Empty,
+                    },
+                });
+            };
+            let newest = Cursor::of(head);
+            self.newest = Some(newest);
+            match self.from {
+                Position::Unread => {
+                    return Some(Read::New {
+                        events: Vec::new(),
+                        position: Position::At(newest),
+                    });
+                }
+                Position::At(cursor) if newest.id < cursor.id => {
+                    return Some(Read::Restored { newest, cursor });
+                }
+                Position::At(_) | Position::Empty => {}
+            }
+        }
+        let newest = self.newest.expect("set by the first, non-empty page");
+        let floor = match self.from {
+            Position::At(cursor) => cursor.id,
+            Position::Unread | Position::Empty => 0,
+        };
+        let full = page.len() >= PAGE_CAP;
+        let oldest = page.last().map(|e| e.id);
+        let reached = oldest.is_some_and(|id| id <= floor);
+        self.collected
+            .extend(page.into_iter().take_while(|e| e.id > floor));
+        let done = |collected: &mut Vec<Event>| Read::New {
+            events: std::mem::take(collected),
+            position: Position::At(newest),
+        };
+        if reached {
+            return Some(done(&mut self.collected));
+        }
+        if !full {
+            // The log (or the time window) ends before the cursor.
+            return Some(match self.from {
+                Position::Empty => done(&mut self.collected),
+                _ => Read::Gap {
+                    newest,
+                    why: "the event log no longer reaches back to the last event read",
+                },
+            });
+        }
+        if self.pages >= MAX_PAGES {
+            return Some(Read::Gap {
+                newest,
+                why: "more new events than the watch reads between two polls",
+            });
+        }
+        self.before_id = oldest;
+        None
+    }
+}
+
+/// Why the next full pass runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FullReason {
+    Startup,
+    /// The schedule of the current state (resync or poll interval).
+    Schedule,
+    /// A previous full pass failed: it is retried.
+    Retry,
+    /// The log cannot say what changed (restore, gap).
+    Log(String),
+}
+
+impl FullReason {
+    pub fn label(&self) -> &str {
+        match self {
+            FullReason::Startup => "startup",
+            FullReason::Schedule => "resync",
+            FullReason::Retry => "retry",
+            FullReason::Log(_) => "event log",
+        }
+    }
+}
+
+/// What absorbing one read did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Absorbed {
+    /// Events newer than the cursor.
+    pub events: usize,
+    /// Deployments they made dirty that were not dirty yet.
+    pub dirtied: usize,
+    /// Deployments a full pass had found changed without an event, still unannounced now.
+    pub unannounced: usize,
+}
+
+/// The watch's memory between ticks. Invariant: `dirty` holds deployments named by an event
+/// read since they were last fetched, each with when the first such event was read.
+#[derive(Debug)]
+pub struct Watch {
+    settings: WatchSettings,
+    position: Position,
+    dirty: BTreeMap<String, Instant>,
+    /// Deployments the last full pass found changed that were not dirty: judged by the next
+    /// read (the events of a change the listing saw may follow it by a moment).
+    suspects: Option<BTreeSet<String>>,
+    /// Why the last read failed, while it is the latest read.
+    failing: Option<String>,
+    /// Why the watch is blind, until a full pass finds every change announced.
+    blind: Option<String>,
+    /// A full pass due regardless of the schedule.
+    forced: Option<FullReason>,
+    last_full: Option<(Instant, SystemTime)>,
+    /// Damping held a removal on the last full pass.
+    damping_held: bool,
+    events_read_at: Option<SystemTime>,
+    last_event_id: Option<u64>,
+    reported: Option<WatchState>,
+}
+
+impl Watch {
+    pub fn new(settings: WatchSettings) -> Self {
+        Watch {
+            settings,
+            position: Position::Unread,
+            dirty: BTreeMap::new(),
+            suspects: None,
+            failing: None,
+            blind: None,
+            forced: Some(FullReason::Startup),
+            last_full: None,
+            damping_held: false,
+            events_read_at: None,
+            last_event_id: None,
+            reported: None,
+        }
+    }
+
+    pub fn settings(&self) -> &WatchSettings {
+        &self.settings
+    }
+
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The state and its reason (§6.6).
+    pub fn state(&self) -> (WatchState, String) {
+        if let Some(why) = &self.failing {
+            return (WatchState::Failing, why.clone());
+        }
+        if let Some(why) = &self.blind {
+            return (WatchState::Blind, why.clone());
+        }
+        match self.position {
+            Position::Unread => (
+                WatchState::Unproven,
+                "the event log has not been read yet".to_owned(),
+            ),
+            Position::Empty => (
+                WatchState::Unproven,
+                "the event log is empty: the director may not record events (director.events.record_events)".to_owned(),
+            ),
+            Position::At(_) => (
+                WatchState::Healthy,
+                "the event log answers and is being written".to_owned(),
+            ),
+        }
+    }
+
+    /// The state changed since the last call: the new state, once.
+    pub fn state_change(&mut self) -> Option<(WatchState, String)> {
+        let (state, reason) = self.state();
+        (self.reported != Some(state)).then(|| {
+            self.reported = Some(state);
+            (state, reason)
+        })
+    }
+
+    /// Takes what a read of the log found at `now`.
+    pub fn absorb(&mut self, read: Read, now: Instant) -> Absorbed {
+        self.failing = None;
+        self.events_read_at = Some(SystemTime::now());
+        let mut absorbed = Absorbed::default();
+        match read {
+            Read::New { events, position } => {
+                if self.position == Position::Unread && self.last_full.is_some() {
+                    // The cursor was found after a listing (the reads before it failed):
+                    // what changed between the two is known to neither.
+                    self.forced = Some(FullReason::Log(
+                        "the event log was first read after the last full pass".to_owned(),
+                    ));
+                }
+                absorbed.events = events.len();
+                if let Some(newest) = events.first() {
+                    self.last_event_id = Some(newest.id);
+                }
+                let mut named = BTreeSet::new();
+                for event in events {
+                    if let Some(deployment) = event.deployment {
+                        named.insert(deployment);
+                    }
+                }
+                if let Some(suspects) = self.suspects.take() {
+                    let unannounced: BTreeSet<String> =
+                        suspects.difference(&named).cloned().collect();
+                    absorbed.unannounced = unannounced.len();
+                    // An empty log cannot announce anything; only a log that is written
+                    // can be caught not announcing.
+                    if matches!(position, Position::At(_)) {
+                        self.blind = (!unannounced.is_empty()).then(|| {
+                            format!(
+                                "a full pass found {} deployment(s) changed that no event announced (e.g. {})",
+                                unannounced.len(),
+                                unannounced.first().map_or("", String::as_str)
+                            )
+                        });
+                    }
+                }
+                for deployment in named {
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        self.dirty.entry(deployment)
+                    {
+                        slot.insert(now);
+                        absorbed.dirtied += 1;
+                    }
+                }
+                self.position = position;
+            }
+            Read::Restored { newest, cursor } => {
+                self.position = Position::At(newest);
+                self.last_event_id = Some(newest.id);
+                self.forced = Some(FullReason::Log(format!(
+                    "the event log's newest id {} is below the last one read, {}: the director was restored from a backup",
+                    newest.id, cursor.id
+                )));
+            }
+            Read::Gap { newest, why } => {
+                self.position = Position::At(newest);
+                self.last_event_id = Some(newest.id);
+                self.forced = Some(FullReason::Log(why.to_owned()));
+            }
+        }
+        absorbed
+    }
+
+    /// A read of the log failed (an HTTP error, 401/403, no such endpoint, bad JSON).
+    pub fn read_failed(&mut self, why: String) {
+        self.failing = Some(why);
+    }
+
+    /// Whether a full pass is due at `now`, and why.
+    pub fn full_due(&self, now: Instant) -> Option<FullReason> {
+        if let Some(reason) = &self.forced {
+            return Some(reason.clone());
+        }
+        (self.next_full_at().is_some_and(|at| at <= now)).then_some(FullReason::Schedule)
+    }
+
+    /// When the schedule runs the next full pass: `resync` after the last one while healthy,
+    /// `poll_user_sync` otherwise; `None` while one is forced (it is due now).
+    pub fn next_full_at(&self) -> Option<Instant> {
+        if self.forced.is_some() {
+            return None;
+        }
+        let (last, _) = self.last_full?;
+        let every = match self.state().0 {
+            WatchState::Healthy if !self.damping_held => self.settings.resync,
+            _ => self.settings.poll,
+        };
+        Some(last + every)
+    }
+
+    /// Until the next tick: the watch interval, or sooner when a full pass is due sooner.
+    pub fn next_tick_in(&self, now: Instant) -> Duration {
+        let until_full = self
+            .next_full_at()
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        self.settings.interval.min(until_full)
+    }
+
+    /// The dirty deployments, to refetch.
+    pub fn dirty(&self) -> Vec<String> {
+        self.dirty.keys().cloned().collect()
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// When the events that made `deployment` dirty were first read.
+    pub fn dirty_since(&self, deployment: &str) -> Option<Instant> {
+        self.dirty.get(deployment).copied()
+    }
+
+    /// These deployments were fetched: clean until an event names them again.
+    pub fn fetched<'a>(&mut self, deployments: impl IntoIterator<Item = &'a String>) {
+        for deployment in deployments {
+            self.dirty.remove(deployment);
+        }
+    }
+
+    /// A full pass listed the director: `changed` are the deployments whose VMs differ from
+    /// the view the watch had kept. Those no event had made dirty are judged by the next read.
+    /// Every dirty deployment was just fetched.
+    pub fn listed(&mut self, changed: BTreeSet<String>) {
+        let suspects: BTreeSet<String> = changed
+            .into_iter()
+            .filter(|d| !self.dirty.contains_key(d))
+            .collect();
+        self.dirty.clear();
+        self.suspects = Some(suspects);
+    }
+
+    /// A full pass succeeded at `now`: the schedule starts over. `held` when damping holds a
+    /// removal: its confirmations then come from full passes every `poll_user_sync`, as
+    /// without the watch, not from partial passes over a view that did not change.
+    pub fn full_pass_done(&mut self, now: Instant, held: bool) {
+        self.last_full = Some((now, SystemTime::now()));
+        self.forced = None;
+        self.damping_held = held;
+    }
+
+    /// Whether damping held a removal on a partial pass: full passes then come every
+    /// `poll_user_sync` until it is applied or forgotten.
+    pub fn held(&mut self, held: bool) {
+        self.damping_held = held;
+    }
+
+    /// A full pass failed: the next tick retries it.
+    pub fn full_pass_failed(&mut self) {
+        if self.forced.is_none() {
+            self.forced = Some(FullReason::Retry);
+        }
+    }
+
+    /// What `/status` shows.
+    pub fn status(&self) -> WatchStatus {
+        let (state, reason) = self.state();
+        let next_full_pass_at = match self.next_full_at() {
+            None => Some(SystemTime::now()),
+            Some(at) => Some(SystemTime::now() + at.saturating_duration_since(Instant::now())),
+        };
+        WatchStatus {
+            state,
+            reason,
+            cursor: match self.position {
+                Position::At(c) => Some(c.id),
+                Position::Unread | Position::Empty => None,
+            },
+            events_read_at: self.events_read_at,
+            last_event_id: self.last_event_id,
+            last_full_pass_at: self.last_full.map(|(_, at)| at),
+            next_full_pass_at,
+        }
+    }
+}
+
+/// The deployments whose VMs differ between two views (as sets of VMs: order is not a
+/// change).
+pub fn changed(before: &View, after: &View) -> BTreeSet<String> {
+    fn sorted(vms: &[Vm]) -> Vec<(&Option<String>, bool)> {
+        let mut v: Vec<(&Option<String>, bool)> = vms
+            .iter()
+            .map(|vm| (&vm.agent_id, vm.permanent_nats_credentials))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    let empty = Vec::new();
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|name| {
+            let b = before.get(*name).unwrap_or(&empty);
+            let a = after.get(*name).unwrap_or(&empty);
+            sorted(b) != sorted(a)
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
