@@ -124,7 +124,7 @@ impl Pager {
     pub fn take(&mut self, mut page: Vec<Event>) -> Option<Read> {
         // Newest first, as the director sends them; sorted here so that nothing below
         // depends on it.
-        page.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        page.sort_unstable_by_key(|e| std::cmp::Reverse(e.id));
         page.dedup_by_key(|e| e.id);
         let first = self.pages == 0;
         self.pages += 1;
