@@ -19,6 +19,10 @@ pub const ENV_CLIENT_SECRET: &str = "BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9758";
 
+/// The shortest `intervals.watch` other than 0 (off): every read of the event log is a
+/// request to the director, so a shorter one would load it for no gain.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A configuration problem, naming the file and (when there is one) the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}{message}", path.display(), key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
@@ -83,6 +87,12 @@ pub struct Config {
     pub hm_subject_file: Option<PathBuf>,
     /// `intervals.poll_user_sync`: the resync period; always > 0.
     pub poll_interval: Duration,
+    /// `intervals.watch`: how often the director's event log is read (§6.6); `None` when
+    /// the key is 0 (the watch is off). When set, at least [`MIN_WATCH_INTERVAL`].
+    pub watch_interval: Option<Duration>,
+    /// `intervals.resync`: the full-pass period while the watch is healthy (§6.6); always
+    /// > 0, and not shorter than `watch_interval`.
+    pub resync_interval: Duration,
     /// First retry delay after a failed pass; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -222,6 +232,32 @@ impl Config {
             ));
         }
         let pass_timeout = r.seconds(&root, "intervals.pass_timeout", 300.0, false)?;
+        let watch = r.seconds(&root, "intervals.watch", 1.0, true)?;
+        let watch_interval = (!watch.is_zero()).then_some(watch);
+        if watch_interval.is_some_and(|w| w < MIN_WATCH_INTERVAL) {
+            return Err(r.error(
+                Some("intervals.watch"),
+                format!(
+                    "must be 0 (the watch off) or at least {} seconds, got {}",
+                    MIN_WATCH_INTERVAL.as_secs_f64(),
+                    watch.as_secs_f64()
+                ),
+            ));
+        }
+        let resync_interval = r.seconds(&root, "intervals.resync", 300.0, false)?;
+        if let Some(watch) = watch_interval
+            && resync_interval < watch
+        {
+            return Err(r.error(
+                Some("intervals.resync"),
+                format!(
+                    "{} seconds is shorter than intervals.watch ({} seconds): full passes would \
+                     run more often than the event log is read; raise it, or set intervals.watch: 0",
+                    resync_interval.as_secs_f64(),
+                    watch.as_secs_f64()
+                ),
+            ));
+        }
 
         // nats
         let auth_file = r
@@ -334,6 +370,8 @@ impl Config {
             director_subject_file,
             hm_subject_file,
             poll_interval,
+            watch_interval,
+            resync_interval,
             backoff_min,
             backoff_max,
             pass_timeout,
@@ -591,6 +629,93 @@ logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"
         );
         assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
         assert_eq!(c.damping, DampingSettings::default());
+        // The template knows nothing of the watch: it is on, with its defaults (§6.6).
+        assert_eq!(c.watch_interval, Some(Duration::from_secs(1)));
+        assert_eq!(c.resync_interval, Duration::from_secs(300));
+    }
+
+    fn with_intervals(extra: &str) -> String {
+        BOSH_TEMPLATE.replace(
+            "  poll_user_sync: 10\n",
+            &format!("  poll_user_sync: 10\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn the_watch_intervals_are_read() {
+        let c = parse(&with_intervals("  watch: 0.5\n  resync: 600\n")).unwrap();
+        assert_eq!(c.watch_interval, Some(Duration::from_millis(500)));
+        assert_eq!(c.resync_interval, Duration::from_secs(600));
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        // Strings holding numbers are accepted, as for every other interval.
+        let c = parse(&with_intervals("  watch: \"2\"\n")).unwrap();
+        assert_eq!(c.watch_interval, Some(Duration::from_secs(2)));
+        // null is absent: the default.
+        let c = parse(&with_intervals("  watch:\n  resync:\n")).unwrap();
+        assert_eq!(
+            (c.watch_interval, c.resync_interval),
+            (Some(Duration::from_secs(1)), Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn watch_zero_turns_the_watch_off() {
+        let c = parse(&with_intervals("  watch: 0\n")).unwrap();
+        assert_eq!(c.watch_interval, None);
+        assert_eq!(c.resync_interval, Duration::from_secs(300));
+        // With the watch off, resync is not compared with it (it is unused, but still
+        // validated on its own).
+        let c = parse(&with_intervals("  watch: 0\n  resync: 0.5\n")).unwrap();
+        assert_eq!(
+            (c.watch_interval, c.resync_interval),
+            (None, Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn bad_watch_intervals_name_the_key_and_the_value() {
+        let cases = [
+            (
+                "  watch: -1\n",
+                "/etc/sync.yml: intervals.watch: must be zero or more seconds, got -1",
+            ),
+            (
+                "  watch: 0.01\n",
+                "/etc/sync.yml: intervals.watch: must be 0 (the watch off) or at least 0.1 seconds, got 0.01",
+            ),
+            (
+                "  watch: off\n",
+                "/etc/sync.yml: intervals.watch: must be a number",
+            ),
+            (
+                "  watch: true\n",
+                "/etc/sync.yml: intervals.watch: must be a number",
+            ),
+            (
+                "  resync: 0\n",
+                "/etc/sync.yml: intervals.resync: must be greater than zero seconds, got 0",
+            ),
+            (
+                "  resync: -300\n",
+                "/etc/sync.yml: intervals.resync: must be greater than zero seconds, got -300",
+            ),
+            (
+                "  resync: often\n",
+                "/etc/sync.yml: intervals.resync: must be a number",
+            ),
+            (
+                "  resync: 1e12\n",
+                "/etc/sync.yml: intervals.resync: 1000000000000 seconds is more than a year",
+            ),
+            (
+                "  watch: 5\n  resync: 2\n",
+                "/etc/sync.yml: intervals.resync: 2 seconds is shorter than intervals.watch (5 seconds)",
+            ),
+        ];
+        for (extra, want) in cases {
+            let got = err(&with_intervals(extra));
+            assert!(got.starts_with(want), "want {want:?} in {got:?}");
+        }
     }
 
     #[test]

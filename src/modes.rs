@@ -132,16 +132,32 @@ pub fn check_config(config: &Config) -> ExitCode {
         );
     }
     println!(
-        "{}: OK (director {}, auth file {}, reload via {})",
+        "{}: OK (director {}, auth file {}, reload via {}, {})",
         config.path.display(),
         config.director.url,
         config.nats.auth_file.display(),
         match &config.nats.executable {
             Some(exe) => format!("{} --signal reload", exe.display()),
             None => "SIGHUP".to_owned(),
-        }
+        },
+        describe_watch(config)
     );
     ExitCode::SUCCESS
+}
+
+/// The watch's settings (§6.6) as `check-config` prints them.
+fn describe_watch(config: &Config) -> String {
+    let resync = config.resync_interval.as_secs_f64();
+    match config.watch_interval {
+        Some(watch) => format!(
+            "watch every {}s, resync every {resync}s",
+            watch.as_secs_f64()
+        ),
+        None => format!(
+            "watch off (full passes every {}s), resync every {resync}s unused",
+            config.poll_interval.as_secs_f64()
+        ),
+    }
 }
 
 /// `once`: one pass, bounded by the pass timeout and cancelled by SIGTERM/SIGINT.

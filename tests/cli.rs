@@ -116,6 +116,35 @@ fn check_config_reports_a_ca_file_without_certificates() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
 }
 
+/// `check-config` shows the watch's settings (§6.6): the defaults, and "off" for 0.
+#[test]
+fn check_config_prints_the_watch_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    let base = "director:\n  url: https://10.0.0.6:25555\n  user: u\n  password: p\nintervals:\n  poll_user_sync: 5\n";
+    let nats = "nats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n";
+    for (intervals, want) in [
+        ("", "watch every 1s, resync every 300s)"),
+        (
+            "  watch: 0.5\n  resync: 60\n",
+            "watch every 0.5s, resync every 60s)",
+        ),
+        (
+            "  watch: 0\n",
+            "watch off (full passes every 5s), resync every 300s unused)",
+        ),
+    ] {
+        std::fs::write(&path, format!("{base}{intervals}{nats}")).unwrap();
+        let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{intervals:?}: {}", stderr(&out));
+        assert!(
+            stdout.contains(want),
+            "{intervals:?}: want {want:?} in {stdout}"
+        );
+    }
+}
+
 #[test]
 fn secrets_may_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();

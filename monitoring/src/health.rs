@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::registry::{Metrics, PassResult, ReloadResult, UserKind};
+use crate::registry::{Metrics, PassResult, ReloadResult, UserKind, WatchState};
 
 /// Extra allowance on top of the longest legitimate gap between two progress events, for
 /// jitter and scheduling delays.
@@ -119,6 +119,24 @@ impl ReloadOutcome {
     }
 }
 
+/// Where the watch of the director's event log stands (§6.6), as the watch reports it.
+/// Times are wall-clock, for display.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchStatus {
+    pub state: WatchState,
+    /// Why it is in that state, for a person (free of secrets).
+    pub reason: String,
+    /// The newest event id the watch has taken into account; `None` before the log was read
+    /// or while it is empty.
+    pub cursor: Option<u64>,
+    /// When the event log was last read successfully.
+    pub events_read_at: Option<SystemTime>,
+    /// The id of the newest event read.
+    pub last_event_id: Option<u64>,
+    pub last_full_pass_at: Option<SystemTime>,
+    pub next_full_pass_at: Option<SystemTime>,
+}
+
 /// Why `/healthz` or `/readyz` answers 503: a short sentence for the response body.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -156,7 +174,7 @@ struct Reload {
 }
 
 /// The mutable part of [`Health`]. Invariants: `last_progress` is the latest of creation,
-/// the last `pass_started` and the last `pass_finished`; `running` is `Some` exactly
+/// the last `pass_started`, the last `pass_finished` and the last `progress`; `running` is `Some` exactly
 /// between a `pass_started` and the following `pass_finished`; `consecutive_failures`
 /// counts failed passes since the last successful one.
 #[derive(Debug)]
@@ -172,6 +190,8 @@ struct State {
     last_reload: Option<Reload>,
     next_pass: Option<Stamp>,
     ready_since: Option<SystemTime>,
+    /// The watch's last report; `None` while it never reported (off).
+    watch: Option<WatchStatus>,
 }
 
 /// Progress and readiness of the control loop, shared (in an `Arc`) between the loop and
@@ -203,6 +223,7 @@ impl Health {
                 last_reload: None,
                 next_pass: None,
                 ready_since: None,
+                watch: None,
             }),
         }
     }
@@ -237,6 +258,23 @@ impl Health {
         s.last_progress = now.instant;
         s.running = Some(now);
         s.next_pass = None;
+    }
+
+    /// The control loop is alive though it ran no pass: a poll of the event log completed
+    /// (§6.6), successfully or not. Counts as progress for `/healthz` exactly like
+    /// [`Health::pass_started`]: with the watch healthy, full passes may be
+    /// `intervals.resync` apart and partial ones only come with events, while the polls in
+    /// between show that the loop still turns.
+    pub fn progress(&self) {
+        self.state().last_progress = Instant::now();
+    }
+
+    /// The watch's state, reason, cursor and schedule, shown on `/status`; also moves
+    /// `bosh_nats_sync_watch_state` (and counts a change of state).
+    pub fn watch(&self, status: WatchStatus) {
+        let mut s = self.state();
+        self.metrics.watch_state(status.state);
+        s.watch = Some(status);
     }
 
     /// A pass ended. Counts as progress; records the outcome for `/status` and in the
@@ -327,8 +365,9 @@ impl Health {
         self.state().ready_since.is_some()
     }
 
-    /// `Ok` while the loop makes progress: a pass started or finished within the staleness
-    /// limit. A failing pass is progress: a down director is not a liveness failure.
+    /// `Ok` while the loop makes progress: a pass started or finished, or an event poll
+    /// completed ([`Health::progress`]), within the staleness limit. A failing pass is
+    /// progress: a down director is not a liveness failure.
     pub fn liveness(&self) -> Result<(), Unhealthy> {
         let s = self.state();
         let silent = Instant::now().saturating_duration_since(s.last_progress);
@@ -344,7 +383,7 @@ impl Health {
                     .as_secs()
             ),
             None => format!(
-                "wedged: no pass started or finished for {}s (limit {limit}s)",
+                "wedged: no pass started or finished and no event poll completed for {}s (limit {limit}s)",
                 silent.as_secs()
             ),
         }))
@@ -427,6 +466,18 @@ impl Health {
                 at: rfc3339(np.wall),
                 in_seconds: np.instant.saturating_duration_since(now).as_secs_f64(),
             }),
+            watch: match &s.watch {
+                Some(w) => WatchInfo {
+                    state: w.state.as_str(),
+                    reason: w.reason.clone(),
+                    cursor: w.cursor,
+                    last_event_id: w.last_event_id,
+                    events_read_at: w.events_read_at.map(rfc3339),
+                    last_full_pass_at: w.last_full_pass_at.map(rfc3339),
+                    next_full_pass_at: w.next_full_pass_at.map(rfc3339),
+                },
+                None => WatchInfo::never_reported(),
+            },
         }
     }
 }
@@ -452,6 +503,8 @@ pub struct Status {
     pub auth_file_written_at: Option<String>,
     pub last_reload: Option<LastReload>,
     pub next_pass: Option<NextPass>,
+    /// The watch of the event log (§6.6); state `off` until the watch reports.
+    pub watch: WatchInfo,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -501,6 +554,34 @@ pub struct NextPass {
     pub in_seconds: f64,
 }
 
+/// The `watch` object of `/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchInfo {
+    /// `off`, `unproven`, `healthy`, `failing` or `blind`.
+    pub state: &'static str,
+    pub reason: String,
+    pub cursor: Option<u64>,
+    pub last_event_id: Option<u64>,
+    pub events_read_at: Option<String>,
+    pub last_full_pass_at: Option<String>,
+    pub next_full_pass_at: Option<String>,
+}
+
+impl WatchInfo {
+    fn never_reported() -> Self {
+        Self {
+            state: WatchState::Off.as_str(),
+            reason: "the watch has not reported: intervals.watch is 0, or it has not started yet"
+                .to_owned(),
+            cursor: None,
+            last_event_id: None,
+            events_read_at: None,
+            last_full_pass_at: None,
+            next_full_pass_at: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,7 +620,7 @@ mod tests {
         let err = h.liveness().unwrap_err().to_string();
         assert_eq!(
             err,
-            "wedged: no pass started or finished for 101s (limit 100s)"
+            "wedged: no pass started or finished and no event poll completed for 101s (limit 100s)"
         );
     }
 
@@ -718,6 +799,123 @@ mod tests {
         assert!(
             !m.render()
                 .contains("bosh_nats_sync_pass_duration_seconds_count{result=\"unchanged\"}")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn event_polls_keep_a_loop_without_passes_alive() {
+        let (_, h) = health();
+        h.pass_started();
+        h.pass_finished(unchanged(DesiredCounts::default(), 2));
+        // A healthy watch on a quiet director: no pass for many limits, a poll every second.
+        for _ in 0..(3 * LIMIT.as_secs()) {
+            advance(Duration::from_secs(1)).await;
+            h.progress();
+            assert_eq!(h.liveness(), Ok(()));
+        }
+        assert!(h.status().live);
+        // The polls stop: wedged once the limit has passed since the last one.
+        advance(LIMIT).await;
+        assert_eq!(h.liveness(), Ok(()));
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            h.liveness().unwrap_err().to_string(),
+            "wedged: no pass started or finished and no event poll completed for 101s (limit 100s)"
+        );
+        assert!(!h.status().live);
+        // One poll is progress again.
+        h.progress();
+        assert_eq!(h.liveness(), Ok(()));
+        // Polls are not passes: the last pass and the counts stay as they were.
+        let st = h.status();
+        assert_eq!(st.last_pass.expect("a pass finished").result, "unchanged");
+        assert_eq!(st.consecutive_failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_is_off_until_it_reports() {
+        let (m, h) = health();
+        let w = h.status().watch;
+        assert_eq!(w.state, "off");
+        assert!(w.reason.contains("intervals.watch"), "{}", w.reason);
+        assert_eq!((w.cursor, w.last_event_id), (None, None));
+        assert_eq!(
+            (w.events_read_at, w.last_full_pass_at, w.next_full_pass_at),
+            (None, None, None)
+        );
+        assert_eq!(
+            sample(&m, r#"bosh_nats_sync_watch_state{state="off"}"#).as_deref(),
+            Some("1")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_reports_reach_status_and_the_state_gauge() {
+        let (m, h) = health();
+        let read_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        h.watch(WatchStatus {
+            state: WatchState::Unproven,
+            reason: "the event log is empty".into(),
+            cursor: None,
+            events_read_at: Some(read_at),
+            last_event_id: None,
+            last_full_pass_at: Some(read_at - Duration::from_secs(2)),
+            next_full_pass_at: Some(read_at + Duration::from_secs(8)),
+        });
+        let healthy = WatchStatus {
+            state: WatchState::Healthy,
+            reason: "the event log answers and is being written".into(),
+            cursor: Some(41),
+            events_read_at: Some(read_at + Duration::from_secs(1)),
+            last_event_id: Some(42),
+            last_full_pass_at: Some(read_at - Duration::from_secs(2)),
+            next_full_pass_at: Some(read_at + Duration::from_secs(298)),
+        };
+        h.watch(healthy.clone());
+        h.watch(healthy);
+
+        let w = h.status().watch;
+        assert_eq!(w.state, "healthy");
+        assert_eq!(w.reason, "the event log answers and is being written");
+        assert_eq!((w.cursor, w.last_event_id), (Some(41), Some(42)));
+        // Wall-clock times in the format of the rest of /status.
+        assert_eq!(
+            w.events_read_at.as_deref(),
+            Some(rfc3339(read_at + Duration::from_secs(1)).as_str())
+        );
+        assert_eq!(w.last_full_pass_at.as_deref(), Some("2026-11-18T11:06:38Z"));
+        assert_eq!(w.next_full_pass_at.as_deref(), Some("2026-11-18T11:11:38Z"));
+        for (series, value) in [
+            (r#"bosh_nats_sync_watch_state{state="healthy"}"#, "1"),
+            (r#"bosh_nats_sync_watch_state{state="unproven"}"#, "0"),
+            (r#"bosh_nats_sync_watch_state{state="off"}"#, "0"),
+            (
+                r#"bosh_nats_sync_watch_state_changes_total{state="healthy"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_watch_state_changes_total{state="unproven"}"#,
+                "1",
+            ),
+        ] {
+            assert_eq!(sample(&m, series).as_deref(), Some(value), "{series}");
+        }
+
+        // A watch that reports off (it stopped) shows off, with what it said.
+        h.watch(WatchStatus {
+            state: WatchState::Off,
+            reason: "stopped".into(),
+            cursor: None,
+            events_read_at: None,
+            last_event_id: None,
+            last_full_pass_at: None,
+            next_full_pass_at: None,
+        });
+        let w = h.status().watch;
+        assert_eq!((w.state, w.reason.as_str()), ("off", "stopped"));
+        assert_eq!(
+            sample(&m, r#"bosh_nats_sync_watch_state{state="off"}"#).as_deref(),
+            Some("1")
         );
     }
 

@@ -6,12 +6,13 @@
 //! through [`crate::Health`], which keeps `/status` and the metrics in step; everything
 //! else is recorded here directly.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets of the pass duration histogram: a pass with nothing to do on a small director
@@ -23,6 +24,13 @@ const PASS_DURATION_BUCKETS: &[f64] = &[
 /// Buckets of the director request latency histogram: requests time out after 30 s.
 const REQUEST_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets of the admission latency histogram (§6.6): the target is 2 s at the 99th
+/// percentile, a poll of the event log every second is the usual floor, and a VM whose agent
+/// waits for a full pass (up to `poll_user_sync` plus the pass) lands in the top buckets.
+const ADMISSION_LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0,
 ];
 
 /// The `result` label of `bosh_nats_sync_passes_total`: what a finished pass did.
@@ -140,6 +148,64 @@ impl ReloadResult {
     }
 }
 
+/// The state of the watch of the director's event log (§6.6): the `state` label of
+/// `bosh_nats_sync_watch_state` and `bosh_nats_sync_watch_state_changes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchState {
+    /// `intervals.watch: 0`, or the watch has not reported yet: full passes every
+    /// `poll_user_sync`, no event polls.
+    Off,
+    /// The event log answers but holds no event yet: it may not be written at all
+    /// (`record_events: false`), so full passes keep running every `poll_user_sync`.
+    Unproven,
+    /// The log answers and is being written: full passes only every `intervals.resync`.
+    Healthy,
+    /// Reading the log fails (HTTP error, 401/403, no such endpoint).
+    Failing,
+    /// A full pass found a change that no event announced.
+    Blind,
+}
+
+impl WatchState {
+    pub const ALL: [WatchState; 5] = [
+        Self::Off,
+        Self::Unproven,
+        Self::Healthy,
+        Self::Failing,
+        Self::Blind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Unproven => "unproven",
+            Self::Healthy => "healthy",
+            Self::Failing => "failing",
+            Self::Blind => "blind",
+        }
+    }
+}
+
+/// The `kind` label of `bosh_nats_sync_watch_passes_total` (§6.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    /// The whole director was listed.
+    Full,
+    /// Only the deployments the event log named were read again.
+    Partial,
+}
+
+impl PassKind {
+    pub const ALL: [PassKind; 2] = [Self::Full, Self::Partial];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Partial => "partial",
+        }
+    }
+}
+
 /// What `bosh_nats_sync_build_info` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildInfo {
@@ -177,6 +243,14 @@ pub struct Metrics {
     director_requests: IntCounterVec,
     director_request_duration: HistogramVec,
     uaa_token_fetches: IntCounterVec,
+    watch_state: IntGaugeVec,
+    watch_state_changes: IntCounterVec,
+    /// The state `watch_state` shows as 1; a report of the same state again changes nothing.
+    watch_current: Mutex<WatchState>,
+    watch_events_read: IntCounter,
+    watch_passes: IntCounterVec,
+    watch_unannounced_changes: IntCounter,
+    watch_admission_latency: Histogram,
 }
 
 /// The metric definitions below are constants of this file; an error from them is a bug
@@ -219,6 +293,13 @@ fn histogram_vec(
         labels,
     )
     .expect(STATIC_DEFINITION);
+    register(registry, h.clone());
+    h
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect(STATIC_DEFINITION);
     register(registry, h.clone());
     h
 }
@@ -328,6 +409,40 @@ impl Metrics {
             "UAA token fetches by result",
             &["result"],
         );
+        let watch_state = gauge_vec(
+            r,
+            "bosh_nats_sync_watch_state",
+            "State of the watch of the director's event log: 1 for the current state, 0 for the others",
+            &["state"],
+        );
+        let watch_state_changes = counter_vec(
+            r,
+            "bosh_nats_sync_watch_state_changes_total",
+            "Changes of the watch's state, by the state entered",
+            &["state"],
+        );
+        let watch_events_read = counter(
+            r,
+            "bosh_nats_sync_watch_events_read_total",
+            "New events read from the director's event log",
+        );
+        let watch_passes = counter_vec(
+            r,
+            "bosh_nats_sync_watch_passes_total",
+            "Passes run with the watch on, by kind (full: the whole director listed; partial: only the deployments events named)",
+            &["kind"],
+        );
+        let watch_unannounced_changes = counter(
+            r,
+            "bosh_nats_sync_watch_unannounced_changes_total",
+            "Deployments a full pass found changed that no event had announced",
+        );
+        let watch_admission_latency = histogram(
+            r,
+            "bosh_nats_sync_watch_admission_latency_seconds",
+            "Time from reading a VM's event to the verified reload that admitted its agent",
+            ADMISSION_LATENCY_BUCKETS,
+        );
         let build_info = gauge_vec(
             r,
             "bosh_nats_sync_build_info",
@@ -359,6 +474,15 @@ impl Metrics {
         for result in ["ok", "error"] {
             uaa_token_fetches.with_label_values(&[result]);
         }
+        for state in WatchState::ALL {
+            watch_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == WatchState::Off));
+            watch_state_changes.with_label_values(&[state.as_str()]);
+        }
+        for kind in PassKind::ALL {
+            watch_passes.with_label_values(&[kind.as_str()]);
+        }
 
         Self {
             registry,
@@ -377,6 +501,13 @@ impl Metrics {
             director_requests,
             director_request_duration,
             uaa_token_fetches,
+            watch_state,
+            watch_state_changes,
+            watch_current: Mutex::new(WatchState::Off),
+            watch_events_read,
+            watch_passes,
+            watch_unannounced_changes,
+            watch_admission_latency,
         }
     }
 
@@ -410,6 +541,50 @@ impl Metrics {
         self.subjects_rejected
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    /// The watch is in `state` (§6.6). A change of state moves the 1 of
+    /// `bosh_nats_sync_watch_state` and counts one change into `state`; reporting the
+    /// current state again changes nothing. Before any report the state is `off`.
+    /// [`crate::Health::watch`] calls this, so a caller reporting to `/status` need not.
+    pub fn watch_state(&self, state: WatchState) {
+        // Held while both metrics change, so concurrent reports cannot leave two states at 1.
+        let mut current = self
+            .watch_current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *current == state {
+            return;
+        }
+        self.watch_state
+            .with_label_values(&[current.as_str()])
+            .set(0);
+        self.watch_state.with_label_values(&[state.as_str()]).set(1);
+        self.watch_state_changes
+            .with_label_values(&[state.as_str()])
+            .inc();
+        *current = state;
+    }
+
+    /// `count` new events were read from the director's event log.
+    pub fn events_read(&self, count: u64) {
+        self.watch_events_read.inc_by(count);
+    }
+
+    /// A pass of `kind` ran with the watch on.
+    pub fn pass_kind(&self, kind: PassKind) {
+        self.watch_passes.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// A full pass found `deployments` deployments changed that no event had announced.
+    pub fn unannounced_changes(&self, deployments: u64) {
+        self.watch_unannounced_changes.inc_by(deployments);
+    }
+
+    /// A VM's agent was admitted `elapsed` after its event was read: the verified reload
+    /// that put it in nats-server's users finished then.
+    pub fn admission_latency(&self, elapsed: Duration) {
+        self.watch_admission_latency.observe(elapsed.as_secs_f64());
     }
 
     /// A pass was held back by mass-removal damping (§6.5); reported through
@@ -528,6 +703,14 @@ mod tests {
             ("bosh_nats_sync_held_passes_total", "0"),
             ("bosh_nats_sync_last_success_timestamp_seconds", "0"),
             ("bosh_nats_sync_consecutive_failures", "0"),
+            (
+                r#"bosh_nats_sync_watch_state_changes_total{state="healthy"}"#,
+                "0",
+            ),
+            (r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#, "0"),
+            ("bosh_nats_sync_watch_events_read_total", "0"),
+            ("bosh_nats_sync_watch_unannounced_changes_total", "0"),
+            ("bosh_nats_sync_watch_admission_latency_seconds_count", "0"),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }
@@ -601,6 +784,130 @@ mod tests {
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }
+    }
+
+    /// The `bosh_nats_sync_watch_state` series by state, as rendered.
+    fn watch_states(m: &Metrics) -> Vec<(&'static str, String)> {
+        let text = m.render();
+        WatchState::ALL
+            .iter()
+            .map(|s| {
+                let series = format!(r#"bosh_nats_sync_watch_state{{state="{}"}}"#, s.as_str());
+                let value = sample(&text, &series)
+                    .unwrap_or_else(|| panic!("{series} in\n{text}"))
+                    .to_owned();
+                (s.as_str(), value)
+            })
+            .collect()
+    }
+
+    fn changes_into(m: &Metrics, state: WatchState) -> String {
+        let series = format!(
+            r#"bosh_nats_sync_watch_state_changes_total{{state="{}"}}"#,
+            state.as_str()
+        );
+        sample(&m.render(), &series)
+            .unwrap_or_else(|| panic!("{series} exported"))
+            .to_owned()
+    }
+
+    /// Exactly `state` is at 1.
+    fn only(state: &str) -> Vec<(&'static str, String)> {
+        WatchState::ALL
+            .iter()
+            .map(|s| {
+                let v = if s.as_str() == state { "1" } else { "0" };
+                (s.as_str(), v.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_watch_state_is_off_until_reported() {
+        let m = Metrics::new();
+        assert_eq!(watch_states(&m), only("off"));
+        for state in WatchState::ALL {
+            assert_eq!(changes_into(&m, state), "0", "{state:?}");
+        }
+    }
+
+    #[test]
+    fn the_watch_state_gauge_moves_and_changes_are_counted_once() {
+        let m = Metrics::new();
+        m.watch_state(WatchState::Unproven);
+        assert_eq!(watch_states(&m), only("unproven"));
+        m.watch_state(WatchState::Healthy);
+        // Reporting the same state again is no change.
+        m.watch_state(WatchState::Healthy);
+        m.watch_state(WatchState::Healthy);
+        assert_eq!(watch_states(&m), only("healthy"));
+        m.watch_state(WatchState::Failing);
+        m.watch_state(WatchState::Healthy);
+        m.watch_state(WatchState::Blind);
+        assert_eq!(watch_states(&m), only("blind"));
+        for (state, changes) in [
+            (WatchState::Off, "0"),
+            (WatchState::Unproven, "1"),
+            (WatchState::Healthy, "2"),
+            (WatchState::Failing, "1"),
+            (WatchState::Blind, "1"),
+        ] {
+            assert_eq!(changes_into(&m, state), changes, "{state:?}");
+        }
+        // Back to off (the watch stopped) is a change like any other.
+        m.watch_state(WatchState::Off);
+        assert_eq!(watch_states(&m), only("off"));
+        assert_eq!(changes_into(&m, WatchState::Off), "1");
+    }
+
+    #[test]
+    fn watch_recorders_count() {
+        let m = Metrics::new();
+        m.events_read(3);
+        m.events_read(0);
+        m.events_read(200);
+        m.pass_kind(PassKind::Full);
+        m.pass_kind(PassKind::Partial);
+        m.pass_kind(PassKind::Partial);
+        m.unannounced_changes(2);
+        m.admission_latency(Duration::from_millis(40));
+        m.admission_latency(Duration::from_millis(1800));
+        m.admission_latency(Duration::from_secs(45));
+        let text = m.render();
+        for (series, value) in [
+            ("bosh_nats_sync_watch_events_read_total", "203"),
+            (r#"bosh_nats_sync_watch_passes_total{kind="full"}"#, "1"),
+            (r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#, "2"),
+            ("bosh_nats_sync_watch_unannounced_changes_total", "2"),
+            ("bosh_nats_sync_watch_admission_latency_seconds_count", "3"),
+            (
+                r#"bosh_nats_sync_watch_admission_latency_seconds_bucket{le="0.05"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_watch_admission_latency_seconds_bucket{le="1.5"}"#,
+                "1",
+            ),
+            (
+                r#"bosh_nats_sync_watch_admission_latency_seconds_bucket{le="2"}"#,
+                "2",
+            ),
+            (
+                r#"bosh_nats_sync_watch_admission_latency_seconds_bucket{le="30"}"#,
+                "2",
+            ),
+            (
+                r#"bosh_nats_sync_watch_admission_latency_seconds_bucket{le="+Inf"}"#,
+                "3",
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+        let sum: f64 = sample(&text, "bosh_nats_sync_watch_admission_latency_seconds_sum")
+            .expect("sum exported")
+            .parse()
+            .expect("a number");
+        assert!((sum - 46.84).abs() < 1e-9, "sum in seconds, got {sum}");
     }
 
     #[cfg(target_os = "linux")]

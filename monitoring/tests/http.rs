@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{get, sample};
 use monitoring::{
     DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SHUTDOWN_GRACE,
+    WatchState, WatchStatus,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -96,7 +97,7 @@ async fn healthz_follows_progress_and_failing_passes_count_as_progress() {
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(
         r.body,
-        "wedged: no pass started or finished for 121s (limit 120s)\n"
+        "wedged: no pass started or finished and no event poll completed for 121s (limit 120s)\n"
     );
 
     // A failed pass (director down) is progress.
@@ -114,6 +115,93 @@ async fn healthz_follows_progress_and_failing_passes_count_as_progress() {
     assert!(
         r.body.contains("current pass has been running for 150s"),
         "{r:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_polls_keep_healthz_alive_between_passes() {
+    let s = start().await;
+    s.health.pass_started();
+    s.health
+        .pass_finished(PassSummary::failed("connection", "connection refused"));
+    // A quiet director under a healthy watch: no pass for five limits, a poll every 10 s.
+    for _ in 0..(5 * LIMIT.as_secs() / 10) {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        s.health.progress();
+    }
+    let r = get(s.addr, "/healthz").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    tokio::time::advance(LIMIT + Duration::from_secs(1)).await;
+    let r = get(s.addr, "/healthz").await;
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_shows_the_watch() {
+    let s = start().await;
+    let st: serde_json::Value =
+        serde_json::from_str(&get(s.addr, "/status").await.body).expect("JSON");
+    let w = &st["watch"];
+    assert_eq!(w["state"], "off", "{st}");
+    assert!(w["reason"].is_string(), "{st}");
+    for key in [
+        "cursor",
+        "last_event_id",
+        "events_read_at",
+        "last_full_pass_at",
+        "next_full_pass_at",
+    ] {
+        assert!(w[key].is_null(), "{key} in {st}");
+    }
+
+    let now = std::time::SystemTime::now();
+    s.health.watch(WatchStatus {
+        state: WatchState::Blind,
+        reason: "a full pass found 2 deployments changed that no event announced".into(),
+        cursor: Some(1_000_123),
+        events_read_at: Some(now),
+        last_event_id: Some(1_000_125),
+        last_full_pass_at: Some(now),
+        next_full_pass_at: Some(now + Duration::from_secs(10)),
+    });
+    let st: serde_json::Value =
+        serde_json::from_str(&get(s.addr, "/status").await.body).expect("JSON");
+    let w = st["watch"].as_object().expect("a watch object");
+    let mut keys: Vec<&str> = w.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "cursor",
+            "events_read_at",
+            "last_event_id",
+            "last_full_pass_at",
+            "next_full_pass_at",
+            "reason",
+            "state"
+        ]
+    );
+    assert_eq!(w["state"], "blind");
+    assert_eq!(
+        w["reason"],
+        "a full pass found 2 deployments changed that no event announced"
+    );
+    assert_eq!(
+        (w["cursor"].as_u64(), w["last_event_id"].as_u64()),
+        (Some(1_000_123), Some(1_000_125))
+    );
+    for key in ["events_read_at", "last_full_pass_at", "next_full_pass_at"] {
+        let t = w[key].as_str().unwrap_or_else(|| panic!("{key} in {st}"));
+        assert!(t.len() == 20 && t.ends_with('Z'), "{key}: {t}");
+    }
+    let m = get(s.addr, "/metrics").await;
+    assert_eq!(
+        sample(&m.body, r#"bosh_nats_sync_watch_state{state="blind"}"#),
+        Some("1")
+    );
+    assert_eq!(
+        sample(&m.body, r#"bosh_nats_sync_watch_state{state="off"}"#),
+        Some("0")
     );
 }
 

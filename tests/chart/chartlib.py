@@ -61,7 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "state": {"mountPath": "/srv/bosh/nats-state",
                   "volume": {"persistentVolumeClaim": {"claimName": "nats-state"}}},
         "sync": {"httpPort": 9100, "log": {"format": "text", "level": "debug"},
-                 "damping": {"enabled": False}},
+                 "damping": {"enabled": False}, "watchInterval": 0, "resyncInterval": 600},
         "nats": {"port": 4333, "monitoringPort": 8333, "extraConfig": "ping_interval: 5\nping_max: 2"},
     },
 }

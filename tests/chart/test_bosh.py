@@ -92,7 +92,8 @@ def test_new_properties_become_new_keys_the_binary_accepts():
         "nats": {"enable_metrics_endpoint": True},
         "nats-sync": {
             "director": {"max_concurrency": 8, "request_timeout": 20, "connection_wait_timeout": 90},
-            "intervals": {"backoff_min": 2, "backoff_max": 30, "pass_timeout": 120},
+            "intervals": {"backoff_min": 2, "backoff_max": 30, "pass_timeout": 120,
+                          "watch": 2, "resync": 600},
             "reload_verify_timeout": 3,
             "http": {"listen": "0.0.0.0:9100", "enabled": True},
             "log": {"format": "json", "level": "debug"},
@@ -105,7 +106,7 @@ def test_new_properties_become_new_keys_the_binary_accepts():
     assert config["nats"]["monitoring_url"] == "http://127.0.0.1:8222"
     assert config["director"]["max_concurrency"] == 8
     assert config["intervals"] == {"poll_user_sync": 10, "backoff_min": 2, "backoff_max": 30,
-                                   "pass_timeout": 120}
+                                   "pass_timeout": 120, "watch": 2, "resync": 600}
     assert config["http"] == {"listen": "0.0.0.0:9100", "enabled": True}
     assert config["log"] == {"format": "json", "level": "debug"}
     assert config["damping"] == {"enabled": True, "max_removal_fraction": 0.3, "min_removals": 5,
@@ -116,6 +117,21 @@ def test_new_properties_become_new_keys_the_binary_accepts():
             assert {k: config[section][k] for k in keys} == keys
     out = check_config(text)
     assert "nats-server --signal reload" in out, out
+    assert "watch every 2s, resync every 600s" in out, out
+
+
+def test_the_watch_can_be_turned_off():
+    """nats-sync.intervals.watch: 0 is written as is (a falsy value, not an unset one)."""
+    props = merged(BASE, {"nats-sync": {"intervals": {"watch": 0}}})
+    text = render("templates/bosh_nats_sync_config.yml.erb", props)
+    assert yaml.safe_load(text)["intervals"] == {"poll_user_sync": 10, "watch": 0}
+    out = check_config(text)
+    assert "watch off" in out, out
+
+
+def test_without_watch_properties_the_watch_runs_with_its_defaults():
+    out = check_config(render("templates/bosh_nats_sync_config.yml.erb", BASE))
+    assert "watch every 1s, resync every 300s" in out, out
 
 
 def test_the_monitoring_url_can_be_overridden():

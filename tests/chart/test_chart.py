@@ -95,6 +95,10 @@ def test_the_schema_rejects_bad_values():
         {"sync": {"httpPort": "9758"}},
         {"sync": {"log": {"format": "xml"}}},
         {"sync": {"pollInterval": 0}},
+        {"sync": {"watchInterval": -1}},
+        {"sync": {"watchInterval": 0.01}},
+        {"sync": {"watchInterval": "1"}},
+        {"sync": {"resyncInterval": 0}},
         {"director": {"url": "10.0.0.6:25555"}},
         {"director": {"maxConcurrency": 0}},
         {"director": {"caCert": "not a certificate"}},
@@ -113,6 +117,23 @@ def test_the_schema_rejects_bad_values():
             with pytest.raises(helm.HelmError):
                 # Rendering validates too: `helm install` would refuse the same values.
                 chart.render(values, name="x", namespace="y")
+
+
+def test_the_watch_settings_reach_the_sidecar_config(variant):
+    _, values, _, objects = variant
+    intervals = sidecar_config(objects)["intervals"]
+    sync = values.get("sync", {})
+    assert intervals["watch"] == sync.get("watchInterval", 1), intervals
+    assert intervals["resync"] == sync.get("resyncInterval", 300), intervals
+
+
+def test_a_resync_shorter_than_the_watch_is_refused():
+    with pytest.raises(helm.HelmError) as refused:
+        render({"sync": {"watchInterval": 5, "resyncInterval": 2}})
+    assert "sync.resyncInterval (2) must not be shorter than sync.watchInterval (5)" in str(refused.value)
+    # With the watch off, resync is unused and not compared.
+    config = sidecar_config(manifests(render({"sync": {"watchInterval": 0, "resyncInterval": 0.5}})))
+    assert config["intervals"]["watch"] == 0 and config["intervals"]["resync"] == 0.5
 
 
 def test_the_pod_layout_is_consistent(variant):
@@ -291,6 +312,9 @@ def test_the_binary_accepts_the_rendered_config(name):
         assert out.returncode == 0, out.stdout + out.stderr
         assert "unknown key" not in out.stdout + out.stderr, out.stdout
         assert "reload via SIGHUP" in out.stdout, out.stdout
+        watch = VARIANTS[name].get("sync", {}).get("watchInterval", 1)
+        want = "watch off" if watch == 0 else f"watch every {watch}s"
+        assert want in out.stdout, out.stdout
 
 
 def test_the_sidecar_fixture_is_up_to_date():

@@ -80,9 +80,12 @@ directory, then the absolute path without its leading slash.
 {{- if .Values.subjects.director }}{{ $_ := set $director "director_subject_file" (printf "%s/director-subject" $conf) }}{{ end }}
 {{- if .Values.subjects.healthMonitor }}{{ $_ := set $director "hm_subject_file" (printf "%s/hm-subject" $conf) }}{{ end }}
 {{- $s := .Values.sync }}
+{{- if and (gt (float64 $s.watchInterval) 0.0) (lt (float64 $s.resyncInterval) (float64 $s.watchInterval)) }}
+{{- fail (printf "sync.resyncInterval (%v) must not be shorter than sync.watchInterval (%v): full passes would run more often than the event log is read; raise it, or set sync.watchInterval to 0" $s.resyncInterval $s.watchInterval) }}
+{{- end }}
 {{- $config := dict
   "director" $director
-  "intervals" (dict "poll_user_sync" $s.pollInterval "backoff_min" $s.backoffMin "backoff_max" $s.backoffMax "pass_timeout" $s.passTimeout)
+  "intervals" (dict "poll_user_sync" $s.pollInterval "backoff_min" $s.backoffMin "backoff_max" $s.backoffMax "pass_timeout" $s.passTimeout "watch" $s.watchInterval "resync" $s.resyncInterval)
   "nats" (dict
     "config_file_path" (include "bosh-nats-sync.authFile" .)
     "nats_server_pid_file" (include "bosh-nats-sync.pidFile" .)

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use monitoring::{
-    DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
-    SubjectKind,
+    DesiredCounts, Health, Metrics, PassKind, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
+    SubjectKind, WatchState, WatchStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -114,4 +114,29 @@ pub fn record_everything(metrics: &Metrics, health: &Health) {
     health.pass_finished(PassSummary::failed("connection", "connection refused"));
     health.mark_ready();
     health.next_pass_in(Duration::from_secs(2));
+
+    // The watch (§6.6): through every state, ending where it started.
+    for state in [
+        WatchState::Unproven,
+        WatchState::Healthy,
+        WatchState::Failing,
+        WatchState::Blind,
+        WatchState::Off,
+    ] {
+        health.watch(WatchStatus {
+            state,
+            reason: format!("the fixture says {}", state.as_str()),
+            cursor: Some(7),
+            events_read_at: Some(std::time::SystemTime::now()),
+            last_event_id: Some(9),
+            last_full_pass_at: Some(std::time::SystemTime::now()),
+            next_full_pass_at: Some(std::time::SystemTime::now() + Duration::from_secs(300)),
+        });
+    }
+    health.progress();
+    metrics.events_read(4);
+    metrics.pass_kind(PassKind::Full);
+    metrics.pass_kind(PassKind::Partial);
+    metrics.unannounced_changes(1);
+    metrics.admission_latency(Duration::from_millis(700));
 }
