@@ -35,6 +35,10 @@ pub struct DemoArgs {
     /// Seconds between passes (intervals.poll_user_sync).
     #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
+    /// Seconds between reads of the director's event log (intervals.watch; 0 = off, every
+    /// change then waits for a full pass).
+    #[arg(long, default_value_t = 1.0)]
+    pub watch: f64,
     /// Address for /metrics, /healthz, /readyz, /status.
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: String,
@@ -110,11 +114,12 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         format!(
             "---\n# Written by `bosh-nats-sync demo`: the BOSH job template's keys plus a few new ones.\n\
              {director}\
-             intervals:\n  poll_user_sync: {poll}\n\
+             intervals:\n  poll_user_sync: {poll}\n  watch: {watch}\n\
              nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}\
              http:\n  listen: {listen}\n",
             director = stage.director_yaml(),
             poll = args.poll,
+            watch = args.watch,
             auth = auth_file.display(),
             pid = pid_file.display(),
             listen = args.listen,
@@ -140,6 +145,17 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => println!(
             "  nats-server:        not on PATH (apt-get install nats-server); this process receives the SIGHUP reloads instead"
         ),
+    }
+    if args.watch > 0.0 {
+        println!(
+            "  watch:              the event log read every {} s: each VM the churn creates is admitted by a partial pass over its deployment alone (log lines kind=\"partial\" refetched=1); full passes every {} s only until the log proves it is written, then every 300 s",
+            args.watch, args.poll
+        );
+    } else {
+        println!(
+            "  watch:              off: every change waits for a full pass every {} s",
+            args.poll
+        );
     }
     println!("  config:             {}", config_path.display());
     println!(

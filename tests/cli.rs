@@ -320,8 +320,9 @@ fn the_demo_runs_the_controller_against_the_simulated_director() {
             "demo",
             "--duration",
             "4",
+            // Only the watch explains a change within the run: full passes are 30 s apart.
             "--poll",
-            "0.5",
+            "30",
             "--churn-ms",
             "200",
             "--deployments",
@@ -361,5 +362,11 @@ fn the_demo_runs_the_controller_against_the_simulated_director() {
     assert!(
         stdout.contains("pass changed the auth file") && stdout.contains("reloaded"),
         "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("kind=\"partial\"")
+            && l.contains("refetched=")
+            && l.contains("pass changed the auth file")),
+        "the churn's VMs are admitted by partial passes:\n{stdout}"
     );
 }

@@ -136,6 +136,8 @@ pub async fn measure(
             concurrency: cell.concurrency,
             poll_seconds: 0.3,
             nats: None,
+            // Full passes on the poll interval: what the grid measures.
+            watch: Some(0.0),
         },
     )?;
     world.set_latency(cell.latency);
@@ -266,6 +268,7 @@ pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Resul
             concurrency: 4,
             poll_seconds: 0.1,
             nats: None,
+            watch: Some(0.0),
         },
     )?;
     let start = Instant::now();
@@ -341,6 +344,7 @@ pub async fn nats_reload(
             concurrency: 4,
             poll_seconds: 60.0,
             nats: Some((nats.pid_file(), nats.monitoring_url())),
+            watch: None,
         },
     )?;
     let once = measure::run_to_exit(
@@ -399,7 +403,7 @@ pub async fn nats_reload(
     })
 }
 
-fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Command {
+pub fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Command {
     let mut c = match world.wrapper.split_first() {
         Some((program, wrapper_args)) => {
             let mut c = Command::new(program);
@@ -422,7 +426,7 @@ fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Comman
 
 /// The pass summary lines (JSON) of the log from byte `offset`, and the offset after the
 /// last complete line.
-fn pass_lines(log: &Path, offset: u64) -> anyhow::Result<(Vec<Value>, u64)> {
+pub fn pass_lines(log: &Path, offset: u64) -> anyhow::Result<(Vec<Value>, u64)> {
     let Ok(mut file) = std::fs::File::open(log) else {
         return Ok((Vec::new(), offset));
     };

@@ -8,6 +8,7 @@
 mod cells;
 mod measure;
 mod report;
+mod watch;
 mod world;
 
 use std::path::PathBuf;
@@ -48,6 +49,22 @@ pub struct Args {
     /// Deployments for the real nats-server reload check (default 5000; quick: 100; 0 skips it).
     #[arg(long)]
     pub nats_deployments: Option<usize>,
+    /// Deployments for the watch's admission benchmark (default 1000; quick: 100; 0 skips
+    /// it). It runs the binary with the watch on and with `intervals.watch: 0`.
+    #[arg(long)]
+    pub watch_deployments: Option<usize>,
+    /// VM creations measured per watch mode (default 60; quick: 10).
+    #[arg(long)]
+    pub creations: Option<usize>,
+    /// Seconds of a quiet director counted per watch mode (default 60; quick: 10).
+    #[arg(long)]
+    pub quiet_seconds: Option<u64>,
+    /// Per-request director latency of the watch benchmark, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub watch_latency_ms: u64,
+    /// Only the watch benchmark (no grid, idle or reload figures).
+    #[arg(long)]
+    pub watch_only: bool,
     /// Replace the generated section of this markdown file (between the bench markers).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -97,7 +114,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let world = World::start(args.wrapper.as_deref()).await?;
     let started = std::time::Instant::now();
     let mut results: Vec<CellResult> = Vec::new();
-    for &d in &deployments {
+    let grid = if args.watch_only {
+        &[][..]
+    } else {
+        &deployments[..]
+    };
+    for &d in grid {
         world.populate(d, args.vms);
         for &latency in &latencies {
             for &concurrency in &concurrencies {
@@ -123,14 +145,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     world.set_latency(Duration::ZERO);
 
-    eprintln!("bench: idle RSS ...");
-    world.populate(10, args.vms);
-    let idle = cells::idle(&world, &binary, Duration::from_secs(args.hold_idle))
-        .await
-        .context("idle RSS")?;
-    eprintln!("bench:   {idle:?}");
+    let idle = if args.watch_only {
+        None
+    } else {
+        eprintln!("bench: idle RSS ...");
+        world.populate(10, args.vms);
+        let idle = cells::idle(&world, &binary, Duration::from_secs(args.hold_idle))
+            .await
+            .context("idle RSS")?;
+        eprintln!("bench:   {idle:?}");
+        Some(idle)
+    };
 
-    let nats = if nats_deployments > 0 {
+    let nats = if nats_deployments > 0 && !args.watch_only {
         eprintln!("bench: real nats-server reload with {nats_deployments} deployments ...");
         world.populate(nats_deployments, args.vms);
         let n = cells::nats_reload(&world, &binary, nats_deployments, args.vms)
@@ -142,20 +169,63 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
 
+    let watch_deployments = args
+        .watch_deployments
+        .unwrap_or(if args.quick { 100 } else { 1000 });
+    let mut watch_runs = Vec::new();
+    if watch_deployments > 0 {
+        let plan = watch::Plan {
+            deployments: watch_deployments,
+            vms: args.vms,
+            latency: Duration::from_millis(args.watch_latency_ms),
+            poll_seconds: 10.0,
+            creations: args.creations.unwrap_or(if args.quick { 10 } else { 60 }),
+            spacing: Duration::from_millis(700),
+            quiet: Duration::from_secs(args.quiet_seconds.unwrap_or(if args.quick {
+                10
+            } else {
+                60
+            })),
+        };
+        for mode in [Some(1.0), None] {
+            eprintln!(
+                "bench: watch {mode:?}: {} x {} at {} ms ...",
+                plan.deployments, plan.vms, args.watch_latency_ms
+            );
+            world.populate(plan.deployments, plan.vms);
+            let run = watch::measure(&world, &binary, &plan, mode)
+                .await
+                .with_context(|| format!("the watch benchmark ({mode:?})"))?;
+            eprintln!("bench:   {}", run.summary());
+            watch_runs.push(run);
+        }
+    }
+
     let report = report::Report {
         command: &args.command,
         results: &results,
-        idle: &idle,
+        idle: idle.as_ref(),
         nats: nats.as_ref(),
+        watch: &watch_runs,
         elapsed: started.elapsed(),
     };
-    let markdown = report.markdown();
+    let markdown = (!args.watch_only).then(|| report.markdown());
+    let watch_markdown = report.watch_markdown();
     match &args.markdown {
         Some(path) => {
-            report::replace_section(path, &markdown)?;
+            if let Some(markdown) = &markdown {
+                report::replace_section(path, markdown)?;
+            }
+            if let Some(watch) = &watch_markdown {
+                report::replace_watch_section(path, watch)?;
+            }
             eprintln!("bench: wrote {}", path.display());
         }
-        None => println!("{markdown}"),
+        None => {
+            for section in markdown.iter().chain(watch_markdown.iter()) {
+                println!("{section}");
+            }
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)?;

@@ -48,6 +48,8 @@ pub struct CellConfig<'a> {
     pub poll_seconds: f64,
     /// `(pid file, monitoring URL)` of a real nats-server instead of the stand-in.
     pub nats: Option<(&'a Path, &'a str)>,
+    /// `intervals.watch` (§6.6); `None` leaves the key out (the program's default).
+    pub watch: Option<f64>,
 }
 
 impl World {
@@ -170,7 +172,7 @@ impl World {
              director:\n  url: {url}\n  user: {USER}\n  password: {PASSWORD}\n  client_id:\n  client_secret:\n\
              \x20 director_ca_cert: {ca}\n  director_subject_file: {ds}\n  hm_subject_file: {hs}\n\
              \x20 connection_wait_timeout: 0\n  max_concurrency: {conc}\n\
-             intervals:\n  poll_user_sync: {poll}\n  pass_timeout: 1800\n\
+             intervals:\n  poll_user_sync: {poll}\n  pass_timeout: 1800\n{watch}\
              nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}\
              logfile: {log}\n\
              log:\n  format: json\n\
@@ -181,6 +183,7 @@ impl World {
             hs = self.hm_subject.display(),
             conc = c.concurrency,
             poll = c.poll_seconds,
+            watch = c.watch.map_or(String::new(), |w| format!("  watch: {w}\n")),
             auth = files.auth_file.display(),
             pid = pid_file.display(),
             log = files.log.display(),
@@ -190,7 +193,7 @@ impl World {
     }
 }
 
-fn deployment_name(d: usize) -> String {
+pub fn deployment_name(d: usize) -> String {
     format!("service-instance_{:08x}-{d:05}", mix(d as u64) as u32)
 }
 
@@ -214,7 +217,7 @@ fn vm_list(deployment: usize, vms: usize) -> Vec<Vm> {
         .collect()
 }
 
-fn mix(mut x: u64) -> u64 {
+pub fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -45,6 +45,9 @@ struct Args {
     /// intervals.poll_user_sync, seconds.
     #[arg(long, default_value_t = 2.0)]
     poll: f64,
+    /// intervals.watch, seconds (0 turns the watch off): the churn's events are followed.
+    #[arg(long, default_value_t = 1.0)]
+    watch: f64,
     /// Seconds between samples.
     #[arg(long, default_value_t = 10.0)]
     sample_secs: f64,
@@ -70,6 +73,9 @@ struct Counters {
     errors: u64,
     reloads_ok: u64,
     reloads_failed: u64,
+    events_read: u64,
+    partial_passes: u64,
+    full_passes: u64,
 }
 
 /// One measurement of the process under test.
@@ -137,11 +143,12 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
         &config,
         format!(
             "{director}\
-             intervals:\n  poll_user_sync: {poll}\n\
+             intervals:\n  poll_user_sync: {poll}\n  watch: {watch}\n\
              nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n  monitoring_url: {mon}\n\
              http:\n  listen: {listen}\n",
             director = stage.director_yaml(),
             poll = args.poll,
+            watch = args.watch,
             auth = auth_file.display(),
             pid = nats.pid_file().display(),
             mon = nats.monitoring_url(),
@@ -169,9 +176,10 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     .await
     .context("/metrics never answered")?;
 
-    // Noise: churn on every deployment, and random 500s on the two listing endpoints.
+    // Noise: churn on every deployment (recorded in the event log, as the director does),
+    // and random 500s on the listing endpoints and the event log.
     let churns: Vec<Churn> = stage.churn_every_deployment(Duration::from_millis(args.churn_ms));
-    for endpoint in [Endpoint::Deployments, Endpoint::Vms] {
+    for endpoint in [Endpoint::Deployments, Endpoint::Vms, Endpoint::Events] {
         director.set_fault(
             endpoint,
             Fault::status(500).with_probability(args.fault_probability),
@@ -179,13 +187,14 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     }
 
     println!(
-        "soak: {} min, pid {pid}, {} deployments × ~{} VMs, churn every {} ms, {:.0}% of /deployments and /vms fail, poll {} s",
+        "soak: {} min, pid {pid}, {} deployments × ~{} VMs, churn every {} ms, {:.0}% of /deployments, /vms and /events fail, poll {} s, watch {} s",
         args.minutes,
         args.deployments,
         args.vms,
         args.churn_ms,
         args.fault_probability * 100.0,
-        args.poll
+        args.poll,
+        args.watch
     );
     println!("   t(s)  RSS(MiB)  fds  changed unchanged  error  errors  users");
     let total = Duration::from_secs_f64(args.minutes * 60.0);
@@ -216,9 +225,11 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
         .map(|c| c.stats().added() + c.stats().removed())
         .sum();
     let faults_fired = director.status_count(Endpoint::Deployments, 500)
-        + director.status_count(Endpoint::Vms, 500);
-    let requests =
-        director.request_count(Endpoint::Deployments) + director.request_count(Endpoint::Vms);
+        + director.status_count(Endpoint::Vms, 500)
+        + director.status_count(Endpoint::Events, 500);
+    let requests = director.request_count(Endpoint::Deployments)
+        + director.request_count(Endpoint::Vms)
+        + director.request_count(Endpoint::Events);
 
     // Quiet: no churn, no faults; the file must come to equal the director's state.
     for churn in &churns {
@@ -328,6 +339,15 @@ fn checks(
     let base_rss = mean(base.iter().map(|s| mib(s.rss_kib)));
     let last_rss = mean(last.iter().map(|s| mib(s.rss_kib)));
     let growth = last_rss / base_rss - 1.0;
+    // With the watch on, the events read between the two windows: memory must not follow
+    // them (nothing of an event is kept once its deployment is refetched).
+    let events_between = match (base.first(), last.last()) {
+        (Some(b), Some(l)) => l
+            .counters
+            .events_read
+            .saturating_sub(b.counters.events_read),
+        _ => 0,
+    };
     let base_fds = base.iter().map(|s| s.fds).max().unwrap_or(0);
     let last_fds = last.iter().map(|s| s.fds).min().unwrap_or(usize::MAX);
     vec![
@@ -340,7 +360,7 @@ fn checks(
             name: "RSS flat (growth ≤ 10%)",
             ok: !base.is_empty() && !last.is_empty() && growth <= 0.10,
             detail: format!(
-                "{base_rss:.1} MiB ({warm:.0}–{:.0} s) → {last_rss:.1} MiB (last {window:.0} s): {:+.1}%",
+                "{base_rss:.1} MiB ({warm:.0}–{:.0} s) → {last_rss:.1} MiB (last {window:.0} s): {:+.1}%, while {events_between} events were read",
                 warm + window,
                 growth * 100.0
             ),
@@ -388,7 +408,8 @@ impl Summary<'_> {
         let _ = writeln!(
             md,
             "Run: `{}` — {} min, {} deployments × ~{} VMs, churn every {} ms per deployment, \
-             {:.0}% of `/deployments` and `/vms` answered 500, poll every {} s, real nats-server. \
+             {:.0}% of `/deployments`, `/vms` and `/events` answered 500, poll every {} s, \
+             watch every {} s (0: off), real nats-server. \
              Machine: {} cores. **{verdict}**\n",
             a.command,
             a.minutes,
@@ -397,18 +418,23 @@ impl Summary<'_> {
             a.churn_ms,
             a.fault_probability * 100.0,
             a.poll,
+            a.watch,
             std::thread::available_parallelism().map_or(0, usize::from),
         );
         let _ = writeln!(
             md,
             "Over the run: {} VM additions/removals, {} of {} listing requests failed by the fault, \
-             passes {} changed / {} unchanged / {} error, {} errors counted, reloads {} ok / {} failed.\n",
+             passes {} changed / {} unchanged / {} error ({} partial, {} full with the watch), \
+             {} events read, {} errors counted, reloads {} ok / {} failed.\n",
             self.churned,
             self.faults_fired,
             self.requests,
             c.changed,
             c.unchanged,
             c.error,
+            c.partial_passes,
+            c.full_passes,
+            c.events_read,
             c.errors,
             c.reloads_ok,
             c.reloads_failed,
@@ -514,6 +540,14 @@ async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<Counters> {
                 c.unchanged += value;
             } else if has("result=\"error\"") {
                 c.error += value;
+            }
+        } else if series.starts_with("bosh_nats_sync_watch_events_read_total") {
+            c.events_read += value;
+        } else if series.starts_with("bosh_nats_sync_watch_passes_total{") {
+            if has("kind=\"partial\"") {
+                c.partial_passes += value;
+            } else if has("kind=\"full\"") {
+                c.full_passes += value;
             }
         } else if series.starts_with("bosh_nats_sync_errors_total") {
             c.errors += value;

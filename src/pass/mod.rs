@@ -227,7 +227,12 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         self.read_events(&mut watched.watch).await;
         let now = Instant::now();
         let observation = match watched.watch.full_due(now) {
-            Some(reason) => Some((Observation::Full, reason.label().to_owned())),
+            Some(reason) => {
+                if let watch::FullReason::Log(why) = &reason {
+                    tracing::info!(reason = %why, "the event log cannot say what changed: listing the whole director");
+                }
+                Some((Observation::Full, reason.label().to_owned()))
+            }
             None => {
                 let asked = ctx.changed_paths().next().is_some()
                     || ctx.has(&reconcile::Trigger::Manual)

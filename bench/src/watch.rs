@@ -1,0 +1,226 @@
+//! The watch (§6.6) measured: how long after a VM's second `create`/`vm` event a real
+//! nats-server admits the VM's bootstrap certificate, and what a quiet director is asked for
+//! in a minute — with the watch on and with `intervals.watch: 0` (full polling, the older
+//! programs' behaviour) side by side.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use sim::director::{Endpoint, Vm};
+use tokio::time::Instant;
+
+use crate::cells::{command, pass_lines};
+use crate::world::{CellConfig, World, agent_id, deployment_name};
+
+/// One mode's figures.
+#[derive(Debug, Clone)]
+pub struct WatchRun {
+    /// `intervals.watch` in seconds; `None` = 0 (off).
+    pub watch: Option<f64>,
+    pub poll_seconds: f64,
+    pub deployments: usize,
+    pub vms: usize,
+    pub latency: Duration,
+    pub users: u64,
+    /// Director requests per minute while nothing changed, and the window they were counted
+    /// over.
+    pub quiet_per_minute: f64,
+    pub quiet_window: Duration,
+    /// Of those, `/events` requests.
+    pub quiet_events: u64,
+    /// Second `create`/`vm` event → the bootstrap certificate admitted, one per creation.
+    pub admissions: Vec<Duration>,
+    /// How often each pending certificate was tried.
+    pub probe_every: Duration,
+}
+
+impl WatchRun {
+    pub fn label(&self) -> String {
+        match self.watch {
+            Some(s) => format!("watch ({s} s), resync 300 s"),
+            None => "`intervals.watch: 0` (polling)".to_owned(),
+        }
+    }
+
+    /// The `q`-quantile of the admissions (nearest rank).
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.admissions.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    pub fn max(&self) -> Duration {
+        self.admissions.iter().max().copied().unwrap_or_default()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} creations; quiet {:.0} req/min",
+            self.label(),
+            self.quantile(0.5).as_secs_f64(),
+            self.quantile(0.99).as_secs_f64(),
+            self.max().as_secs_f64(),
+            self.admissions.len(),
+            self.quiet_per_minute
+        )
+    }
+}
+
+/// What one mode is asked to do.
+pub struct Plan {
+    pub deployments: usize,
+    pub vms: usize,
+    pub latency: Duration,
+    pub poll_seconds: f64,
+    pub creations: usize,
+    /// Between two creations (plus a deterministic jitter of up to the same again, so that
+    /// creations land at every phase of the event poll).
+    pub spacing: Duration,
+    pub quiet: Duration,
+}
+
+/// Runs `binary` against the populated director and a real nats-server with the watch
+/// `watch` (seconds; `None` = off) and measures `plan`.
+pub async fn measure(
+    world: &World,
+    binary: &Path,
+    plan: &Plan,
+    watch: Option<f64>,
+) -> anyhow::Result<WatchRun> {
+    let name = format!(
+        "watch-{}-d{}",
+        watch.map_or("off".to_owned(), |s| s.to_string()),
+        plan.deployments
+    );
+    let files = world.cell(&name)?;
+    let nats_dir = files.dir.join("nats");
+    std::fs::create_dir_all(&nats_dir)?;
+    let nats = sim::nats::NatsServer::start(&nats_dir, &world.pki, &files.auth_file)
+        .await
+        .context("starting nats-server (apt-get install nats-server)")?;
+    world.write_config(
+        &files,
+        &CellConfig {
+            concurrency: 4,
+            poll_seconds: plan.poll_seconds,
+            nats: Some((nats.pid_file(), nats.monitoring_url())),
+            watch: Some(watch.unwrap_or(0.0)),
+        },
+    )?;
+    world.set_latency(plan.latency);
+    let mut child = Running(
+        command(world, binary, &files.config, &[])
+            .spawn()
+            .context("starting the binary")?,
+    );
+
+    // The start-up pass: converged and verifiably loaded.
+    let started = Instant::now();
+    let users = loop {
+        let (lines, _) = pass_lines(&files.log, 0)?;
+        if let Some(line) = lines.iter().find(|l| l["reloaded"].as_str() == Some("ok")) {
+            break line["desired"].as_u64().unwrap_or(0);
+        }
+        ensure!(
+            child.0.try_wait()?.is_none(),
+            "the binary exited: {}",
+            std::fs::read_to_string(&files.log).unwrap_or_default()
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "no verified start-up pass within 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // A quiet director: nothing changes for `plan.quiet`.
+    world.director.reset_stats();
+    let quiet_started = Instant::now();
+    tokio::time::sleep(plan.quiet).await;
+    let quiet_window = quiet_started.elapsed();
+    let quiet_requests = world.requests();
+    let quiet_events = world.director.request_count(Endpoint::Events);
+    let quiet_per_minute = quiet_requests as f64 * 60.0 / quiet_window.as_secs_f64();
+
+    // Creations, each on a deployment of its own turn, while a prober tries every pending
+    // bootstrap certificate in turn.
+    let certs = files.dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let probe_every = Duration::from_millis(25);
+    let mut pending: BTreeMap<usize, (sim::pki::CertFiles, Instant)> = BTreeMap::new();
+    let mut admissions = Vec::with_capacity(plan.creations);
+    let mut next_creation = Instant::now();
+    let mut created = 0;
+    let deadline_per_vm = Duration::from_secs_f64(plan.poll_seconds * 3.0 + 120.0);
+    while admissions.len() < plan.creations {
+        if created < plan.creations && Instant::now() >= next_creation {
+            let id = agent_id(1_000_000 + created, 0);
+            let cert = world
+                .pki
+                .client(&sim::pki::bootstrap_agent_cn(&id))?
+                .write_to(&certs, &format!("vm-{created}"))?;
+            let deployment = deployment_name(created * 7919 % plan.deployments);
+            let creation = world.director.begin_create_vm(&deployment, Vm::agent(&id));
+            world.director.finish_create_vm(creation);
+            // The clock starts at the second create/vm event: the row is in, the VM boots.
+            pending.insert(created, (cert, Instant::now()));
+            created += 1;
+            let jitter = plan
+                .spacing
+                .mul_f64((crate::world::mix(created as u64) % 1000) as f64 / 1000.0);
+            next_creation = Instant::now() + plan.spacing + jitter;
+        }
+        let mut done = Vec::new();
+        for (&n, (cert, since)) in &pending {
+            if nats.connect(cert).await.is_ok() {
+                admissions.push(since.elapsed());
+                done.push(n);
+            } else {
+                ensure!(
+                    since.elapsed() < deadline_per_vm,
+                    "VM {n} was not admitted within {deadline_per_vm:?}; log:\n{}",
+                    std::fs::read_to_string(&files.log).unwrap_or_default()
+                );
+            }
+        }
+        for n in done {
+            pending.remove(&n);
+        }
+        ensure!(
+            child.0.try_wait()?.is_none(),
+            "the binary exited during the creations"
+        );
+        tokio::time::sleep(probe_every).await;
+    }
+    drop(child);
+    world.set_latency(Duration::ZERO);
+    Ok(WatchRun {
+        watch,
+        poll_seconds: plan.poll_seconds,
+        deployments: plan.deployments,
+        vms: plan.vms,
+        latency: plan.latency,
+        users,
+        quiet_per_minute,
+        quiet_window,
+        quiet_events,
+        admissions,
+        probe_every,
+    })
+}
+
+/// The binary under measurement; killed when dropped (an early error included).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
