@@ -253,16 +253,30 @@ mod tests {
     #[tokio::test]
     async fn sighup_reaches_the_process_in_the_pid_file() {
         let dir = tempfile::tempdir().unwrap();
-        // A child that exits 0 only when it receives SIGHUP.
-        let mut child = tokio::process::Command::new("bash")
+        // A child that exits 0 only when it receives SIGHUP. Its SIGHUP disposition is reset
+        // first: under `nohup` it would inherit "ignored", and bash cannot trap a signal that
+        // was ignored when it started.
+        let mut command = tokio::process::Command::new("bash");
+        command
             .args([
                 "-c",
                 "trap 'exit 0' HUP; echo ready; while :; do sleep 0.05; done",
             ])
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec the closure only calls sigaction, which is
+        // async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGHUP,
+                    nix::sys::signal::SigHandler::SigDfl,
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{Auth, DIRECTOR_CN, Env};
+use common::{Auth, DIRECTOR_CN, Env, within};
 use nix::sys::signal::Signal;
 use sim::director::{Endpoint, Vm};
 use sim::fault::Fault;
@@ -22,26 +21,6 @@ const B: &str = "0a1b2c3d-0000-4000-8000-00000000000b";
 const STARTUP: Duration = Duration::from_secs(30);
 /// §6.1: a hand edit is corrected "within about a second"; the issue allows 2 s.
 const FILE_TRIGGER: Duration = Duration::from_secs(2);
-
-/// Polls `check` until it holds (printing how long that took, for
-/// `--nocapture`); after `within`, fails with the process's log.
-async fn within<F, Fut>(env: &Env, within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    let held = common::poll(within, || {
-        let check = check();
-        async move { if check.await { Ok(()) } else { Err(()) } }
-    });
-    assert!(
-        held.await.is_ok(),
-        "timed out after {within:?} waiting for: {what}\n{}",
-        env.diagnostics()
-    );
-    eprintln!("{:>8.3} s until {what}", start.elapsed().as_secs_f64());
-}
 
 /// Lines of the log holding every one of `needles`.
 fn log_lines_with(env: &Env, needles: &[&str]) -> usize {

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{Auth, Env};
+use common::{Auth, Env, within};
 use nix::sys::signal::Signal;
 use sim::director::{Endpoint, Vm};
 use sim::events::NewEvent;
@@ -23,25 +22,6 @@ const ADMITTED: Duration = Duration::from_secs(5);
 /// `intervals.poll_user_sync` when the test must not see a full pass.
 const POLL: f64 = 30.0;
 const WATCH: &str = "0.2";
-
-/// Polls `check` until it holds; after `within`, fails with the process's log.
-async fn within<F, Fut>(env: &Env, within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    let held = common::poll(within, || {
-        let check = check();
-        async move { if check.await { Ok(()) } else { Err(()) } }
-    });
-    assert!(
-        held.await.is_ok(),
-        "timed out after {within:?} waiting for: {what}\n{}",
-        env.diagnostics()
-    );
-    eprintln!("{:>8.3} s until {what}", start.elapsed().as_secs_f64());
-}
 
 /// `/status`'s `watch` object.
 async fn watch_status(base: &str) -> serde_json::Value {

@@ -483,3 +483,23 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("an HTTP client")
 }
+
+/// Polls `check` until it holds (printing how long that took, for `--nocapture`); after
+/// `within`, fails with the process's log.
+pub async fn within<F, Fut>(env: &Env, within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    let held = poll(within, || {
+        let check = check();
+        async move { if check.await { Ok(()) } else { Err(()) } }
+    });
+    assert!(
+        held.await.is_ok(),
+        "timed out after {within:?} waiting for: {what}\n{}",
+        env.diagnostics()
+    );
+    eprintln!("{:>8.3} s until {what}", start.elapsed().as_secs_f64());
+}
