@@ -90,16 +90,47 @@ async fn a_new_vm_is_admitted_within_seconds_while_the_poll_interval_is_long() {
     .await;
     assert!(created.elapsed() < Duration::from_secs_f64(POLL));
     assert_eq!(full_passes(&env), 1, "only the start-up pass was full");
-    assert!(
-        env.log()
-            .lines()
-            .any(|l| l.contains("kind=\"partial\"") && l.contains("refetched=1")),
-        "a partial pass names how many deployments it refetched\n{}",
-        env.diagnostics()
-    );
+    // The pass ends (its log line, its metrics) just after the reload that admitted it.
+    within(
+        &env,
+        ADMITTED,
+        "a partial pass's log line naming how many deployments it refetched",
+        || async {
+            env.log()
+                .lines()
+                .any(|l| l.contains("kind=\"partial\"") && l.contains("refetched=1"))
+        },
+    )
+    .await;
     let status = watch_status(&base).await;
     assert!(status["cursor"].as_u64().is_some(), "{status}");
     assert!(status["last_full_pass_at"].is_string(), "{status}");
+    // The metrics say the same: a partial pass, events read, one admission observed.
+    let metrics = metrics(&base).await;
+    for series in [
+        "bosh_nats_sync_watch_passes_total{kind=\"partial\"}",
+        "bosh_nats_sync_watch_events_read_total",
+        "bosh_nats_sync_watch_admission_latency_seconds_count",
+        "bosh_nats_sync_watch_state{state=\"healthy\"}",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(series) && !l.ends_with(" 0")),
+            "{series} is not positive:\n{metrics}"
+        );
+    }
+}
+
+async fn metrics(base: &str) -> String {
+    common::http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics is text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,14 +240,7 @@ async fn a_change_no_event_announced_makes_the_watch_blind_and_it_polls() {
         watch_status(&base).await["state"] == "blind"
     })
     .await;
-    let metrics = common::http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&base).await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("bosh_nats_sync_watch_unannounced_changes_total")
