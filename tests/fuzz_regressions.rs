@@ -255,6 +255,107 @@ fn deployment_seeds_decode_to_names_only() {
 }
 
 #[test]
+fn event_seeds_decode_with_the_documented_rules() {
+    let events = director::decode_events(&seed("events_decode", "director-page")).unwrap();
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [12, 11, 10, 9]);
+    assert_eq!(
+        events[0],
+        director::Event {
+            id: 12,
+            parent_id: Some(11),
+            timestamp: 1_700_000_042,
+            action: Some("create".into()),
+            object_type: Some("vm".into()),
+            object_name: Some("i-0a1b2c3d".into()),
+            deployment: Some("cf".into()),
+            instance: Some("router/5f1c2d3e-4b5a-4c6d-8e7f-001122334455".into()),
+        }
+    );
+    assert_eq!(events[1].object_name, None);
+    assert_eq!(events[3].deployment, None, "a lock of no deployment");
+
+    let integers = director::decode_events(&seed("events_decode", "integer-ids")).unwrap();
+    assert_eq!((integers[0].id, integers[0].parent_id), (3, Some(2)));
+    assert!(
+        director::decode_events(&seed("events_decode", "empty-array"))
+            .unwrap()
+            .is_empty()
+    );
+    for name in ["omitted-fields", "empty-and-null-fields"] {
+        for event in director::decode_events(&seed("events_decode", name)).unwrap() {
+            assert_eq!(
+                (
+                    event.parent_id,
+                    event.action,
+                    event.object_type,
+                    event.object_name,
+                    event.deployment,
+                    event.instance,
+                ),
+                (None, None, None, None, None, None),
+                "{name}"
+            );
+        }
+    }
+    let names: Vec<Option<String>> =
+        director::decode_events(&seed("events_decode", "deployment-names"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.deployment)
+            .collect();
+    assert_eq!(
+        names,
+        [
+            Some("ünï-日本".to_string()),
+            Some("a/b%2F..%".to_string()),
+            Some("..".to_string())
+        ]
+    );
+    // serde reads a struct written as an array of its fields in order.
+    let positional = director::decode_events(&seed("events_decode", "struct-as-array")).unwrap();
+    assert_eq!(
+        (
+            positional[0].id,
+            positional[0].parent_id,
+            positional[0].instance.as_deref()
+        ),
+        (5, Some(4), Some("w/0"))
+    );
+    // An ignored field holding a number beyond f64 is skipped (the fuzz oracle's
+    // `serde_json::Value` refuses it).
+    assert_eq!(
+        director::decode_events(&seed("events_decode", "huge-number-in-context"))
+            .unwrap()
+            .len(),
+        1
+    );
+
+    for (name, message) in [
+        (
+            "non-numeric-id",
+            r#"event at index 1: id "abc" is not an event id (an integer)"#,
+        ),
+        (
+            "negative-id",
+            r#"event at index 0: id "-1" is not an event id (an integer)"#,
+        ),
+        (
+            "id-beyond-u64",
+            r#"event at index 0: id "18446744073709551616" is not an event id (an integer)"#,
+        ),
+        ("missing-timestamp", "event at index 0 (id 7): no timestamp"),
+    ] {
+        let err = director::decode_events(&seed("events_decode", name)).expect_err(name);
+        assert_eq!(err.to_string(), message, "{name}");
+    }
+    assert!(matches!(
+        director::decode_events(&seed("events_decode", "director-error-object")),
+        Err(director::EventsDecodeError::Json(_))
+    ));
+}
+
+#[test]
 fn agent_ids_are_ascii_only_and_at_most_128_bytes() {
     assert!(AgentId::parse(&"a".repeat(128)).is_ok());
     assert_eq!(

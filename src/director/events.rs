@@ -208,7 +208,13 @@ impl<'de> Visitor<'de> for RawIdVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawId, E> {
-        Ok(RawId::Other(v.to_string()))
+        // `1e300` displays as 301 digits.
+        let shown = v.to_string();
+        Ok(RawId::Other(if shown.len() <= 24 {
+            shown
+        } else {
+            format!("{v:e}")
+        }))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawId, E> {
@@ -350,6 +356,10 @@ mod tests {
             (
                 r#"[{"id":"18446744073709551616","timestamp":0}]"#,
                 r#"event at index 0: id "18446744073709551616" is not an event id (an integer)"#,
+            ),
+            (
+                r#"[{"id":1e300,"timestamp":0}]"#,
+                "event at index 0: id 1e300 is not an event id (an integer)",
             ),
             (
                 r#"[{"id":true,"timestamp":0}]"#,
