@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Auth, DIRECTOR_CN, Env, HM_CN, identity};
-use sim::director::{Endpoint, Vm};
+use sim::director::Vm;
 use sim::fault::Fault;
 use sim::nats::Permission;
 use sim::pki::{agent_cn, bootstrap_agent_cn};
@@ -115,17 +115,14 @@ async fn an_unchanged_director_means_no_write_and_no_reload() {
     })
     .await;
     let after_startup = env.nats.config_load_time().await.unwrap();
-    // Rewriting a subject file with the same content triggers a pass that changes nothing.
-    let passes_before = env.director.request_count(Endpoint::Deployments);
+    // Rewriting a subject file with the same content triggers a pass that changes nothing
+    // (with the watch on, the default, a partial pass over the kept view: it lists nothing,
+    // so its log line is what shows it ran).
     std::fs::write(
         &env.hm_subject_file,
         format!("{}\n", sim::pki::bosh_subject(HM_CN)),
     )
     .unwrap();
-    common::eventually(Duration::from_secs(20), "a second pass", || async {
-        env.director.request_count(Endpoint::Deployments) > passes_before
-    })
-    .await;
     common::eventually(
         Duration::from_secs(20),
         "the second pass's summary in the log",
