@@ -224,6 +224,7 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 next: None,
             });
         };
+        let read_at = Instant::now();
         self.read_events(&mut watched.watch).await;
         let now = Instant::now();
         let observation = match watched.watch.full_due(now) {
@@ -259,7 +260,7 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         self.report_watch(watch);
         Ok(Tick {
             report,
-            next: Some(watch.next_tick_in(Instant::now())),
+            next: Some(watch.next_tick_in(read_at, Instant::now())),
         })
     }
 

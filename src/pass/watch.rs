@@ -405,12 +405,16 @@ impl Watch {
         Some(last + every)
     }
 
-    /// Until the next tick: the watch interval, or sooner when a full pass is due sooner.
-    pub fn next_tick_in(&self, now: Instant) -> Duration {
+    /// Until the next tick: `intervals.watch` after this tick's read of the log began
+    /// (`read_at`), so a pass that outlasts the interval is followed by the next read at once;
+    /// sooner when a full pass is due sooner.
+    pub fn next_tick_in(&self, read_at: Instant, now: Instant) -> Duration {
         let until_full = self
             .next_full_at()
             .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
-        self.settings.interval.min(until_full)
+        (read_at + self.settings.interval)
+            .saturating_duration_since(now)
+            .min(until_full)
     }
 
     /// The dirty deployments, to refetch.

@@ -193,7 +193,10 @@ async fn start_up_is_unproven_with_a_full_pass_due() {
     let watch = Watch::new(SETTINGS);
     assert_eq!(watch.state().0, WatchState::Unproven);
     assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Startup));
-    assert_eq!(watch.next_tick_in(Instant::now()), Duration::ZERO);
+    assert_eq!(
+        watch.next_tick_in(Instant::now(), Instant::now()),
+        Duration::ZERO
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -203,10 +206,26 @@ async fn a_written_log_is_healthy_and_resyncs_on_its_interval() {
     assert_eq!(watch.state().0, WatchState::Healthy);
     assert_eq!(watch.full_due(start), None);
     assert_eq!(watch.next_full_at(), Some(start + SETTINGS.resync));
-    assert_eq!(watch.next_tick_in(start), SETTINGS.interval);
-    tokio::time::advance(SETTINGS.resync - Duration::from_millis(500)).await;
+    assert_eq!(watch.next_tick_in(start, start), SETTINGS.interval);
+    // The interval runs from the read that began the tick: a tick whose pass took 300 ms
+    // reads again 700 ms after it ended, one whose pass outlasted the interval at once.
+    let read_at = Instant::now();
+    tokio::time::advance(Duration::from_millis(300)).await;
     assert_eq!(
-        watch.next_tick_in(Instant::now()),
+        watch.next_tick_in(read_at, Instant::now()),
+        SETTINGS.interval - Duration::from_millis(300)
+    );
+    tokio::time::advance(SETTINGS.interval).await;
+    assert_eq!(watch.next_tick_in(read_at, Instant::now()), Duration::ZERO);
+    tokio::time::advance(
+        SETTINGS.resync
+            - Duration::from_millis(500)
+            - SETTINGS.interval
+            - Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        watch.next_tick_in(Instant::now(), Instant::now()),
         Duration::from_millis(500),
         "the tick before a resync comes when the resync is due"
     );
