@@ -87,7 +87,7 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         stage.churn_every_deployment(Duration::from_millis(args.churn_ms))
     };
 
-    let nats = if !args.no_nats && on_path("nats-server") {
+    let nats = if !args.no_nats && is_executable(&sim::nats::executable()) {
         let nats_dir = dir.join("nats");
         std::fs::create_dir_all(&nats_dir)?;
         Some(NatsServer::start(&nats_dir, &stage.pki, &auth_file).await?)
@@ -137,13 +137,14 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     match &nats {
         Some(server) => println!(
-            "  nats-server:        {} (verify_and_map; pid {}; monitoring {})",
+            "  nats-server:        {} {} (verify_and_map; pid {}; monitoring {})",
+            server.version(),
             server.client_url(),
             server.pid(),
             server.monitoring_url()
         ),
         None => println!(
-            "  nats-server:        not on PATH (apt-get install nats-server); this process receives the SIGHUP reloads instead"
+            "  nats-server:        not on PATH and not named by $NATS_SERVER (apt-get install nats-server); this process receives the SIGHUP reloads instead"
         ),
     }
     if args.watch > 0.0 {
@@ -189,11 +190,6 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
     }
     Ok(code)
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| is_executable(&p.join(program))))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -34,6 +34,53 @@ use tokio::time::Instant;
 use crate::fault::lock;
 use crate::pki::{CertFiles, Pki, PkiError};
 
+/// The environment variable that names the nats-server binary every test, benchmark, the
+/// soak and the demo start (see [`executable`]).
+pub const NATS_SERVER_ENV: &str = "NATS_SERVER";
+
+/// The nats-server binary to start: `$NATS_SERVER` when set (a path, e.g. one of the release
+/// binaries `scripts/nats-servers` installs), otherwise `nats-server` found on `PATH`
+/// (Debian's package). When neither exists the bare name is returned, so starting it fails
+/// with [`NatsError::NotInstalled`] naming what to install.
+pub fn executable() -> PathBuf {
+    if let Some(path) = std::env::var_os(NATS_SERVER_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("nats-server"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// `executable --version`, e.g. `v2.14.5` (nats-server prints `nats-server: v2.14.5`).
+pub fn version(executable: &Path) -> Result<String, NatsError> {
+    let out = std::process::Command::new(executable)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NatsError::NotInstalled(executable.to_owned()),
+            _ => NatsError::Io(e),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .rsplit(' ')
+        .next()
+        .filter(|v| out.status.success() && v.starts_with('v'))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            NatsError::Monitoring(format!(
+                "`{} --version` printed {:?} ({})",
+                executable.display(),
+                text.trim(),
+                out.status
+            ))
+        })
+}
+
 /// How long [`NatsServer::start`] waits for the server to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -42,7 +89,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum NatsError {
     /// The `nats-server` binary was not found.
     #[error(
-        "`{0}` not found: install nats-server (Debian/Ubuntu: `apt-get install nats-server`) or put it on PATH"
+        "`{0}` not found: install nats-server (Debian/Ubuntu: `apt-get install nats-server`; \
+         release binaries: `scripts/nats-servers`), put it on PATH or name it in $NATS_SERVER"
     )]
     NotInstalled(PathBuf),
     /// Writing the configuration or certificates failed.
@@ -52,16 +100,20 @@ pub enum NatsError {
     #[error(transparent)]
     Pki(#[from] PkiError),
     /// The server exited during start-up.
-    #[error("nats-server exited during start-up ({status}): {log}")]
+    #[error("nats-server {server} exited during start-up ({status}): {log}")]
     Exited {
+        /// Which server: its version and path.
+        server: String,
         /// Its exit status.
         status: String,
         /// The end of its log.
         log: String,
     },
     /// The server did not become ready in time.
-    #[error("nats-server not ready within {timeout:?}: {log}")]
+    #[error("nats-server {server} not ready within {timeout:?}: {log}")]
     NotReady {
+        /// Which server: its version and path.
+        server: String,
         /// How long was waited.
         timeout: Duration,
         /// The end of its log.
@@ -111,6 +163,12 @@ impl NatsError {
 pub struct NatsServer {
     child: Child,
     pid: u32,
+    /// `v2.14.5`.
+    version: String,
+    /// The binary.
+    executable: PathBuf,
+    /// The version and the path, for messages.
+    server: String,
     client_url: String,
     monitoring_url: String,
     monitoring_addr: String,
@@ -121,9 +179,9 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server` from PATH; see [`NatsServer::start_with`].
+    /// Starts the nats-server [`executable`] names; see [`NatsServer::start_with`].
     pub async fn start(dir: &Path, pki: &Pki, auth_file: &Path) -> Result<NatsServer, NatsError> {
-        NatsServer::start_with(Path::new("nats-server"), dir, pki, auth_file).await
+        NatsServer::start_with(&executable(), dir, pki, auth_file).await
     }
 
     /// Writes `nats.conf` (TLS with `verify_and_map`, `include` of `auth_file` by a path
@@ -131,12 +189,15 @@ impl NatsServer {
     /// spawns `executable -c dir/nats.conf` and waits until it listens.
     ///
     /// `auth_file` must exist and parse, or nats-server refuses to start ([`NatsError::Exited`]).
+    /// It prints (to stderr) which version it started, and its errors name it.
     pub async fn start_with(
         executable: &Path,
         dir: &Path,
         pki: &Pki,
         auth_file: &Path,
     ) -> Result<NatsServer, NatsError> {
+        let version = version(executable)?;
+        let server = format!("{version} ({})", executable.display());
         let dir = std::fs::canonicalize(dir)?;
         let files = pki.write_to(&dir)?;
         let auth_file = absolute(auth_file)?;
@@ -177,6 +238,9 @@ impl NatsServer {
         let mut server = NatsServer {
             child,
             pid,
+            version,
+            executable: executable.to_owned(),
+            server,
             client_url: String::new(),
             monitoring_url: String::new(),
             monitoring_addr: String::new(),
@@ -186,6 +250,10 @@ impl NatsServer {
             ca_file: files.ca_cert,
         };
         server.wait_ready(&ports_dir).await?;
+        eprintln!(
+            "started nats-server {} (pid {}, {})",
+            server.server, server.pid, server.client_url
+        );
         Ok(server)
     }
 
@@ -195,6 +263,7 @@ impl NatsServer {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Err(NatsError::Exited {
+                    server: self.server.clone(),
                     status: status.to_string(),
                     log: self.log_tail(),
                 });
@@ -213,6 +282,7 @@ impl NatsServer {
             }
             if Instant::now() >= deadline {
                 return Err(NatsError::NotReady {
+                    server: self.server.clone(),
                     timeout: START_TIMEOUT,
                     log: self.log_tail(),
                 });
@@ -234,6 +304,26 @@ impl NatsServer {
     /// The pid file nats-server writes (what `nats_server_pid_file` is).
     pub fn pid_file(&self) -> &Path {
         &self.pid_file
+    }
+
+    /// The version that runs, as `--version` printed it: `v2.14.5`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The binary that runs.
+    pub fn executable(&self) -> &Path {
+        &self.executable
+    }
+
+    /// `/varz` `config_digest`, the digest of the configuration the server has loaded (its
+    /// parsed form, included files resolved: whitespace does not change it). nats-server
+    /// 2.14.5 and 2.15.1 publish it; 2.9.10 does not (`None`).
+    pub async fn config_digest(&self) -> Result<Option<String>, NatsError> {
+        Ok(self.varz().await?["config_digest"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned))
     }
 
     /// The server's process id.

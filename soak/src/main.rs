@@ -135,7 +135,7 @@ async fn soak(args: &Args, dir: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&nats_dir)?;
     let nats = NatsServer::start(&nats_dir, &stage.pki, &auth_file)
         .await
-        .context("starting nats-server (is it on PATH?)")?;
+        .context("starting nats-server ($NATS_SERVER, else nats-server on PATH)")?;
 
     let listen = free_port()?;
     let config = dir.join("bosh_nats_sync_config.yml");

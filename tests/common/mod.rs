@@ -26,15 +26,16 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_bosh-nats-sync")
 }
 
-/// The absolute path of nats-server on PATH; fails with the package to install.
+/// The nats-server every test starts (`$NATS_SERVER`, else `nats-server` on PATH: see
+/// `sim::nats::executable`), as an absolute path; fails naming what to install.
 pub fn nats_server_path() -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-        .expect("nats-server is not on PATH: apt-get install nats-server")
+    let exe = sim::nats::executable();
+    assert!(
+        exe.is_file(),
+        "{}",
+        sim::nats::NatsError::NotInstalled(exe.clone())
+    );
+    std::fs::canonicalize(&exe).unwrap_or(exe)
 }
 
 /// How the simulated director authenticates clients.
