@@ -2,6 +2,7 @@
 //! monitoring endpoint is known — verify the server really reloaded.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -49,6 +50,13 @@ pub enum ReloadError {
          (the server rejected the file or never got the signal; see its log)"
     )]
     NotApplied { before: String, waited: Duration },
+    #[error(
+        "nats-server reloaded, but /varz config_digest stayed {digest} although {} changed \
+         since its last reload: the configuration nats-server loads does not include that file \
+         (check the `include` in nats-server's config against nats.config_file_path)",
+        auth_file.display()
+    )]
+    NotIncluded { digest: String, auth_file: PathBuf },
 }
 
 impl ReloadError {
@@ -61,6 +69,7 @@ impl ReloadError {
             ReloadError::Spawn { .. } | ReloadError::Command { .. } => "reload_signal",
             ReloadError::Monitor { .. } => "reload_monitor",
             ReloadError::NotApplied { .. } => "reload_rejected",
+            ReloadError::NotIncluded { .. } => "reload_not_included",
         }
     }
 }
@@ -88,11 +97,26 @@ impl Reloaded {
 pub struct Reloader {
     settings: NatsSettings,
     http: reqwest::Client,
+    /// What the last verified reload loaded, where the server publishes a digest.
+    loaded: Arc<Mutex<Option<Loaded>>>,
 }
 
+/// The part of `/varz` verification reads.
 #[derive(Deserialize)]
 struct Varz {
     config_load_time: String,
+    /// A digest of the configuration the server has loaded (its parsed form, included files
+    /// resolved): nats-server 2.14.5 and 2.15.1 publish it, 2.9.10 does not.
+    #[serde(default)]
+    config_digest: Option<String>,
+}
+
+/// A verified reload on a server that publishes `config_digest`: the digest it showed after,
+/// and a hash of the auth file's bytes it loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    digest: String,
+    file: u64,
 }
 
 impl Reloader {
@@ -105,7 +129,11 @@ impl Reloader {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("a reqwest client with only timeouts set always builds");
-        Self { settings, http }
+        Self {
+            settings,
+            http,
+            loaded: Arc::default(),
+        }
     }
 
     /// Signals a reload and, with a monitoring URL, waits until the server shows it loaded
@@ -123,6 +151,11 @@ impl Reloader {
         self.signal_and_verify().instrument(span).await
     }
 
+    /// §5.2: the signal, then `config_load_time` must advance. Where the server publishes
+    /// `config_digest` the reload must also have loaded the auth file: when the file's bytes
+    /// changed since the last verified reload and the server still showed that reload's
+    /// digest before the signal, a digest that stays the same means the server loaded a
+    /// configuration that does not include the file ([`ReloadError::NotIncluded`]).
     async fn signal_and_verify(&self) -> Result<Reloaded, ReloadError> {
         let Some(base) = &self.settings.monitoring_url else {
             self.signal().await?;
@@ -132,25 +165,49 @@ impl Reloader {
             url: base.to_string(),
             message: e.to_string(),
         })?;
-        let before = self.config_load_time(&varz).await?;
+        let before = self.varz(&varz).await?;
+        // Read before the signal: the content the server is asked to load.
+        let file = before
+            .config_digest
+            .as_ref()
+            .map(|_| file_hash(&self.settings.auth_file));
         self.signal().await?;
         let waited = self.settings.reload_verify_timeout;
         let deadline = tokio::time::Instant::now() + waited;
-        loop {
+        let after = loop {
             // A read error while the server reloads is retried until the deadline.
-            if let Ok(now) = self.config_load_time(&varz).await
-                && now != before
+            if let Ok(now) = self.varz(&varz).await
+                && now.config_load_time != before.config_load_time
             {
-                return Ok(Reloaded::Verified);
+                break now;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ReloadError::NotApplied { before, waited });
+                return Err(ReloadError::NotApplied {
+                    before: before.config_load_time,
+                    waited,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (Some(digest), Some(file)) = (after.config_digest, file) else {
+            return Ok(Reloaded::Verified);
+        };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = loaded.as_ref()
+            && before.config_digest.as_deref() == Some(last.digest.as_str())
+            && digest == last.digest
+            && file != last.file
+        {
+            return Err(ReloadError::NotIncluded {
+                digest,
+                auth_file: self.settings.auth_file.clone(),
+            });
         }
+        *loaded = Some(Loaded { digest, file });
+        Ok(Reloaded::Verified)
     }
 
-    async fn config_load_time(&self, varz: &url::Url) -> Result<String, ReloadError> {
+    async fn varz(&self, varz: &url::Url) -> Result<Varz, ReloadError> {
         let err = |message: String| ReloadError::Monitor {
             url: varz.to_string(),
             message,
@@ -164,8 +221,7 @@ impl Reloader {
         if !resp.status().is_success() {
             return Err(err(format!("HTTP status {}", resp.status())));
         }
-        let body: Varz = resp.json().await.map_err(|e| err(e.to_string()))?;
-        Ok(body.config_load_time)
+        resp.json().await.map_err(|e| err(e.to_string()))
     }
 
     /// Delivers the reload signal (§5.1).
@@ -173,6 +229,26 @@ impl Reloader {
         match &self.settings.executable {
             Some(exe) => signal_with_executable(exe, &self.settings.pid_file).await,
             None => sighup(&self.settings.pid_file),
+        }
+    }
+}
+
+/// A hash of the file's bytes (`0` when it cannot be read: the reload itself then says why),
+/// read in 64 KiB pieces: the file can be tens of MiB, and a pass must not hold it whole.
+fn file_hash(path: &Path) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut hasher = DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return hasher.finish(),
+            Ok(n) => hasher.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return 0,
         }
     }
 }

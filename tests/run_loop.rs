@@ -264,6 +264,83 @@ async fn a_reload_the_monitored_server_never_applied_fails_and_is_retried_until_
     assert!(run.is_running());
 }
 
+/// §5.2 with a server that publishes `/varz` `config_digest` (2.14.5, 2.15.1): a
+/// configuration that does not include the auth file reloads fine — `config_load_time`
+/// advances — but its digest stays put while the file changes, and that is a failed reload
+/// naming the file. 2.9.10 publishes no digest: there the same mistake still passes for a
+/// verified reload, as it did before the digest existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_config_does_not_include_the_auth_file_fails_the_reload_where_it_has_a_digest()
+ {
+    let env = Env::start(Auth::Basic, vec![Vm::agent(A).permanent(true)]).await;
+    // The file bosh-nats-sync writes is not the one nats-server includes (env.auth_file).
+    let elsewhere = env.dir.path().join("not-included.json");
+    let elsewhere_text = elsewhere.display().to_string();
+    env.write_config_full(
+        60.0,
+        &[
+            ("intervals.backoff_min", "0.2"),
+            ("intervals.backoff_max", "1"),
+            ("nats.config_file_path", elsewhere_text.as_str()),
+            ("nats.reload_verify_timeout", "2"),
+        ],
+        "",
+    );
+    let digest = env.nats.config_digest().await.unwrap();
+    let version = env.nats.version().to_owned();
+    let mut run = env.spawn_run();
+    match digest {
+        Some(digest) => {
+            // The bootstrap write's reload is the first one seen: nothing to compare with.
+            // The pass's write (agent A added) is then caught.
+            within(
+                &env,
+                STARTUP,
+                "passes failed with reason reload_not_included",
+                || async {
+                    log_lines_with(&env, &["pass failed", "reason=\"reload_not_included\""]) >= 2
+                },
+            )
+            .await;
+            let log = env.log();
+            assert!(
+                log.contains(&format!("config_digest stayed {digest}"))
+                    && log.contains(&elsewhere_text),
+                "the error names the digest and the file ({version}):\n{}",
+                env.diagnostics()
+            );
+            assert!(
+                std::fs::read_to_string(&elsewhere)
+                    .unwrap()
+                    .contains(&bosh_subject_of_agent(A)),
+                "the file was written before the reload"
+            );
+            assert!(
+                !env.admitted(&agent_cn(A)).await,
+                "nats-server never loaded that file ({version})"
+            );
+        }
+        None => {
+            within(
+                &env,
+                STARTUP,
+                "a pass with a reload taken as verified",
+                || async {
+                    log_lines_with(&env, &["pass changed the auth file", "reloaded=\"ok\""]) >= 1
+                },
+            )
+            .await;
+            assert_eq!(
+                log_lines_with(&env, &["reload_not_included"]),
+                0,
+                "no digest, no such check ({version}):\n{}",
+                env.diagnostics()
+            );
+        }
+    }
+    assert!(run.is_running());
+}
+
 /// Starts the loop with every `/vms` request held for 30 s, signals once one is held, and
 /// checks the process exits 0 within 2 s without half-applying the pass.
 async fn a_held_request_does_not_delay_exit_on(signal: Signal) {
