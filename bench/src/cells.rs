@@ -315,6 +315,8 @@ pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Resul
 /// `/varz`, then a SIGHUP timed until `config_load_time` advances, then admission checks.
 #[derive(Debug, Clone)]
 pub struct NatsCheck {
+    /// The nats-server measured: its version (`v2.14.5`).
+    pub version: String,
     pub deployments: usize,
     pub vms: usize,
     pub users: u64,
@@ -326,18 +328,22 @@ pub struct NatsCheck {
     pub stranger_refused: bool,
 }
 
+/// Runs the check against the nats-server binary `executable`.
 pub async fn nats_reload(
     world: &World,
     binary: &Path,
+    executable: &Path,
     deployments: usize,
     vms: usize,
 ) -> anyhow::Result<NatsCheck> {
-    let files = world.cell(&format!("nats-d{deployments}"))?;
+    let version = sim::nats::version(executable)?;
+    let files = world.cell(&format!("nats-d{deployments}-{version}"))?;
     let nats_dir = files.dir.join("nats");
     std::fs::create_dir_all(&nats_dir)?;
-    let nats = sim::nats::NatsServer::start(&nats_dir, &world.pki, &files.auth_file)
-        .await
-        .context("starting nats-server (apt-get install nats-server)")?;
+    let nats =
+        sim::nats::NatsServer::start_with(executable, &nats_dir, &world.pki, &files.auth_file)
+            .await
+            .with_context(|| format!("starting nats-server {version}"))?;
     world.write_config(
         &files,
         &CellConfig {
@@ -391,6 +397,7 @@ pub async fn nats_reload(
         Err(e) => sim::nats::is_authorization_violation(&e),
     };
     Ok(NatsCheck {
+        version,
         deployments,
         vms,
         users,

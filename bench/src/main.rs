@@ -49,6 +49,10 @@ pub struct Args {
     /// Deployments for the real nats-server reload check (default 5000; quick: 100; 0 skips it).
     #[arg(long)]
     pub nats_deployments: Option<usize>,
+    /// The nats-server binaries of the reload check, one column each (default: the one
+    /// `$NATS_SERVER` or PATH names; `scripts/bench` passes every supported version).
+    #[arg(long, value_delimiter = ',')]
+    pub nats_server: Option<Vec<PathBuf>>,
     /// Deployments for the watch's admission benchmark (default 1000; quick: 100; 0 skips
     /// it). It runs the binary with the watch on and with `intervals.watch: 0`.
     #[arg(long)]
@@ -63,8 +67,11 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub watch_latency_ms: u64,
     /// Only the watch benchmark (no grid, idle or reload figures).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nats_only")]
     pub watch_only: bool,
+    /// Only the real nats-server reload check, for every `--nats-server`.
+    #[arg(long)]
+    pub nats_only: bool,
     /// Replace the generated section of this markdown file (between the bench markers).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -114,11 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let world = World::start(args.wrapper.as_deref()).await?;
     let started = std::time::Instant::now();
     let mut results: Vec<CellResult> = Vec::new();
-    let grid = if args.watch_only {
-        &[][..]
-    } else {
-        &deployments[..]
-    };
+    let only = args.watch_only || args.nats_only;
+    let grid = if only { &[][..] } else { &deployments[..] };
     for &d in grid {
         world.populate(d, args.vms);
         for &latency in &latencies {
@@ -145,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     world.set_latency(Duration::ZERO);
 
-    let idle = if args.watch_only {
+    let idle = if only {
         None
     } else {
         eprintln!("bench: idle RSS ...");
@@ -157,21 +161,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(idle)
     };
 
-    let nats = if nats_deployments > 0 && !args.watch_only {
-        eprintln!("bench: real nats-server reload with {nats_deployments} deployments ...");
+    let mut nats = Vec::new();
+    if nats_deployments > 0 && !args.watch_only {
         world.populate(nats_deployments, args.vms);
-        let n = cells::nats_reload(&world, &binary, nats_deployments, args.vms)
-            .await
-            .context("nats-server reload check")?;
-        eprintln!("bench:   {n:?}");
-        Some(n)
-    } else {
-        None
-    };
+        let servers = args
+            .nats_server
+            .clone()
+            .unwrap_or_else(|| vec![sim::nats::executable()]);
+        for exe in &servers {
+            eprintln!(
+                "bench: real nats-server {} reload with {nats_deployments} deployments ...",
+                exe.display()
+            );
+            let n = cells::nats_reload(&world, &binary, exe, nats_deployments, args.vms)
+                .await
+                .with_context(|| format!("nats-server reload check ({})", exe.display()))?;
+            eprintln!("bench:   {n:?}");
+            nats.push(n);
+        }
+    }
 
-    let watch_deployments = args
-        .watch_deployments
-        .unwrap_or(if args.quick { 100 } else { 1000 });
+    let watch_deployments = if args.nats_only {
+        0
+    } else {
+        args.watch_deployments
+            .unwrap_or(if args.quick { 100 } else { 1000 })
+    };
     let mut watch_runs = Vec::new();
     if watch_deployments > 0 {
         let plan = watch::Plan {
@@ -205,12 +220,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         command: &args.command,
         results: &results,
         idle: idle.as_ref(),
-        nats: nats.as_ref(),
+        nats: &nats,
         watch: &watch_runs,
         elapsed: started.elapsed(),
     };
-    let markdown = (!args.watch_only).then(|| report.markdown());
+    let markdown = (!only).then(|| report.markdown());
     let watch_markdown = report.watch_markdown();
+    let nats_markdown = report.nats_markdown();
     match &args.markdown {
         Some(path) => {
             if let Some(markdown) = &markdown {
@@ -219,10 +235,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Some(watch) = &watch_markdown {
                 report::replace_watch_section(path, watch)?;
             }
+            if let Some(section) = &nats_markdown {
+                report::replace_nats_section(path, section)?;
+            }
             eprintln!("bench: wrote {}", path.display());
         }
         None => {
-            for section in markdown.iter().chain(watch_markdown.iter()) {
+            for section in markdown.iter().chain(&nats_markdown).chain(&watch_markdown) {
                 println!("{section}");
             }
         }

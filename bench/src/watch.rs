@@ -34,6 +34,14 @@ pub struct WatchRun {
     pub admissions: Vec<Duration>,
     /// How often each pending certificate was tried.
     pub probe_every: Duration,
+    /// The nats-server measured (`v2.14.5`).
+    pub nats_version: String,
+    /// The median duration of the partial passes that wrote (refetch, desired state, write,
+    /// reload and its verification), from their log lines.
+    pub partial_pass_p50: Duration,
+    /// nats-server's reload of the final file alone: SIGHUP until `config_load_time`
+    /// advances, with nothing else running.
+    pub reload_alone: Duration,
 }
 
 impl WatchRun {
@@ -103,7 +111,7 @@ pub async fn measure(
     std::fs::create_dir_all(&nats_dir)?;
     let nats = sim::nats::NatsServer::start(&nats_dir, &world.pki, &files.auth_file)
         .await
-        .context("starting nats-server (apt-get install nats-server)")?;
+        .context("starting nats-server")?;
     world.write_config(
         &files,
         &CellConfig {
@@ -113,6 +121,14 @@ pub async fn measure(
             watch: Some(watch.unwrap_or(0.0)),
         },
     )?;
+    // A director that records events and has deployed has an event log: here, its last
+    // deploy (an `update` of one deployment, its lock and deployment events). On an empty
+    // log the watch is `unproven` (the director may not record events) and polls in full
+    // every `poll_user_sync` until the first event (§6.6).
+    world.director.clear_events();
+    world
+        .director
+        .create_deployment(&deployment_name(0), Vec::new());
     world.set_latency(plan.latency);
     let mut child = Running(
         command(world, binary, &files.config, &[])
@@ -200,7 +216,24 @@ pub async fn measure(
     }
     drop(child);
     world.set_latency(Duration::ZERO);
+    let mut partial: Vec<Duration> = pass_lines(&files.log, 0)?
+        .0
+        .iter()
+        .filter(|l| l["kind"].as_str() == Some("partial") && l["written"].as_bool() == Some(true))
+        .filter_map(|l| l["duration_ms"].as_u64().map(Duration::from_millis))
+        .collect();
+    partial.sort_unstable();
+    let partial_pass_p50 = partial.get(partial.len() / 2).copied().unwrap_or_default();
+    let before = nats.config_load_time().await?;
+    let t = Instant::now();
+    nats.reload()?;
+    nats.wait_for_reload(&before, Duration::from_secs(300))
+        .await?;
+    let reload_alone = t.elapsed();
     Ok(WatchRun {
+        nats_version: nats.version().to_owned(),
+        partial_pass_p50,
+        reload_alone,
         watch,
         poll_seconds: plan.poll_seconds,
         deployments: plan.deployments,
