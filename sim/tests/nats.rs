@@ -1,4 +1,7 @@
-//! A real nats-server with verify_and_map: listed certificates connect with their permissions, others are refused.
+//! A real nats-server with verify_and_map: listed certificates connect with their permissions,
+//! others are refused — and every fact the program relies on about nats-server (docs/contract.md
+//! §4.1, §5.2, §11), checked against whichever server `$NATS_SERVER` names (`scripts/test` runs
+//! this file under 2.9.10, 2.14.5 and 2.15.1; each test's output starts with the version).
 
 use std::time::Duration;
 
@@ -139,12 +142,13 @@ async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
     let agent = bosh_subject(&agent_cn("a1"));
     std::fs::write(&auth, auth_file(&[(&agent, &["x"], &["agent.a1"])])).unwrap();
     // The pid file works with the reload command the BOSH job's programs use.
-    let signal = std::process::Command::new("nats-server")
+    let signal = std::process::Command::new(nats.executable())
         .arg("--signal")
         .arg(format!("reload={}", nats.pid_file().display()))
         .output()
         .unwrap();
     assert!(signal.status.success(), "{signal:?}");
+    let digest_before = nats.config_digest().await.unwrap();
     let after = nats
         .wait_for_reload(&before, Duration::from_secs(10))
         .await
@@ -157,12 +161,27 @@ async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
         r#"{"authorization": {"users": [{"user": "\u003e"}]}}"#,
     )
     .unwrap();
-    nats.reload().unwrap();
+    // `--signal reload` still exits 0: only /varz tells.
+    let signal = std::process::Command::new(nats.executable())
+        .arg("--signal")
+        .arg(format!("reload={}", nats.pid_file().display()))
+        .output()
+        .unwrap();
+    assert!(signal.status.success(), "{signal:?}");
     let err = nats
         .wait_for_reload(&after, Duration::from_millis(1500))
         .await
         .unwrap_err();
     assert!(matches!(err, NatsError::ReloadTimeout(_)));
+    assert_eq!(
+        nats.config_digest().await.unwrap(),
+        digest_before,
+        "a rejected reload leaves the digest alone"
+    );
+    assert!(
+        nats.connect(&agent_files).await.is_ok(),
+        "the old users stay"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !nats.log().contains("Invalid escape character 'u'") {
         assert!(tokio::time::Instant::now() < deadline, "{}", nats.log());
@@ -218,7 +237,7 @@ async fn include_from_another_directory() {
 /// signed, with no permission limits (the BOSH placeholder `token` config admits none).
 #[tokio::test]
 async fn an_empty_object_admits_any_certificate_of_the_ca_without_limits() {
-    for contents in ["{}", ""] {
+    for contents in ["{}", "", r#"{"authorization": {"users": []}}"#] {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate().unwrap();
         let auth = dir.path().join("auth.json");
@@ -328,4 +347,140 @@ async fn removing_a_user_disconnects_it_on_reload() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(nats.connect(&a1).await.is_err());
+}
+
+/// SIGHUP to the pid the server wrote into its pid file (what the sidecar does, with no
+/// nats-server binary of its own) reloads it.
+#[tokio::test]
+async fn sighup_to_the_pid_in_the_pid_file_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{authorization: {token: f0oBar}}").unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let pid: i32 = std::fs::read_to_string(nats.pid_file())
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("the pid file holds a pid");
+    assert_eq!(pid as u32, nats.pid());
+    let agent = bosh_subject(&agent_cn("a1"));
+    std::fs::write(&auth, auth_file(&[(&agent, &["x"], &["agent.a1"])])).unwrap();
+    let before = nats.config_load_time().await.unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    nats.wait_for_reload(&before, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let files = pki
+        .client(&agent_cn("a1"))
+        .unwrap()
+        .write_to(dir.path(), "a1")
+        .unwrap();
+    nats.connect(&files).await.unwrap();
+}
+
+/// `/varz` `config_digest` (docs/contract.md §5.2): published from 2.14 on (2.14.5 and 2.15.1
+/// here), not by 2.9.10. It is a digest of the loaded configuration with included files
+/// resolved: a changed user changes it, a whitespace-only rewrite does not, and an accepted
+/// reload of the same content keeps it while `config_load_time` still advances.
+#[tokio::test]
+async fn config_digest_follows_the_loaded_users_where_the_server_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    let a1 = bosh_subject(&agent_cn("a1"));
+    let a2 = bosh_subject(&agent_cn("a2"));
+    std::fs::write(&auth, auth_file(&[(&a1, &["x"], &["agent.a1"])])).unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let version = nats.version().to_owned();
+    let minor: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("a version like v2.14.5: {version}"));
+    let Some(first) = nats.config_digest().await.unwrap() else {
+        assert!(minor < 14, "{version} publishes no config_digest");
+        return;
+    };
+    assert!(minor >= 14, "{version} publishes config_digest {first}");
+
+    let reload = |what: &'static str| {
+        let nats = &nats;
+        async move {
+            let before = nats.config_load_time().await.unwrap();
+            nats.reload().unwrap();
+            nats.wait_for_reload(&before, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            nats.config_digest().await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(reload("the same file").await, first, "{version}");
+    let spaced = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&auth).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&auth, spaced).unwrap();
+    assert_eq!(reload("whitespace only").await, first, "{version}");
+    std::fs::write(
+        &auth,
+        auth_file(&[(&a1, &["x"], &["agent.a1"]), (&a2, &["x"], &[])]),
+    )
+    .unwrap();
+    let second = reload("a user added").await;
+    assert_ne!(second, first, "{version}");
+    std::fs::write(
+        &auth,
+        auth_file(&[(&a1, &["x", "y"], &["agent.a1"]), (&a2, &["x"], &[])]),
+    )
+    .unwrap();
+    assert_ne!(reload("a permission added").await, second, "{version}");
+}
+
+/// An absolute `include` path is joined onto the including file's directory (which is why the
+/// launcher and the Helm chart write a relative one): `/x/auth.json` included from `DIR/n.conf`
+/// opens `DIR/x/auth.json`.
+#[tokio::test]
+async fn an_absolute_include_is_resolved_against_the_config_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{}").unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let config = etc.join("n.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:-1\"\ninclude {:?}\n",
+            auth.display().to_string()
+        ),
+    )
+    .unwrap();
+    let exe = sim::nats::executable();
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(&exe)
+            .arg("-c")
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("nats-server exits")
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{} started: {text}", exe.display());
+    let joined = etc.join(auth.strip_prefix("/").unwrap());
+    assert!(
+        text.contains("error parsing include file") && text.contains(&*joined.to_string_lossy()),
+        "{}: {text}",
+        exe.display()
+    );
 }

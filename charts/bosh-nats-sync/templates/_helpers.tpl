@@ -41,7 +41,7 @@ writes the file nats-server includes and signals the pid nats-server writes.
 {{- define "bosh-nats-sync.pidFile" -}}{{ include "bosh-nats-sync.stateDir" . }}/nats.pid{{- end }}
 
 {{/*
-nats-server (2.9, 2.10) joins an include path to the directory of the main configuration
+nats-server (2.9.10, 2.14.5, 2.15.1) joins an include path to the directory of the main configuration
 file even when the include is absolute ("/a/b" becomes "<conf dir>/a/b"), so the auth file is
 included by a path relative to the configuration directory: one "../" per level of that
 directory, then the absolute path without its leading slash.
