@@ -2,7 +2,8 @@
 //! model, the data-source and job/instance variables every query goes through, units and
 //! thresholds (the alert thresholds where a panel shows an alerted value), that it reads every
 //! `bosh_nats_sync_` family the program exports and nothing it does not, and that
-//! docs/observability.md lists each panel with the metrics it reads.
+//! docs/observability.md lists each panel with the metrics it reads. `tests/prometheus.rs`
+//! in the root crate runs every query against a real Prometheus scraping the real binary.
 //!
 //! The file is the chart's `dashboards/bosh-nats-sync.json` (Helm reads only files inside
 //! the chart); `monitoring/grafana-dashboard.json` is a symlink to it.
