@@ -10,6 +10,7 @@ import os
 import pathlib
 import posixpath
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -341,6 +342,18 @@ def test_a_packaged_chart_carries_the_dashboard():
                                     is_install=True)
     cm = one(manifests(rendered), "ConfigMap", "-grafana-dashboard")
     assert cm["data"]["bosh-nats-sync.json"] == chartlib.DASHBOARD.read_text()
+
+
+def test_a_chart_without_the_dashboard_file_refuses_to_render_it():
+    """An empty ConfigMap would import nothing, silently: rendering fails instead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = pathlib.Path(tmp) / "bosh-nats-sync"
+        shutil.copytree(chartlib.CHART, copy)
+        shutil.rmtree(copy / "dashboards")
+        with helm.Chart.load(str(copy)) as chart:
+            chart.render({}, name="x", namespace="y")  # off: no file needed
+            with pytest.raises(helm.HelmError, match="dashboards/bosh-nats-sync.json"):
+                chart.render({"grafanaDashboard": {"enabled": True}}, name="x", namespace="y")
 
 
 def test_the_dashboard_label_can_be_replaced():
