@@ -14,6 +14,8 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "bosh-nats-sync"
+# The Grafana dashboard: the chart's file, which monitoring/grafana-dashboard.json links to.
+DASHBOARD = CHART / "dashboards" / "bosh-nats-sync.json"
 FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "sidecar"
 RELEASE = "bns"
 NAMESPACE = "bosh"
@@ -49,6 +51,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "director": {"clientId": "c", "clientSecret": CLIENT_SECRET},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/16"]},
+    },
+    "grafana-dashboard": {
+        "director": {"user": "nats-sync", "password": PASSWORD},
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                             "labels": {"team": "bosh"},
+                             "annotations": {"grafana_folder": "BOSH"}},
     },
     "external-secret": {
         "director": {"user": "nats-sync", "existingSecret": "director-creds",

@@ -10,6 +10,7 @@ import os
 import pathlib
 import posixpath
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -109,6 +110,10 @@ def test_the_schema_rejects_bad_values():
         {"state": {"mountPath": "relative/dir"}},
         {"unknownTopLevelKey": 1},
         {"director": {"pasword": "typo"}},
+        {"grafanaDashboard": {"enabled": "yes"}},
+        {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+        {"grafanaDashboard": {"namespace": "Not_A_Namespace"}},
+        {"grafanaDashboard": {"folder": "BOSH"}},
     ]
     with helm.Chart.load(str(chartlib.CHART)) as chart:
         for values in bad:
@@ -286,6 +291,76 @@ def test_metrics_wiring(variant):
                        for k, v in monitor["spec"]["selector"]["matchLabels"].items())
     else:
         assert not monitors
+
+
+def test_grafana_dashboard(variant):
+    """Off by default; on, a ConfigMap for Grafana's dashboard sidecar holding the chart's
+    dashboards/bosh-nats-sync.json byte for byte (the file monitoring/grafana-dashboard.json
+    links to), with the sidecar's label and the configured labels, annotations and namespace."""
+    name, values, _, objects = variant
+    wanted = values.get("grafanaDashboard", {})
+    found = [o for o in objects
+             if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-grafana-dashboard")]
+    if not wanted.get("enabled", False):
+        assert not found, f"{name}: the dashboard ConfigMap is off by default"
+        return
+    (cm,) = found
+    meta = cm["metadata"]
+    assert meta["namespace"] == (wanted.get("namespace") or chartlib.NAMESPACE)
+    assert meta["labels"]["grafana_dashboard"] == "1", meta["labels"]
+    for key, value in wanted.get("labels", {}).items():
+        assert meta["labels"][key] == value, meta["labels"]
+    assert meta.get("annotations", {}) == wanted.get("annotations", {}), meta
+    # The chart's own labels stay, so `helm uninstall` and selectors find it.
+    assert meta["labels"]["app.kubernetes.io/instance"] == chartlib.RELEASE
+    assert list(cm["data"]) == ["bosh-nats-sync.json"], list(cm["data"])
+    embedded = cm["data"]["bosh-nats-sync.json"]
+    assert embedded == chartlib.DASHBOARD.read_text(), "the ConfigMap must embed the file unchanged"
+    dashboard = json.loads(embedded)
+    assert dashboard["uid"] == "bosh-nats-sync"
+    assert any(v["name"] == "datasource" for v in dashboard["templating"]["list"])
+    # A ConfigMap holds at most 1 MiB.
+    assert len(embedded.encode()) < 512 * 1024, len(embedded)
+
+
+def test_the_monitoring_dashboard_is_the_charts_file():
+    """monitoring/grafana-dashboard.json is a link to the chart's file, so there is one
+    dashboard (Helm reads only files inside the chart)."""
+    link = chartlib.ROOT / "monitoring" / "grafana-dashboard.json"
+    assert link.is_symlink(), f"{link} must be a symlink to {chartlib.DASHBOARD}"
+    assert link.resolve() == chartlib.DASHBOARD.resolve()
+
+
+def test_a_packaged_chart_carries_the_dashboard():
+    """`helm package` keeps dashboards/ (no .helmignore drops it): the archive renders the
+    same ConfigMap."""
+    values = {"grafanaDashboard": {"enabled": True}}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = helm.package(str(chartlib.CHART), destination=tmp)
+        with helm.Chart.load_archive(pathlib.Path(archive).read_bytes()) as chart:
+            rendered = chart.render(values, name=chartlib.RELEASE, namespace=chartlib.NAMESPACE,
+                                    is_install=True)
+    cm = one(manifests(rendered), "ConfigMap", "-grafana-dashboard")
+    assert cm["data"]["bosh-nats-sync.json"] == chartlib.DASHBOARD.read_text()
+
+
+def test_a_chart_without_the_dashboard_file_refuses_to_render_it():
+    """An empty ConfigMap would import nothing, silently: rendering fails instead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = pathlib.Path(tmp) / "bosh-nats-sync"
+        shutil.copytree(chartlib.CHART, copy)
+        shutil.rmtree(copy / "dashboards")
+        with helm.Chart.load(str(copy)) as chart:
+            chart.render({}, name="x", namespace="y")  # off: no file needed
+            with pytest.raises(helm.HelmError, match="dashboards/bosh-nats-sync.json"):
+                chart.render({"grafanaDashboard": {"enabled": True}}, name="x", namespace="y")
+
+
+def test_the_dashboard_label_can_be_replaced():
+    objects = manifests(render({"grafanaDashboard": {
+        "enabled": True, "labels": {"grafana_dashboard": None, "dashboards": "bosh"}}}))
+    labels = one(objects, "ConfigMap", "-grafana-dashboard")["metadata"]["labels"]
+    assert "grafana_dashboard" not in labels and labels["dashboards"] == "bosh", labels
 
 
 def test_notes_tell_how_to_check():
