@@ -32,6 +32,13 @@ pub enum ReloadError {
         path.display()
     )]
     NotPermitted { pid: i32, path: PathBuf },
+    #[error(
+        "not permitted to read the nats-server pid file {}: nats-server 2.14 and later write it \
+         readable by its own user only (mode 0600), so bosh-nats-sync must run as the same user \
+         as nats-server (in a pod: the same runAsUser, with shareProcessNamespace)",
+        path.display()
+    )]
+    PidFileNotPermitted { path: PathBuf },
     #[error("cannot run {}: {source}", executable.display())]
     Spawn {
         executable: PathBuf,
@@ -65,7 +72,9 @@ impl ReloadError {
             ReloadError::PidFile { .. }
             | ReloadError::BadPid { .. }
             | ReloadError::NotRunning { .. } => "reload_pid",
-            ReloadError::NotPermitted { .. } => "reload_permission",
+            ReloadError::NotPermitted { .. } | ReloadError::PidFileNotPermitted { .. } => {
+                "reload_permission"
+            }
             ReloadError::Spawn { .. } | ReloadError::Command { .. } => "reload_signal",
             ReloadError::Monitor { .. } => "reload_monitor",
             ReloadError::NotApplied { .. } => "reload_rejected",
@@ -282,9 +291,17 @@ async fn signal_with_executable(exe: &Path, pid_file: &Path) -> Result<(), Reloa
 /// SIGHUP to the pid in the pid file: works from a sidecar sharing the pod's process
 /// namespace, where there is no nats-server binary to run.
 fn sighup(pid_file: &Path) -> Result<(), ReloadError> {
-    let content = std::fs::read_to_string(pid_file).map_err(|source| ReloadError::PidFile {
-        path: pid_file.to_owned(),
-        source,
+    let content = std::fs::read_to_string(pid_file).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ReloadError::PidFileNotPermitted {
+                path: pid_file.to_owned(),
+            }
+        } else {
+            ReloadError::PidFile {
+                path: pid_file.to_owned(),
+                source,
+            }
+        }
     })?;
     let pid: i32 = content
         .trim()
