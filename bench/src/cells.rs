@@ -377,12 +377,7 @@ pub async fn nats_reload(
         "the reload was not verified: {log}"
     );
 
-    let before = nats.config_load_time().await?;
-    let t = Instant::now();
-    nats.reload()?;
-    nats.wait_for_reload(&before, Duration::from_secs(300))
-        .await?;
-    let reload = t.elapsed();
+    let reload = nats.reload_and_wait(Duration::from_secs(300)).await?;
     let nats_rss_kib = measure::status_kib(nats.pid(), "VmRSS").unwrap_or(0);
 
     let certs = files.dir.join("certs");

@@ -224,12 +224,7 @@ pub async fn measure(
         .collect();
     partial.sort_unstable();
     let partial_pass_p50 = partial.get(partial.len() / 2).copied().unwrap_or_default();
-    let before = nats.config_load_time().await?;
-    let t = Instant::now();
-    nats.reload()?;
-    nats.wait_for_reload(&before, Duration::from_secs(300))
-        .await?;
-    let reload_alone = t.elapsed();
+    let reload_alone = nats.reload_and_wait(Duration::from_secs(300)).await?;
     Ok(WatchRun {
         nats_version: nats.version().to_owned(),
         partial_pass_p50,

@@ -391,6 +391,16 @@ impl NatsServer {
         }
     }
 
+    /// [`NatsServer::reload`], then waits until `config_load_time` advances; how long that
+    /// took (the server's reload of its configuration, its included files and all).
+    pub async fn reload_and_wait(&self, timeout: Duration) -> Result<Duration, NatsError> {
+        let before = self.config_load_time().await?;
+        let started = Instant::now();
+        self.reload()?;
+        self.wait_for_reload(&before, timeout).await?;
+        Ok(started.elapsed())
+    }
+
     /// Sends SIGHUP to the server (what `nats-server --signal reload` does).
     pub fn reload(&self) -> Result<(), NatsError> {
         let status = std::process::Command::new("kill")

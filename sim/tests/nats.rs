@@ -20,6 +20,17 @@ fn auth_file(users: &[(&str, &[&str], &[&str])]) -> String {
     serde_json::json!({"authorization": {"users": users}}).to_string()
 }
 
+/// A server started on the BOSH pre-start placeholder `{authorization: {token: f0oBar}}`:
+/// its directory, the PKI, the auth file.
+async fn with_the_bosh_placeholder() -> (tempfile::TempDir, Pki, std::path::PathBuf, NatsServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{authorization: {token: f0oBar}}").unwrap();
+    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    (dir, pki, auth, nats)
+}
+
 #[tokio::test]
 async fn verify_and_map_permissions() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,11 +136,7 @@ async fn verify_and_map_permissions() {
 
 #[tokio::test]
 async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate().unwrap();
-    let auth = dir.path().join("auth.json");
-    std::fs::write(&auth, "{authorization: {token: f0oBar}}").unwrap();
-    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let (dir, pki, auth, nats) = with_the_bosh_placeholder().await;
     let agent_files = pki
         .client(&agent_cn("a1"))
         .unwrap()
@@ -353,11 +360,7 @@ async fn removing_a_user_disconnects_it_on_reload() {
 /// nats-server binary of its own) reloads it.
 #[tokio::test]
 async fn sighup_to_the_pid_in_the_pid_file_reloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate().unwrap();
-    let auth = dir.path().join("auth.json");
-    std::fs::write(&auth, "{authorization: {token: f0oBar}}").unwrap();
-    let nats = NatsServer::start(dir.path(), &pki, &auth).await.unwrap();
+    let (dir, pki, auth, nats) = with_the_bosh_placeholder().await;
     let pid: i32 = std::fs::read_to_string(nats.pid_file())
         .unwrap()
         .trim()
