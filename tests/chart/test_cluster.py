@@ -10,6 +10,7 @@ import re
 
 import helm_python as helm
 import pytest
+import yaml
 
 import chartlib
 from chartlib import VARIANTS, container, is_cluster, manifests, one, render, workload
@@ -126,7 +127,7 @@ def test_every_pod_has_its_own_sidecar_and_reload(cluster):
     sync = container(spec, "bosh-nats-sync")
     assert sync["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sync["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    config = chartlib.yaml.safe_load(one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"])
+    config = yaml.safe_load(one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"])
     # Its own server: the monitoring endpoint on the pod's loopback, the pid file on its volume.
     assert config["nats"]["monitoring_url"].startswith("http://127.0.0.1:"), config["nats"]
 
