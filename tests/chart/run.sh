@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tests of the Helm chart (charts/bosh-nats-sync) and the BOSH job templates (deploy/bosh):
-# lint, values schema, Kubernetes schemas, pod invariants, the freshness of the fixture
-# tests/sidecar.rs runs, and the rendered configs checked by the binary itself.
+# lint, values schema, Kubernetes schemas, pod invariants, the cluster mode's wiring, the
+# freshness of the fixtures tests/sidecar.rs and tests/cluster.rs run, and the rendered configs
+# checked by the binary itself.
 #
 #   tests/chart/run.sh                   run the tests
-#   tests/chart/run.sh --update-fixture  re-render tests/chart/fixtures/sidecar, then test
+#   tests/chart/run.sh --update-fixture  re-render tests/chart/fixtures/{sidecar,cluster}, then test
 #   tests/chart/run.sh -- -k secret      pass arguments on to pytest
 #
 # No helm binary and no cluster: helm-python-sdk carries Helm's Go SDK as a shared library,
@@ -52,4 +53,4 @@ export PYTHONDONTWRITEBYTECODE=1
 if [ "$update" = 1 ]; then
   "$venv/bin/python" update_fixture.py
 fi
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py test_bosh.py
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py test_cluster.py test_bosh.py

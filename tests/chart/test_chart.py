@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import chartlib
-from chartlib import VARIANTS, container, manifests, one, render
+from chartlib import VARIANTS, container, is_cluster, manifests, one, render, workload
 
 KUBE_VERSION = "1.30.0"
 
@@ -34,7 +34,7 @@ def variant(request):
 
 
 def pod_spec(objects):
-    return one(objects, "Deployment")["spec"]["template"]["spec"]
+    return workload(objects)["spec"]["template"]["spec"]
 
 
 def sidecar_config(objects):
@@ -46,7 +46,9 @@ def nats_conf(objects):
 
 
 def conf_value(conf: str, key: str) -> str:
-    """A top-level or tls-block `key: "value"` from nats.conf (the chart quotes every path)."""
+    """A top-level or tls-block `key: "value"` from nats.conf (the chart quotes every path).
+    The cluster block, whose `listen` is the route port, is test_cluster.py's."""
+    conf = re.sub(r"^cluster \{\n.*?^\}$", "", conf, flags=re.M | re.S)
     found = re.findall(rf'^\s*{re.escape(key)}:\s*"([^"]*)"\s*$', conf, re.M)
     assert len(found) == 1, f"want one {key} in nats.conf, got {found}\n{conf}"
     return found[0]
@@ -75,7 +77,12 @@ def test_every_manifest_is_valid_kubernetes(variant):
             continue
         # strict: unknown fields are errors too (a typo in a template would pass silently).
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-    assert {"Deployment", "ConfigMap", "Service"} <= kinds, f"{name}: {kinds}"
+    runner = "StatefulSet" if is_cluster(VARIANTS[name]) else "Deployment"
+    assert {runner, "ConfigMap", "Service"} <= kinds, f"{name}: {kinds}"
+    if is_cluster(VARIANTS[name]):
+        assert "Deployment" not in kinds and "PodDisruptionBudget" in kinds, f"{name}: {kinds}"
+    else:
+        assert not kinds & {"StatefulSet", "PodDisruptionBudget"}, f"{name}: {kinds}"
 
 
 def check_service_monitor_shape(obj):
@@ -263,7 +270,7 @@ def test_secrets_never_reach_a_configmap(variant):
 
 def test_metrics_wiring(variant):
     name, values, _, objects = variant
-    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = workload(objects)["spec"]["template"]["metadata"]["annotations"]
     metrics = values.get("metrics", {})
     enabled = metrics.get("enabled", True)
     monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]

@@ -1,4 +1,5 @@
-"""Writes tests/chart/fixtures/sidecar/ from the chart (see chartlib.fixture_files)."""
+"""Writes tests/chart/fixtures/sidecar/ and tests/chart/fixtures/cluster/ from the chart (see
+chartlib.fixture_files)."""
 
 import shutil
 
@@ -6,13 +7,15 @@ import chartlib
 
 
 def main() -> None:
-    files = chartlib.fixture_files(chartlib.VARIANTS[chartlib.FIXTURE_VARIANT])
-    shutil.rmtree(chartlib.FIXTURE_DIR, ignore_errors=True)
-    for rel, text in files.items():
-        path = chartlib.FIXTURE_DIR / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    print(f"wrote {len(files)} files to {chartlib.FIXTURE_DIR}")
+    for variant, directory in [(chartlib.FIXTURE_VARIANT, chartlib.FIXTURE_DIR),
+                               (chartlib.CLUSTER_FIXTURE_VARIANT, chartlib.CLUSTER_FIXTURE_DIR)]:
+        files = chartlib.fixture_files(chartlib.VARIANTS[variant])
+        shutil.rmtree(directory, ignore_errors=True)
+        for rel, text in files.items():
+            path = directory / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        print(f"wrote {len(files)} files to {directory}")
 
 
 if __name__ == "__main__":

@@ -97,3 +97,38 @@ directory, then the absolute path without its leading slash.
 }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/*
+The cluster (cluster.enabled): a StatefulSet named <fullname> behind the headless Service
+<fullname>-headless, so pod <fullname>-<i> has the stable DNS name
+<fullname>-<i>.<fullname>-headless.<namespace>.svc.<clusterDomain>.
+*/}}
+{{- define "bosh-nats-sync.headlessName" -}}
+{{- include "bosh-nats-sync.fullname" . | trunc 54 | trimSuffix "-" }}-headless
+{{- end }}
+
+{{- define "bosh-nats-sync.clusterName" -}}
+{{- default (include "bosh-nats-sync.fullname" .) .Values.cluster.name }}
+{{- end }}
+
+{{/* The route to every peer (itself included: nats-server ignores a route to itself), one per line. */}}
+{{- define "bosh-nats-sync.clusterRoutes" -}}
+{{- $sts := include "bosh-nats-sync.fullname" . }}
+{{- $svc := include "bosh-nats-sync.headlessName" . }}
+{{- range $i := until (int .Values.cluster.replicas) }}
+{{ printf "nats://%s-%d.%s.%s.svc.%s:%d" $sts $i $svc $.Release.Namespace $.Values.clusterDomain (int $.Values.cluster.port) | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Spread the cluster's pods over nodes: losing a node then loses one server, not the cluster. */}}
+{{- define "bosh-nats-sync.clusterAntiAffinity" -}}
+{{- $term := dict "topologyKey" .Values.cluster.topologyKey "labelSelector" (dict "matchLabels" (include "bosh-nats-sync.selectorLabels" . | fromYaml)) }}
+podAntiAffinity:
+{{- if eq .Values.cluster.podAntiAffinity "required" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    {{- list $term | toYaml | nindent 4 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    {{- list (dict "weight" 100 "podAffinityTerm" $term) | toYaml | nindent 4 }}
+{{- end }}
+{{- end }}

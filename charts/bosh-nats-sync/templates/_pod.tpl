@@ -1,0 +1,191 @@
+{{/*
+The pod: nats-server, the bosh-nats-sync sidecar and the placeholder init step. One
+definition for the single pod's Deployment and the cluster's StatefulSet, so every pod of
+either is put together the same way: its own auth-file volume, its own sidecar with its
+probes, its own reload across the shared process namespace.
+*/}}
+{{- define "bosh-nats-sync.podTemplate" -}}
+{{- $initImage := dict "repository" (default .Values.nats.image.repository .Values.init.image.repository) "tag" (default .Values.nats.image.tag .Values.init.image.tag) -}}
+metadata:
+  labels:
+    {{- include "bosh-nats-sync.selectorLabels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    {{- if not .Values.director.existingSecret }}
+    checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    {{- end }}
+    {{- if and .Values.metrics.enabled .Values.metrics.podAnnotations }}
+    prometheus.io/scrape: "true"
+    prometheus.io/port: {{ .Values.sync.httpPort | quote }}
+    prometheus.io/path: /metrics
+    {{- end }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  # The sidecar reloads nats-server with SIGHUP to the pid in the pid file: it must see
+  # nats-server's process. Both containers run as the same UID, so no capability is needed.
+  shareProcessNamespace: true
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  initContainers:
+    # nats-server refuses to start while an included file is missing; write BOSH's
+    # placeholder (valid NATS syntax, holds no users) unless a file is already there.
+    - name: auth-placeholder
+      image: {{ include "bosh-nats-sync.image" $initImage }}
+      imagePullPolicy: {{ .Values.init.image.pullPolicy }}
+      command:
+        - /bin/sh
+        - -c
+        - '[ -e "$AUTH_FILE" ] || printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"'
+      env:
+        - name: AUTH_FILE
+          value: {{ include "bosh-nats-sync.authFile" . | quote }}
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.init.resources | nindent 8 }}
+      volumeMounts:
+        - name: state
+          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+  containers:
+    - name: nats
+      image: {{ include "bosh-nats-sync.image" .Values.nats.image }}
+      imagePullPolicy: {{ .Values.nats.image.pullPolicy }}
+      command:
+        - nats-server
+        - --config
+        - {{ printf "%s/nats.conf" (include "bosh-nats-sync.natsConfDir" .) }}
+      ports:
+        - name: nats
+          containerPort: {{ .Values.nats.port }}
+          protocol: TCP
+        {{- if .Values.cluster.enabled }}
+        # Routes between the cluster's servers, reached through the headless Service.
+        - name: cluster
+          containerPort: {{ .Values.cluster.port }}
+          protocol: TCP
+        {{- end }}
+      {{- if .Values.nats.probes.enabled }}
+      livenessProbe:
+        exec:
+          command: ["wget", "-q", "-O", "/dev/null", {{ printf "http://127.0.0.1:%d/healthz" (int .Values.nats.monitoringPort) | quote }}]
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 6
+      readinessProbe:
+        exec:
+          command: ["wget", "-q", "-O", "/dev/null", {{ printf "http://127.0.0.1:%d/healthz" (int .Values.nats.monitoringPort) | quote }}]
+        periodSeconds: 5
+        timeoutSeconds: 3
+        failureThreshold: 3
+      {{- end }}
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.nats.resources | nindent 8 }}
+      volumeMounts:
+        - name: nats-config
+          mountPath: {{ include "bosh-nats-sync.natsConfDir" . }}
+          readOnly: true
+        - name: nats-tls
+          mountPath: {{ include "bosh-nats-sync.natsTlsDir" . }}
+          readOnly: true
+        - name: state
+          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+    - name: bosh-nats-sync
+      image: {{ include "bosh-nats-sync.image" (dict "repository" .Values.sync.image.repository "tag" (default .Chart.AppVersion .Values.sync.image.tag)) }}
+      imagePullPolicy: {{ .Values.sync.image.pullPolicy }}
+      args:
+        - -c
+        - {{ printf "%s/config.yml" (include "bosh-nats-sync.syncConfDir" .) }}
+      env:
+        - name: BOSH_NATS_SYNC_DIRECTOR_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "bosh-nats-sync.secretName" . }}
+              key: {{ .Values.director.passwordKey }}
+              optional: true
+        - name: BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "bosh-nats-sync.secretName" . }}
+              key: {{ .Values.director.clientSecretKey }}
+              optional: true
+      ports:
+        - name: http
+          containerPort: {{ .Values.sync.httpPort }}
+          protocol: TCP
+      # A down director is not a liveness failure (restarting would not help); /healthz
+      # fails only when the control loop is wedged.
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        {{- toYaml .Values.sync.livenessProbe | nindent 8 }}
+      # Ready once nats-server has loaded a usable auth file; stays ready afterwards.
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: http
+        {{- toYaml .Values.sync.readinessProbe | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.sync.resources | nindent 8 }}
+      volumeMounts:
+        - name: sync-config
+          mountPath: {{ include "bosh-nats-sync.syncConfDir" . }}
+          readOnly: true
+        - name: state
+          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+  volumes:
+    - name: nats-config
+      configMap:
+        name: {{ include "bosh-nats-sync.fullname" . }}-nats
+    - name: sync-config
+      configMap:
+        name: {{ include "bosh-nats-sync.fullname" . }}-sidecar
+    - name: nats-tls
+      secret:
+        secretName: {{ include "bosh-nats-sync.tlsSecretName" . }}
+        defaultMode: 0440
+    - name: state
+      {{- if and .Values.cluster.enabled .Values.state.volume (not (hasKey .Values.state.volume "emptyDir")) }}
+      {{- fail "cluster.enabled: state.volume would be one volume for every pod, but each pod needs its own auth file and pid file: leave state.volume empty (an emptyDir per pod) or give an emptyDir" }}
+      {{- end }}
+      {{- if .Values.state.volume }}
+      {{- toYaml .Values.state.volume | nindent 6 }}
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ .Values.state.emptyDirSizeLimit }}
+      {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if .Values.affinity }}
+  affinity:
+    {{- toYaml .Values.affinity | nindent 4 }}
+  {{- else if .Values.cluster.enabled }}
+  affinity:
+    {{- include "bosh-nats-sync.clusterAntiAffinity" . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,1008 @@
+//! High availability (issue #14), run for real on one machine: three nats-server processes
+//! started from the nats.conf the Helm chart renders in cluster mode
+//! (tests/chart/fixtures/cluster, kept fresh by tests/chart/run.sh) join into one cluster over
+//! routes on 127.0.0.1, each with its own auth file, pid file and bosh-nats-sync sidecar (the
+//! chart's rendered sidecar config, reloading by SIGHUP) against one simulated director.
+//! Only what cannot be shared on one machine is changed (see [`node_nats_conf`]), so the test
+//! shows that the chart's cluster block forms a cluster, that every node admits the director's
+//! agents under the same permissions, that messages cross the routes, and that the cluster
+//! survives one node and its sidecar dying and coming back from the BOSH placeholder.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+use sim::director::{DirectorConfig, DirectorSim, Vm};
+use sim::nats::{NatsClient, Permission};
+use sim::pki::{CertFiles, DIRECTOR_CN, HM_CN, Pki, agent_cn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const AGENT: &str = "c1a55e7a-0000-4000-8000-0000000000a1";
+/// Created while node 1 is down.
+const NEW_AGENT: &str = "c1a55e7a-0000-4000-8000-0000000000a2";
+const PASSWORD: &str = "pw-Cluster-Sekr1t";
+const PLACEHOLDER: &str = "{authorization: {token: f0oBar}}";
+/// How long a cluster may take to form, an agent to be admitted, a server to start.
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/cluster")
+}
+
+/// What the chart rendered for the cluster: the pod layout (mounts, init command, nats-server
+/// command, sidecar arguments) and what names the routes (the StatefulSet's pods, the DNS
+/// suffix of the headless Service, the route port).
+struct Layout(Json);
+
+impl Layout {
+    fn load() -> Layout {
+        let path = fixture_dir().join("layout.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (tests/chart/run.sh --update-fixture)",
+                path.display()
+            )
+        });
+        let layout = Layout(serde_json::from_str(&text).expect("layout.json is JSON"));
+        assert!(
+            layout.pods().len() >= 3,
+            "the cluster fixture renders {} pods; this test needs 3",
+            layout.pods().len()
+        );
+        layout
+    }
+
+    fn mount(&self, container: &str, volume: &str) -> String {
+        self.0["mounts"][container][volume]
+            .as_str()
+            .unwrap_or_else(|| panic!("layout.json: {container} mounts no volume {volume}"))
+            .to_owned()
+    }
+
+    /// Every mount path of every container.
+    fn mounts(&self) -> BTreeSet<String> {
+        let mounts = self.0["mounts"]
+            .as_object()
+            .expect("layout.json has mounts");
+        mounts
+            .values()
+            .flat_map(|m| m.as_object().expect("mounts of a container").values())
+            .map(|p| p.as_str().expect("a mount path").to_owned())
+            .collect()
+    }
+
+    fn strings(&self, key: &str) -> Vec<String> {
+        self.0[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("layout.json has no list {key}"))
+            .iter()
+            .map(|s| s.as_str().expect("a string").to_owned())
+            .collect()
+    }
+
+    fn pods(&self) -> Vec<String> {
+        self.0["cluster"]["pods"]
+            .as_array()
+            .expect("layout.json has cluster.pods: is this the cluster fixture?")
+            .iter()
+            .map(|p| p.as_str().expect("a pod name").to_owned())
+            .collect()
+    }
+
+    fn dns_suffix(&self) -> &str {
+        self.0["cluster"]["dns_suffix"]
+            .as_str()
+            .expect("layout.json has cluster.dns_suffix")
+    }
+
+    fn route_port(&self) -> u16 {
+        let port = self.0["cluster"]["port"]
+            .as_u64()
+            .expect("layout.json has cluster.port");
+        u16::try_from(port).expect("a port")
+    }
+}
+
+/// One node's ports on 127.0.0.1: what differs between the pods' identical configurations
+/// once they share one machine's loopback.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    client: u16,
+    monitoring: u16,
+    route: u16,
+    http: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            client: common::free_port(),
+            monitoring: common::free_port(),
+            route: common::free_port(),
+            http: common::free_port(),
+        }
+    }
+}
+
+/// Where the parser of [`node_nats_conf`] is in the rendered file.
+#[derive(Debug, PartialEq, Eq)]
+enum Section {
+    Top,
+    Cluster,
+    Routes,
+}
+
+/// The chart's rendered nats.conf as node `index` of a cluster on this machine runs it. Every
+/// pod of the StatefulSet gets the same file; on one machine only this must differ:
+///
+/// - quoted absolute paths inside the pod's mounts (the pid file, the TLS files) move under the
+///   node's `root`; the relative `include` of the auth file stays as rendered (it resolves
+///   against the config's directory, which moved too);
+/// - the top-level `listen` and `http` become this node's client and monitoring ports on
+///   127.0.0.1;
+/// - in the `cluster { … }` block, `listen` becomes this node's route port on 127.0.0.1, and
+///   each route `nats://<pod><dns suffix>:<route port>` becomes `nats://127.0.0.1:<the route
+///   port of that pod's node>`. Everything else (the cluster's name, `no_advertise`, TLS with
+///   `verify_and_map`, comments) is kept line for line.
+///
+/// Panics, quoting the file, when it is not shaped as expected: exactly one top-level
+/// `listen` and `http`, one `cluster` block closed by `}` with one `listen` of the layout's
+/// route port and one `routes: [` list whose entries are quoted URLs naming each pod of the
+/// layout exactly once — so a chart that stops rendering a route to every peer fails here.
+fn node_nats_conf(
+    rendered: &str,
+    layout: &Layout,
+    root: &Path,
+    ports: &[Ports],
+    index: usize,
+) -> String {
+    let pods = layout.pods();
+    assert_eq!(pods.len(), ports.len(), "one node per rendered pod");
+    let peer_of = |url: &str| -> Option<usize> {
+        let host = url
+            .strip_prefix("nats://")?
+            .strip_suffix(&format!(":{}", layout.route_port()))?
+            .strip_suffix(layout.dns_suffix())?;
+        pods.iter().position(|p| p == host)
+    };
+    let mounts = layout.mounts();
+    let move_paths = |line: &str| {
+        mounts.iter().fold(line.to_owned(), |line, m| {
+            let moved = root.join(m.trim_start_matches('/'));
+            line.replace(&format!("\"{m}/"), &format!("\"{}/", moved.display()))
+        })
+    };
+    let me = ports[index];
+    let (mut top_listen, mut top_http, mut blocks, mut cluster_listen) = (0, 0, 0, 0);
+    let mut routed = Vec::new();
+    let mut section = Section::Top;
+    let mut out = Vec::new();
+    for line in rendered.lines() {
+        let trimmed = line.trim();
+        match section {
+            Section::Top if line == "cluster {" => {
+                blocks += 1;
+                section = Section::Cluster;
+                out.push(line.to_owned());
+            }
+            Section::Top if line.starts_with("listen:") => {
+                top_listen += 1;
+                out.push(format!("listen: \"127.0.0.1:{}\"", me.client));
+            }
+            Section::Top if line.starts_with("http:") => {
+                top_http += 1;
+                out.push(format!("http: \"127.0.0.1:{}\"", me.monitoring));
+            }
+            Section::Top => out.push(move_paths(line)),
+            Section::Cluster if line == "}" => {
+                section = Section::Top;
+                out.push(line.to_owned());
+            }
+            Section::Cluster if trimmed.starts_with("listen:") => {
+                cluster_listen += 1;
+                let want = format!("listen: \"0.0.0.0:{}\"", layout.route_port());
+                if trimmed != want {
+                    unexpected_conf(
+                        rendered,
+                        &format!("the cluster's `{trimmed}` is not `{want}`"),
+                    );
+                }
+                out.push(format!("  listen: \"127.0.0.1:{}\"", me.route));
+            }
+            Section::Cluster if trimmed == "routes: [" => {
+                section = Section::Routes;
+                out.push(line.to_owned());
+            }
+            Section::Cluster if trimmed.starts_with("routes") => {
+                unexpected_conf(
+                    rendered,
+                    &format!(
+                        "`{trimmed}`: the routes must open with `routes: [` on a line of its own"
+                    ),
+                );
+            }
+            Section::Cluster => out.push(line.to_owned()),
+            Section::Routes if trimmed == "]" => {
+                section = Section::Cluster;
+                out.push(line.to_owned());
+            }
+            Section::Routes => {
+                let url = trimmed
+                    .strip_prefix('"')
+                    .and_then(|s| s.strip_suffix('"'))
+                    .unwrap_or_else(|| {
+                        unexpected_conf(
+                            rendered,
+                            &format!("route line `{line}` is not one quoted URL"),
+                        )
+                    });
+                let peer = peer_of(url).unwrap_or_else(|| {
+                    unexpected_conf(
+                        rendered,
+                        &format!(
+                            "route {url} names none of the pods {pods:?} as nats://<pod>{}:{}",
+                            layout.dns_suffix(),
+                            layout.route_port()
+                        ),
+                    )
+                });
+                routed.push(peer);
+                out.push(format!("    \"nats://127.0.0.1:{}\"", ports[peer].route));
+            }
+        }
+    }
+    if section != Section::Top {
+        unexpected_conf(
+            rendered,
+            &format!("the file ends inside the cluster block ({section:?})"),
+        );
+    }
+    for (what, count) in [
+        ("top-level listen", top_listen),
+        ("top-level http", top_http),
+        ("cluster block", blocks),
+        ("cluster listen", cluster_listen),
+    ] {
+        if count != 1 {
+            unexpected_conf(rendered, &format!("want one {what}, found {count}"));
+        }
+    }
+    let mut sorted = routed.clone();
+    sorted.sort_unstable();
+    if sorted != (0..pods.len()).collect::<Vec<_>>() {
+        unexpected_conf(
+            rendered,
+            &format!("the routes name pods {routed:?} of {pods:?}: want every pod exactly once"),
+        );
+    }
+    out.join("\n") + "\n"
+}
+
+/// Fails the test: the rendered nats.conf is not shaped as [`node_nats_conf`] expects.
+fn unexpected_conf(rendered: &str, why: &str) -> ! {
+    panic!(
+        "the chart's cluster nats.conf (tests/chart/fixtures/cluster) is not what tests/cluster.rs \
+         expects: {why}\n--- nats.conf:\n{rendered}"
+    )
+}
+
+/// The chart's rendered sidecar config for one node: paths inside the pod's mounts move under
+/// the node's root; the director's URL, the monitoring URL and the HTTP listen address take
+/// this machine's values. Everything else — the watch, damping, SIGHUP reloads (no
+/// nats-server executable) — stays as the chart renders it.
+fn node_sync_config(
+    rendered: &str,
+    layout: &Layout,
+    root: &Path,
+    ports: Ports,
+    director: &str,
+) -> String {
+    let mut config: Yaml =
+        serde_yaml_ng::from_str(rendered).expect("the rendered config.yml is YAML");
+    assert!(
+        config["nats"].get("nats_server_executable").is_none(),
+        "the chart's sidecar reloads by SIGHUP"
+    );
+    let mounts = layout.mounts();
+    fn walk(value: &mut Yaml, mounts: &BTreeSet<String>, root: &Path) {
+        match value {
+            Yaml::String(s) if mounts.iter().any(|m| s.starts_with(&format!("{m}/"))) => {
+                *s = root.join(s.trim_start_matches('/')).display().to_string();
+            }
+            Yaml::Mapping(m) => m.values_mut().for_each(|v| walk(v, mounts, root)),
+            Yaml::Sequence(seq) => seq.iter_mut().for_each(|v| walk(v, mounts, root)),
+            _ => {}
+        }
+    }
+    walk(&mut config, &mounts, root);
+    let mut set = |section: &str, key: &str, value: String| {
+        let slot = config
+            .get_mut(section)
+            .and_then(|s| s.get_mut(key))
+            .unwrap_or_else(|| panic!("the rendered sidecar config has no {section}.{key}"));
+        *slot = Yaml::String(value);
+    };
+    set("director", "url", director.to_owned());
+    set(
+        "nats",
+        "monitoring_url",
+        format!("http://127.0.0.1:{}", ports.monitoring),
+    );
+    set("http", "listen", format!("127.0.0.1:{}", ports.http));
+    serde_yaml_ng::to_string(&config).expect("YAML")
+}
+
+/// `GET path` on 127.0.0.1:port: the status code and the body, or None while nothing listens.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// A child process with its output in a file; killed when dropped.
+struct Process {
+    name: String,
+    child: Mutex<Option<Child>>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: String, argv: &[String], log: PathBuf, env: &[(&str, &str)]) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({argv:?}): {e}"));
+        Process {
+            name,
+            child: Mutex::new(Some(child)),
+            log,
+        }
+    }
+
+    /// "running", "exited: …" (on its own) or "killed by the test", for messages.
+    fn state(&self) -> String {
+        let mut guard = self.child.lock().unwrap();
+        match guard.as_mut() {
+            None => "killed by the test".to_owned(),
+            Some(child) => match child.try_wait().unwrap() {
+                None => "running".to_owned(),
+                Some(status) => format!("exited: {status}"),
+            },
+        }
+    }
+
+    async fn kill(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut child) = child {
+            child.kill().await.unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} ({}), last lines of {}:\n{}",
+            self.name,
+            self.state(),
+            self.log.display(),
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        )
+    }
+}
+
+/// One pod of the StatefulSet on this machine: its mounts under `root`, its ports, its
+/// nats-server and its sidecar.
+struct Node {
+    index: usize,
+    root: PathBuf,
+    ports: Ports,
+    auth_file: PathBuf,
+    nats: Option<Process>,
+    sync: Option<Process>,
+}
+
+/// The test's world: the director, the PKI and the nodes.
+struct World {
+    dir: tempfile::TempDir,
+    layout: Layout,
+    pki: Pki,
+    ca: PathBuf,
+    director: DirectorSim,
+    nodes: Vec<Node>,
+}
+
+impl World {
+    async fn start() -> World {
+        let layout = Layout::load();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate().unwrap();
+        let pki_dir = dir.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let pki_files = pki.write_to(&pki_dir).unwrap();
+        let rendered_sync =
+            std::fs::read_to_string(fixture_dir().join("sync-config/config.yml")).unwrap();
+        let user: Yaml = serde_yaml_ng::from_str(&rendered_sync).unwrap();
+        let user = user["director"]["user"]
+            .as_str()
+            .expect("the cluster fixture uses basic auth")
+            .to_owned();
+        let director = DirectorSim::start(
+            DirectorConfig::basic(&user, PASSWORD).with_tls(pki.server_config().unwrap()),
+        )
+        .await
+        .unwrap();
+        let rendered_nats =
+            std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
+        let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
+        let mut nodes = Vec::new();
+        for (index, ports_of) in ports.iter().enumerate() {
+            let root = dir.path().join(format!("node-{index}"));
+            // The ConfigMaps where the pod mounts them, then the node's own changes.
+            for (volume, container) in [("nats-config", "nats"), ("sync-config", "bosh-nats-sync")]
+            {
+                let target = root.join(layout.mount(container, volume).trim_start_matches('/'));
+                std::fs::create_dir_all(&target).unwrap();
+                for entry in std::fs::read_dir(fixture_dir().join(volume)).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+                }
+            }
+            let conf_dir = root.join(layout.mount("nats", "nats-config").trim_start_matches('/'));
+            std::fs::write(
+                conf_dir.join("nats.conf"),
+                node_nats_conf(&rendered_nats, &layout, &root, &ports, index),
+            )
+            .unwrap();
+            // The TLS Secret.
+            let tls_dir = root.join(layout.mount("nats", "nats-tls").trim_start_matches('/'));
+            std::fs::create_dir_all(&tls_dir).unwrap();
+            std::fs::copy(&pki_files.server.cert, tls_dir.join("tls.crt")).unwrap();
+            std::fs::copy(&pki_files.server.key, tls_dir.join("tls.key")).unwrap();
+            std::fs::copy(&pki_files.ca_cert, tls_dir.join("ca.crt")).unwrap();
+            let sync_dir = root.join(
+                layout
+                    .mount("bosh-nats-sync", "sync-config")
+                    .trim_start_matches('/'),
+            );
+            let config =
+                node_sync_config(&rendered_sync, &layout, &root, *ports_of, &director.url());
+            let parsed: Yaml = serde_yaml_ng::from_str(&config).unwrap();
+            let ca_path = parsed["director"]["director_ca_cert"]
+                .as_str()
+                .expect("the cluster fixture sets director.caCert");
+            std::fs::write(ca_path, pki.ca.cert_pem()).unwrap();
+            std::fs::write(sync_dir.join("config.yml"), &config).unwrap();
+            let auth_file = PathBuf::from(parsed["nats"]["config_file_path"].as_str().unwrap());
+            nodes.push(Node {
+                index,
+                root,
+                ports: *ports_of,
+                auth_file,
+                nats: None,
+                sync: None,
+            });
+        }
+        World {
+            dir,
+            layout,
+            pki,
+            ca: pki_files.ca_cert,
+            director,
+            nodes,
+        }
+    }
+
+    /// Everything a failure message needs: each process's state and the end of its log.
+    fn diagnostics(&self) -> String {
+        self.nodes
+            .iter()
+            .flat_map(|n| [&n.nats, &n.sync])
+            .flatten()
+            .map(Process::tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Polls `check` until it is `Ok`, at most `within`; then fails with `what`, the last
+    /// error and every process's log.
+    async fn wait<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let start = Instant::now();
+        if let Err(last) = common::poll(WITHIN, &mut check).await {
+            panic!(
+                "timed out after {WITHIN:?} waiting for {what}; last: {last}\n{}",
+                self.diagnostics()
+            );
+        }
+        eprintln!("{:>7.3} s until {what}", start.elapsed().as_secs_f64());
+    }
+
+    /// The init container: a fresh state volume (an emptyDir of a new pod) and the placeholder
+    /// written by the chart's init command.
+    fn init(&self, index: usize) {
+        let node = &self.nodes[index];
+        let state = node
+            .root
+            .join(self.layout.mount("nats", "state").trim_start_matches('/'));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).unwrap();
+        let env: Vec<(String, String)> = self.layout.0["init_env"]
+            .as_object()
+            .expect("layout.json has init_env")
+            .iter()
+            .map(|(k, v)| {
+                let v = v.as_str().expect("a string");
+                (
+                    k.clone(),
+                    node.root
+                        .join(v.trim_start_matches('/'))
+                        .display()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let init = self.layout.strings("init_command");
+        let status = std::process::Command::new(&init[0])
+            .args(&init[1..])
+            .envs(env)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run the init command {init:?}: {e}"));
+        assert!(
+            status.success(),
+            "node {index}: the init command failed: {status}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&node.auth_file).unwrap().trim(),
+            PLACEHOLDER,
+            "node {index}: the init command writes the BOSH placeholder"
+        );
+    }
+
+    /// Starts node `index`'s nats-server as the pod's command runs it; waits for `/varz`.
+    async fn start_nats(&mut self, index: usize) {
+        let mut argv = self.layout.strings("nats_command");
+        assert_eq!(argv[0], "nats-server", "the chart runs nats-server");
+        argv[0] = common::nats_server_path().display().to_string();
+        let root = self.nodes[index].root.clone();
+        let argv: Vec<String> = argv.iter().map(|a| self.moved(&root, a)).collect();
+        let log = self
+            .dir
+            .path()
+            .join(format!("node-{index}-nats-server.log"));
+        self.nodes[index].nats = Some(Process::spawn(
+            format!("node {index} nats-server"),
+            &argv,
+            log,
+            &[],
+        ));
+        let port = self.nodes[index].ports.monitoring;
+        self.wait(
+            &format!("node {index}'s nats-server to serve /varz"),
+            || async move {
+                match http_get(port, "/varz").await {
+                    Some((200, _)) => Ok(()),
+                    other => Err(format!("/varz: {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Starts node `index`'s sidecar as the pod runs it (its own config, auth file, pid file).
+    fn start_sync(&mut self, index: usize) {
+        let root = self.nodes[index].root.clone();
+        let mut argv = vec![common::binary().to_owned()];
+        argv.extend(
+            self.layout
+                .strings("sidecar_args")
+                .iter()
+                .map(|a| self.moved(&root, a)),
+        );
+        let log = self
+            .dir
+            .path()
+            .join(format!("node-{index}-bosh-nats-sync.log"));
+        self.nodes[index].sync = Some(Process::spawn(
+            format!("node {index} bosh-nats-sync"),
+            &argv,
+            log,
+            &[(bosh_nats_sync::config::ENV_PASSWORD, PASSWORD)],
+        ));
+    }
+
+    /// A pod path moved under `root` when it lies in one of the pod's mounts.
+    fn moved(&self, root: &Path, arg: &str) -> String {
+        if self
+            .layout
+            .mounts()
+            .iter()
+            .any(|m| arg.starts_with(&format!("{m}/")))
+        {
+            root.join(arg.trim_start_matches('/')).display().to_string()
+        } else {
+            arg.to_owned()
+        }
+    }
+
+    /// Kills node `index`'s nats-server and sidecar (a pod lost with its node).
+    async fn kill(&mut self, index: usize) {
+        for process in [self.nodes[index].sync.take(), self.nodes[index].nats.take()]
+            .into_iter()
+            .flatten()
+        {
+            process.kill().await;
+        }
+    }
+
+    /// Waits until the nodes in `up` form one cluster: each one's `/routez` lists routes to
+    /// exactly the other nodes in `up` (by their `/varz` server ids). nats-server 2.10 and
+    /// later pool several connections per peer, so peers are counted, not connections.
+    async fn wait_cluster(&self, up: &[usize]) {
+        let ports: Vec<u16> = up.iter().map(|&i| self.nodes[i].ports.monitoring).collect();
+        self.wait(&format!("nodes {up:?} to route to each other"), || {
+            let ports = ports.clone();
+            async move {
+                let mut ids = Vec::new();
+                for port in &ports {
+                    let (_, varz) = http_get(*port, "/varz").await.ok_or("no /varz")?;
+                    let varz: Json = serde_json::from_str(&varz).map_err(|e| e.to_string())?;
+                    ids.push(varz["server_id"].as_str().ok_or("no server_id")?.to_owned());
+                }
+                for (i, port) in ports.iter().enumerate() {
+                    let (_, routez) = http_get(*port, "/routez").await.ok_or("no /routez")?;
+                    let routez: Json = serde_json::from_str(&routez).map_err(|e| e.to_string())?;
+                    let num_routes = routez["num_routes"].as_u64().ok_or("no num_routes")?;
+                    let peers: BTreeSet<&str> = routez["routes"]
+                        .as_array()
+                        .map(|r| r.iter().filter_map(|r| r["remote_id"].as_str()).collect())
+                        .unwrap_or_default();
+                    let want: BTreeSet<&str> =
+                        ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id.as_str()).collect();
+                    if peers != want || num_routes < want.len() as u64 {
+                        return Err(format!(
+                            "the server on monitoring port {port}: num_routes {num_routes}, peers {peers:?}, want {want:?}"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
+
+    fn cert(&self, cn: &str) -> CertFiles {
+        let certs = self.dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        self.pki.client(cn).unwrap().write_to(&certs, cn).unwrap()
+    }
+
+    /// Connects to node `index` with a certificate for `cn`.
+    async fn connect(
+        &self,
+        index: usize,
+        cn: &str,
+    ) -> Result<NatsClient, async_nats::ConnectError> {
+        let url = format!("tls://127.0.0.1:{}", self.nodes[index].ports.client);
+        sim::nats::connect(&url, &self.ca, &self.cert(cn)).await
+    }
+
+    async fn client(&self, index: usize, cn: &str) -> NatsClient {
+        self.connect(index, cn).await.unwrap_or_else(|e| {
+            panic!(
+                "{cn} cannot connect to node {index}: {e}\n{}",
+                self.diagnostics()
+            )
+        })
+    }
+
+    /// Whether node `index` admits `cn` (a refusal must be an authorization violation).
+    async fn admitted(&self, index: usize, cn: &str) -> Result<(), String> {
+        match self.connect(index, cn).await {
+            Ok(_) => Ok(()),
+            Err(e) if sim::nats::is_authorization_violation(&e) => {
+                Err(format!("node {index} refuses {cn}"))
+            }
+            Err(e) => panic!(
+                "connecting to node {index} as {cn} failed for another reason: {e}\n{}",
+                self.diagnostics()
+            ),
+        }
+    }
+
+    async fn wait_admitted(&self, nodes: &[usize], cn: &str) {
+        for &index in nodes {
+            self.wait(&format!("node {index} to admit {cn}"), || {
+                self.admitted(index, cn)
+            })
+            .await;
+        }
+    }
+
+    /// `/readyz` of node `index`'s sidecar answers 200 (the pod's readiness probe).
+    async fn wait_ready(&self, index: usize) {
+        let port = self.nodes[index].ports.http;
+        self.wait(
+            &format!("node {index}'s sidecar /readyz 200"),
+            || async move {
+                match http_get(port, "/readyz").await {
+                    Some((200, _)) => Ok(()),
+                    other => Err(format!("/readyz: {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// A message `publisher` publishes on node `from` reaches `subscriber` on node `to`.
+    async fn delivered(
+        &self,
+        from: usize,
+        publisher: &str,
+        to: usize,
+        subscriber: &str,
+        subject: &str,
+    ) {
+        let publishing = self.client(from, publisher).await;
+        let subscribed = self.client(to, subscriber).await;
+        let outcome = sim::nats::probe_subscribe(&subscribed, &publishing, subject).await;
+        assert!(
+            matches!(outcome, Ok(Permission::Allowed)),
+            "{publisher} on node {from} → {subscriber} on node {to}, subject {subject}: {outcome:?}\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// What node `index` answers when agent `id` publishes to `subject` (the health monitor,
+    /// on the same node, observes: `subject` must be one it may subscribe to, §3.1).
+    async fn agent_may_publish(&self, index: usize, id: &str, subject: &str) -> Permission {
+        let agent = self.client(index, &agent_cn(id)).await;
+        let observer = self.client(index, HM_CN).await;
+        sim::nats::probe_publish(&agent, &observer, subject)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "node {index}: probe of {subject} as agent {id}: {e}\n{}",
+                    self.diagnostics()
+                )
+            })
+    }
+
+    /// What node `index` answers when agent `id` subscribes to `subject` (the director, on the
+    /// same node, publishes).
+    async fn agent_may_subscribe(&self, index: usize, id: &str, subject: &str) -> Permission {
+        let agent = self.client(index, &agent_cn(id)).await;
+        let director = self.client(index, DIRECTOR_CN).await;
+        sim::nats::probe_subscribe(&agent, &director, subject)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "node {index}: probe of {subject} as agent {id}: {e}\n{}",
+                    self.diagnostics()
+                )
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losing_one() {
+    let start = Instant::now();
+    let mut world = World::start().await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    let all: Vec<usize> = (0..world.nodes.len()).collect();
+
+    // Every pod as the StatefulSet starts them (Parallel): init, nats-server, sidecar.
+    for &i in &all {
+        world.init(i);
+        world.start_nats(i).await;
+    }
+    for &i in &all {
+        world.start_sync(i);
+    }
+    world.wait_cluster(&all).await;
+    world.wait_admitted(&all, &agent_cn(AGENT)).await;
+    for &i in &all {
+        world.wait_ready(i).await;
+        world.admitted(i, DIRECTOR_CN).await.unwrap();
+        world.admitted(i, HM_CN).await.unwrap();
+    }
+
+    // Across the routes: the director on the first node reaches the agent on the last; the
+    // agent's heartbeat on the second reaches the health monitor on the first.
+    let last = all.len() - 1;
+    world
+        .delivered(
+            0,
+            DIRECTOR_CN,
+            last,
+            &agent_cn(AGENT),
+            &format!("agent.{AGENT}"),
+        )
+        .await;
+    world
+        .delivered(
+            1,
+            &agent_cn(AGENT),
+            0,
+            HM_CN,
+            &format!("hm.agent.heartbeat.{AGENT}"),
+        )
+        .await;
+    // The same permissions on every node: what the agent may not do, it may do nowhere.
+    for &i in &all {
+        assert_eq!(
+            world.agent_may_publish(i, AGENT, "hm.director.alert").await,
+            Permission::Denied,
+            "node {i}: an agent may not raise the director's alerts"
+        );
+        assert_eq!(
+            world
+                .agent_may_publish(i, AGENT, &format!("hm.agent.heartbeat.{NEW_AGENT}"))
+                .await,
+            Permission::Denied,
+            "node {i}: an agent may not send another agent's heartbeat"
+        );
+        assert_eq!(
+            world
+                .agent_may_subscribe(i, AGENT, &format!("agent.{NEW_AGENT}"))
+                .await,
+            Permission::Denied,
+            "node {i}: an agent may not read another agent's inbox"
+        );
+    }
+
+    // Node 1 and its sidecar die: the other two stay a cluster and keep admitting new agents.
+    let lost = 1;
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != lost).collect();
+    world.kill(lost).await;
+    world.wait_cluster(&rest).await;
+    world.director.create_vm("cf", Vm::agent(NEW_AGENT));
+    world.wait_admitted(&rest, &agent_cn(NEW_AGENT)).await;
+    world
+        .delivered(
+            rest[0],
+            DIRECTOR_CN,
+            rest[1],
+            &agent_cn(NEW_AGENT),
+            &format!("agent.{NEW_AGENT}"),
+        )
+        .await;
+
+    // It comes back as a rescheduled pod: a new emptyDir, the placeholder, nats-server admits
+    // nobody until its own sidecar has converged it.
+    world.init(lost);
+    world.start_nats(lost).await;
+    assert!(
+        world.admitted(lost, DIRECTOR_CN).await.is_err(),
+        "the placeholder admits nobody"
+    );
+    world.wait_cluster(&all).await;
+    world.start_sync(lost);
+    world.wait_admitted(&[lost], &agent_cn(NEW_AGENT)).await;
+    world.wait_admitted(&[lost], &agent_cn(AGENT)).await;
+    world.wait_ready(lost).await;
+    assert_ne!(
+        std::fs::read_to_string(&world.nodes[lost].auth_file)
+            .unwrap()
+            .trim(),
+        PLACEHOLDER
+    );
+    world
+        .delivered(
+            lost,
+            DIRECTOR_CN,
+            0,
+            &agent_cn(NEW_AGENT),
+            &format!("agent.{NEW_AGENT}"),
+        )
+        .await;
+    world
+        .delivered(
+            2,
+            DIRECTOR_CN,
+            lost,
+            &agent_cn(AGENT),
+            &format!("agent.{AGENT}"),
+        )
+        .await;
+    assert_eq!(
+        world
+            .agent_may_publish(lost, NEW_AGENT, &format!("hm.agent.heartbeat.{AGENT}"))
+            .await,
+        Permission::Denied,
+        "the restarted node: the same permissions"
+    );
+
+    for node in &world.nodes {
+        let sync = node.sync.as_ref().expect("every sidecar runs again");
+        assert!(
+            !sync.log().contains(PASSWORD),
+            "node {}: the password reached the log",
+            node.index
+        );
+        assert_eq!(
+            sync.state(),
+            "running",
+            "node {}\n{}",
+            node.index,
+            world.diagnostics()
+        );
+    }
+    eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// The substitution refuses a rendered file that lost a peer's route, rather than starting a
+/// cluster the chart would not form.
+#[test]
+#[should_panic(expected = "want every pod exactly once")]
+fn a_rendered_config_without_a_route_to_every_peer_is_refused() {
+    let layout = Layout::load();
+    let rendered = std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
+    let last = layout.pods().pop().unwrap();
+    let without: Vec<&str> = rendered
+        .lines()
+        .filter(|l| !l.contains(&format!("nats://{last}.")))
+        .collect();
+    assert_ne!(
+        without.len(),
+        rendered.lines().count(),
+        "the fixture routes to {last}"
+    );
+    let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
+    node_nats_conf(
+        &(without.join("\n") + "\n"),
+        &layout,
+        Path::new("/x"),
+        &ports,
+        0,
+    );
+}
+
+/// And one without a cluster block (the single pod's nats.conf).
+#[test]
+#[should_panic(expected = "want one cluster block, found 0")]
+fn a_rendered_config_without_a_cluster_block_is_refused() {
+    let layout = Layout::load();
+    let single = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/chart/fixtures/sidecar/nats-config/nats.conf");
+    let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
+    node_nats_conf(
+        &std::fs::read_to_string(single).unwrap(),
+        &layout,
+        Path::new("/x"),
+        &ports,
+        0,
+    );
+}
