@@ -1,4 +1,4 @@
-//! High availability (issue #14), run for real on one machine: three nats-server processes
+//! High availability (docs/kubernetes.md), run for real on one machine: three nats-server processes
 //! started from the nats.conf the Helm chart renders in cluster mode
 //! (tests/chart/fixtures/cluster, kept fresh by tests/chart/run.sh) join into one cluster over
 //! routes on 127.0.0.1, each with its own auth file, pid file and bosh-nats-sync sidecar (the
