@@ -155,11 +155,13 @@ async fn reload_is_visible_in_config_load_time_and_bad_files_are_kept_out() {
         .output()
         .unwrap();
     assert!(signal.status.success(), "{signal:?}");
-    let digest_before = nats.config_digest().await.unwrap();
     let after = nats
         .wait_for_reload(&before, Duration::from_secs(10))
         .await
         .unwrap();
+    // Read once the good file is loaded: before that, the signal's reload may or may not have
+    // happened yet.
+    let digest_before = nats.config_digest().await.unwrap();
     nats.connect(&agent_files).await.unwrap();
 
     // An unparseable file: the signal is accepted, the configuration is not.
