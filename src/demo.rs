@@ -149,8 +149,8 @@ async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     if args.watch > 0.0 {
         println!(
-            "  watch:              the event log read every {} s: each VM the churn creates is admitted by a partial pass over its deployment alone (log lines kind=\"partial\" refetched=1); full passes every {} s only until the log proves it is written, then every 300 s",
-            args.watch, args.poll
+            "  watch:              the event log read every {} s: each VM the churn creates is admitted by a partial pass that refetches only the deployments the events name (log lines kind=\"partial\" refetched=N, N of {}); full passes every {} s only until the log proves it is written, then every 300 s",
+            args.watch, args.deployments, args.poll
         );
     } else {
         println!(

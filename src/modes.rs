@@ -391,18 +391,26 @@ struct LoopObserver {
 
 impl reconcile::Observer<Tick, PassError> for LoopObserver {
     fn on_pass_end(&self, ended: &reconcile::EndedPass<'_, Tick, PassError>) {
-        let result = match ended.result {
+        let ctx = ended.context;
+        let (result, pass) = match ended.result {
             Ok(Tick { report: None, .. }) => {
                 self.health.progress();
                 return;
             }
             Ok(Tick {
                 report: Some(report),
+                cause,
                 ..
-            }) => Ok(report),
-            Err(e) => Err(e),
+            }) => (
+                Ok(report),
+                match cause {
+                    Some(cause) => format!("pass {} ({cause})", ctx.pass),
+                    None => ctx.to_string(),
+                },
+            ),
+            Err(e) => (Err(e), ctx.to_string()),
         };
-        report::finished(&self.health, Some(ended.context), result, ended.duration);
+        report::finished(&self.health, Some(pass), result, ended.duration);
         if !self.watch
             && let Some(next) = ended.next_pass_in()
         {

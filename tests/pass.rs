@@ -129,6 +129,14 @@ async fn an_unchanged_director_means_no_write_and_no_reload() {
         || async { env.log().matches("found nothing to change").count() >= 2 },
     )
     .await;
+    let because = format!("(file:{})\"", env.hm_subject_file.display());
+    assert!(
+        env.log()
+            .lines()
+            .any(|l| l.contains("found nothing to change") && l.contains(&because)),
+        "the pass's log line names the file that asked for it ({because}):\n{}",
+        env.log()
+    );
     child.kill().await.unwrap();
     assert_eq!(
         identity(&env.auth_file),

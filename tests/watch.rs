@@ -96,9 +96,13 @@ async fn a_new_vm_is_admitted_within_seconds_while_the_poll_interval_is_long() {
         ADMITTED,
         "a partial pass's log line naming how many deployments it refetched",
         || async {
-            env.log()
-                .lines()
-                .any(|l| l.contains("kind=\"partial\"") && l.contains("refetched=1"))
+            env.log().lines().any(|l| {
+                l.contains("kind=\"partial\"")
+                        && l.contains("refetched=1")
+                        // It names why it ran, not the loop's `requeue`.
+                        && l.contains("pass=\"pass ")
+                        && l.contains(" (events: 1 deployment)\"")
+            })
         },
     )
     .await;

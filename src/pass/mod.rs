@@ -137,9 +137,35 @@ enum Observation {
 pub struct Tick {
     /// The pass this tick ran; `None` when the event log named nothing new.
     pub report: Option<Report>,
+    /// With the watch: why the tick ran its pass (`events: 2 deployments`, `resync`,
+    /// `file:/x/auth.json`, …), for its log line in place of the loop's `requeue`.
+    pub cause: Option<String>,
     /// When the next tick is due; `None` without the watch (the loop's interval and
     /// triggers decide).
     pub next: Option<std::time::Duration>,
+}
+
+/// Why a tick of the watch runs a partial pass, or `None` when nothing asks for one: the
+/// deployments the event log named, a watched file that changed, a manual trigger, a retry
+/// after a failed pass, a reload still pending.
+fn partial_cause(ctx: &PassContext, dirty: usize, reload_pending: bool) -> Option<String> {
+    let mut causes: Vec<String> = Vec::new();
+    match dirty {
+        0 => {}
+        1 => causes.push("events: 1 deployment".to_owned()),
+        n => causes.push(format!("events: {n} deployments")),
+    }
+    causes.extend(ctx.changed_paths().map(|p| format!("file:{}", p.display())));
+    if ctx.has(&reconcile::Trigger::Manual) {
+        causes.push(reconcile::Trigger::Manual.to_string());
+    }
+    if ctx.consecutive_failures > 0 {
+        causes.push("retry".to_owned());
+    }
+    if reload_pending {
+        causes.push("reload pending".to_owned());
+    }
+    (!causes.is_empty()).then(|| causes.join(", "))
 }
 
 impl reconcile::Outcome for Tick {
@@ -221,6 +247,7 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 .await?;
             return Ok(Tick {
                 report: Some(report),
+                cause: None,
                 next: None,
             });
         };
@@ -235,31 +262,27 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 Some((Observation::Full, reason.label().to_owned()))
             }
             None => {
-                let asked = ctx.changed_paths().next().is_some()
-                    || ctx.has(&reconcile::Trigger::Manual)
-                    || ctx.consecutive_failures > 0
-                    || passes.rules.reload_pending;
                 let watched = passes.watched.as_ref().expect("checked above");
-                (watched.watch.has_dirty() || asked).then(|| {
-                    (
-                        Observation::Partial,
-                        format!("events: {} deployment(s)", watched.watch.dirty().len()),
-                    )
-                })
+                partial_cause(ctx, watched.watch.dirty_len(), passes.rules.reload_pending)
+                    .map(|why| (Observation::Partial, why))
             }
         };
-        let report = match observation {
+        let (report, cause) = match observation {
             Some((observation, why)) => {
-                let span = report::span_for(ctx);
-                span.record("triggers", why.as_str());
-                Some(self.run(&mut passes, observation, span).await?)
+                let span = report::span(ctx.pass, &why);
+                span.record("consecutive_failures", i64::from(ctx.consecutive_failures));
+                (
+                    Some(self.run(&mut passes, observation, span).await?),
+                    Some(why),
+                )
             }
-            None => None,
+            None => (None, None),
         };
         let watch = &mut passes.watched.as_mut().expect("checked above").watch;
         self.report_watch(watch);
         Ok(Tick {
             report,
+            cause,
             next: Some(watch.next_tick_in(read_at, Instant::now())),
         })
     }

@@ -58,15 +58,14 @@ pub fn reason(failure: &Failure<PassError>) -> &'static str {
     }
 }
 
-/// Ends a pass: its log line, then `/status`, `/healthz` and the pass metrics. `ctx` is the
-/// loop's context (`None` for `once`).
+/// Ends a pass: its log line, then `/status`, `/healthz` and the pass metrics. `pass` names
+/// the pass of the loop and why it ran (`pass 3 (interval)`; `None` for `once`).
 pub fn finished(
     health: &Health,
-    ctx: Option<&PassContext>,
+    pass: Option<String>,
     result: Result<&Report, &Failure<PassError>>,
     duration: Duration,
 ) {
-    let pass = ctx.map(|c| c.to_string());
     let duration_ms = duration.as_millis() as u64;
     match result {
         Ok(r) => {

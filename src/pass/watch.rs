@@ -422,8 +422,9 @@ impl Watch {
         self.dirty.keys().cloned().collect()
     }
 
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+    /// How many deployments are dirty.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
     }
 
     /// When the events that made `deployment` dirty were first read.

@@ -232,12 +232,14 @@ async fn a_new_vm_is_admitted_by_a_partial_pass_over_its_deployment_alone() {
         DampingSettings::default(),
     );
     s.director().event(None);
-    s.tick(1).await.unwrap();
+    let first = s.tick(1).await.unwrap();
+    assert_eq!(first.cause.as_deref(), Some("startup"));
     tokio::time::advance(SETTINGS.interval).await;
     s.director().set("b", Answer::Vms(agents("b", 3)));
     s.director().event(Some("b"));
     s.director().event(None);
     let tick = s.tick(2).await.unwrap();
+    assert_eq!(tick.cause.as_deref(), Some("events: 1 deployment"));
     let report = tick.report.expect("a partial pass");
     assert_eq!(report.refetched, Some(1));
     assert!(report.written);
@@ -436,4 +438,33 @@ async fn a_restored_director_is_relisted() {
     assert!(report.refetched.is_none());
     assert_eq!(s.agents_in_file().len(), 3);
     assert_eq!(s.director().state().views_read, 2);
+}
+
+#[test]
+fn a_partial_pass_names_everything_that_asked_for_it() {
+    let at = |triggers: Vec<Trigger>, failures: u32| PassContext {
+        pass: 7,
+        triggers,
+        consecutive_failures: failures,
+    };
+    assert_eq!(
+        partial_cause(&at(vec![Trigger::Requeue], 0), 0, false),
+        None
+    );
+    assert_eq!(
+        partial_cause(&at(vec![Trigger::Requeue], 0), 3, false).as_deref(),
+        Some("events: 3 deployments")
+    );
+    let file = std::path::PathBuf::from("/var/vcap/data/nats/auth.json");
+    assert_eq!(
+        partial_cause(
+            &at(vec![Trigger::FileChanged(file), Trigger::Manual], 2),
+            1,
+            true
+        )
+        .as_deref(),
+        Some(
+            "events: 1 deployment, file:/var/vcap/data/nats/auth.json, manual, retry, reload pending"
+        )
+    );
 }

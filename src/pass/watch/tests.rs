@@ -317,7 +317,7 @@ async fn a_change_no_event_announced_makes_the_watch_blind() {
     // The full pass finds `a` (announced) and `b` (not) changed.
     watch.listed(BTreeSet::from(["a".to_owned(), "b".to_owned()]));
     watch.full_pass_done(start, false);
-    assert!(!watch.has_dirty(), "a full pass fetched every deployment");
+    assert_eq!(watch.dirty_len(), 0, "a full pass fetched every deployment");
     assert_eq!(
         watch.state().0,
         WatchState::Healthy,
