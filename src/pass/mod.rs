@@ -269,8 +269,7 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         };
         let (report, cause) = match observation {
             Some((observation, why)) => {
-                let span = report::span(ctx.pass, &why);
-                span.record("consecutive_failures", i64::from(ctx.consecutive_failures));
+                let span = report::span_because(ctx, &why);
                 (
                     Some(self.run(&mut passes, observation, span).await?),
                     Some(why),

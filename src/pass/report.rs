@@ -148,7 +148,12 @@ pub fn span(pass: u64, triggers: &str) -> Span {
 /// `file:/var/vcap/data/nats/auth.json`, `retry`, …), and the failures before it are kept.
 pub fn span_for(ctx: &PassContext) -> Span {
     let triggers: Vec<String> = ctx.triggers.iter().map(ToString::to_string).collect();
-    let span = span(ctx.pass, &triggers.join(", "));
+    span_because(ctx, &triggers.join(", "))
+}
+
+/// [`span_for`] with `triggers` given: why a tick of the watch ran the pass.
+pub fn span_because(ctx: &PassContext, triggers: &str) -> Span {
+    let span = span(ctx.pass, triggers);
     span.record("consecutive_failures", i64::from(ctx.consecutive_failures));
     span
 }
