@@ -254,6 +254,113 @@ async fn a_change_no_event_announced_makes_the_watch_blind_and_it_polls() {
     );
 }
 
+/// The `watch state changed` lines of the log, in order, as `(state, reason)`.
+fn state_changes(env: &Env) -> Vec<(String, String)> {
+    let field = |line: &str, key: &str| {
+        let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+        let end = start + line[start..].find('"')?;
+        Some(line[start..end].to_owned())
+    };
+    env.log()
+        .lines()
+        .filter(|l| l.contains("watch state changed"))
+        .filter_map(|l| Some((field(l, "state")?, field(l, "reason")?)))
+        .collect()
+}
+
+/// A director that stops recording events (`record_events` off, or a restore) must not be
+/// trusted again because a full pass happened to find nothing: until the log shows it is
+/// written again and a full pass after that finds every change announced, full passes come
+/// every `poll_user_sync`, so each VM created meanwhile is admitted within a poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_director_that_stops_recording_keeps_the_watch_blind_until_it_records_again() {
+    // A resync far longer than a poll: a VM that waits for it waits `RESYNC`.
+    const RESYNC: &str = "12";
+    const WITHIN_A_POLL: Duration = Duration::from_secs(6);
+    let env = Env::start(Auth::Basic, vec![Vm::agent(A)]).await;
+    env.director.record_event(NewEvent::new("acquire", "lock"));
+    let (_run, base) = watching(&env, 1.0, &[("intervals.resync", RESYNC)], &agent_cn(A)).await;
+    within(&env, ADMITTED, "the watch is healthy", || async {
+        watch_status(&base).await["state"] == "healthy"
+    })
+    .await;
+
+    env.director.set_record_events(false);
+    env.director.create_vm("cf", Vm::agent(NEW));
+    within(&env, STARTUP, "the resync admits the VM", || async {
+        env.admitted(&bootstrap_agent_cn(NEW)).await
+    })
+    .await;
+    within(&env, ADMITTED, "the watch reports blind", || async {
+        watch_status(&base).await["state"] == "blind"
+    })
+    .await;
+
+    // More VMs, one after another, while nothing is recorded: full passes every poll admit
+    // each within a poll and a pass, and the quiet full passes between them leave it blind.
+    for i in 0..4 {
+        let id = format!("0a1b2c3d-0000-4000-8000-0000000001{i:02}");
+        let passes = full_passes(&env);
+        env.director.create_vm("cf", Vm::agent(&id));
+        within(
+            &env,
+            WITHIN_A_POLL,
+            "a full pass of the poll admits the VM",
+            || async { env.admitted(&bootstrap_agent_cn(&id)).await },
+        )
+        .await;
+        within(&env, WITHIN_A_POLL, "one more quiet full pass", || async {
+            full_passes(&env) >= passes + 2
+        })
+        .await;
+        let status = watch_status(&base).await;
+        assert_eq!(status["state"], "blind", "{status}\n{}", env.diagnostics());
+        assert!(
+            status["reason"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for an event that names a deployment"),
+            "{status}"
+        );
+    }
+
+    // The director records again: the event of the next VM is the proof, and the full pass
+    // after it, finding every change announced, ends the blindness.
+    env.director.set_record_events(true);
+    let last = "0a1b2c3d-0000-4000-8000-0000000001ff";
+    env.director.create_vm("cf", Vm::agent(last));
+    within(
+        &env,
+        WITHIN_A_POLL,
+        "the recorded VM is admitted",
+        || async { env.admitted(&bootstrap_agent_cn(last)).await },
+    )
+    .await;
+    within(&env, STARTUP, "the watch is healthy again", || async {
+        watch_status(&base).await["state"] == "healthy"
+    })
+    .await;
+    let changes = state_changes(&env);
+    let states: Vec<&str> = changes.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        states,
+        ["healthy", "blind", "healthy"],
+        "{changes:?}\n{}",
+        env.diagnostics()
+    );
+    assert_eq!(changes[2].1, "the event log answers and is being written");
+    let log = env.log();
+    let proof = log
+        .find("the blind watch read a new event naming a deployment")
+        .expect("the proof is logged");
+    let healthy_again = log
+        .match_indices("watch state changed")
+        .map(|(at, _)| at)
+        .nth(2)
+        .expect("three changes of state");
+    assert!(proof < healthy_again, "healthy only after the proof\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_a_page_of_events_between_two_polls_are_all_read() {
     let env = Env::start(Auth::Basic, vec![Vm::agent(A)]).await;

@@ -308,6 +308,13 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                     self.metrics
                         .unannounced_changes(absorbed.unannounced as u64);
                 }
+                if let Some((id, deployment)) = &absorbed.proof {
+                    tracing::info!(
+                        event = id,
+                        deployment = %deployment,
+                        "the blind watch read a new event naming a deployment: the next full pass decides whether the event log can be trusted again"
+                    );
+                }
             }
             Err(e) => watch.read_failed(format!("reading the event log failed: {e}")),
         }

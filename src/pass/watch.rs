@@ -198,8 +198,10 @@ impl Pager {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FullReason {
     Startup,
-    /// The schedule of the current state (resync or poll interval).
-    Schedule,
+    /// The schedule of a healthy watch: `intervals.resync`.
+    Resync,
+    /// The schedule of every other state (and of a held removal): `poll_user_sync`.
+    Poll,
     /// A previous full pass failed: it is retried.
     Retry,
     /// The log cannot say what changed (restore, gap).
@@ -210,7 +212,8 @@ impl FullReason {
     pub fn label(&self) -> &str {
         match self {
             FullReason::Startup => "startup",
-            FullReason::Schedule => "resync",
+            FullReason::Resync => "resync",
+            FullReason::Poll => "poll",
             FullReason::Retry => "retry",
             FullReason::Log(_) => "event log",
         }
@@ -226,6 +229,49 @@ pub struct Absorbed {
     pub dirtied: usize,
     /// Deployments a full pass had found changed without an event, still unannounced now.
     pub unannounced: usize,
+    /// While blind: the event this read found that shows the log is written again (its id
+    /// and the deployment it names); the next full pass then decides.
+    pub proof: Option<(u64, String)>,
+}
+
+/// Why the watch is blind, and how far the proof that it may trust the log again has come
+/// (§6.6): an event naming a deployment, newer than `mark`, and then a full pass that finds
+/// every change announced. Invariant: `proof`, when set, names an event with an id above
+/// `mark`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Blind {
+    /// What the full pass found that no event announced.
+    found: String,
+    /// The cursor when the watch went blind (moved to the newest id by a restore, whose ids
+    /// start over): the events up to it are the ones that failed to announce.
+    mark: u64,
+    /// The first event newer than `mark` that names a deployment, and that deployment.
+    proof: Option<(u64, String)>,
+}
+
+impl Blind {
+    fn reason(&self) -> String {
+        match &self.proof {
+            None => format!(
+                "{}; the event log must show it is written again: waiting for an event that names a deployment, newer than event {}",
+                self.found, self.mark
+            ),
+            Some((id, deployment)) => format!(
+                "{}; event {id} (deployment {deployment}) shows the log is written again: the next full pass decides",
+                self.found
+            ),
+        }
+    }
+}
+
+/// The deployments a full pass found changed that no event had made dirty, judged by the
+/// next read of the log (the events of a change the listing saw may follow it by a moment).
+#[derive(Debug)]
+struct Suspects {
+    changed: BTreeSet<String>,
+    /// The watch was blind and its proof had been read before this listing: a listing that
+    /// finds every change announced then ends the blindness.
+    after_proof: bool,
 }
 
 /// The watch's memory between ticks. Invariant: `dirty` holds deployments named by an event
@@ -235,13 +281,16 @@ pub struct Watch {
     settings: WatchSettings,
     position: Position,
     dirty: BTreeMap<String, Instant>,
-    /// Deployments the last full pass found changed that were not dirty: judged by the next
-    /// read (the events of a change the listing saw may follow it by a moment).
-    suspects: Option<BTreeSet<String>>,
+    /// What the last full pass found changed without an event: judged by the next read.
+    suspects: Option<Suspects>,
     /// Why the last read failed, while it is the latest read.
     failing: Option<String>,
-    /// Why the watch is blind, until a full pass finds every change announced.
-    blind: Option<String>,
+    /// Why the watch is blind, until the log proves it is written and a full pass after
+    /// that proof finds every change announced.
+    blind: Option<Blind>,
+    /// An event newer than the cursor has been read since start-up (or since a restore):
+    /// only then is the log known to be written, not merely to hold old events.
+    written: bool,
     /// A full pass due regardless of the schedule.
     forced: Option<FullReason>,
     last_full: Option<(Instant, SystemTime)>,
@@ -261,6 +310,7 @@ impl Watch {
             suspects: None,
             failing: None,
             blind: None,
+            written: false,
             forced: Some(FullReason::Startup),
             last_full: None,
             damping_held: false,
@@ -268,10 +318,6 @@ impl Watch {
             last_event_id: None,
             reported: None,
         }
-    }
-
-    pub fn settings(&self) -> &WatchSettings {
-        &self.settings
     }
 
     pub fn position(&self) -> Position {
@@ -283,8 +329,8 @@ impl Watch {
         if let Some(why) = &self.failing {
             return (WatchState::Failing, why.clone());
         }
-        if let Some(why) = &self.blind {
-            return (WatchState::Blind, why.clone());
+        if let Some(blind) = &self.blind {
+            return (WatchState::Blind, blind.reason());
         }
         match self.position {
             Position::Unread => (
@@ -295,9 +341,13 @@ impl Watch {
                 WatchState::Unproven,
                 "the event log is empty: the director may not record events (director.events.record_events)".to_owned(),
             ),
-            Position::At(_) => (
+            Position::At(_) if self.written => (
                 WatchState::Healthy,
                 "the event log answers and is being written".to_owned(),
+            ),
+            Position::At(_) => (
+                WatchState::Healthy,
+                "the event log answers and holds events; none newer than the cursor has been read yet".to_owned(),
             ),
         }
     }
@@ -328,30 +378,21 @@ impl Watch {
                 absorbed.events = events.len();
                 if let Some(newest) = events.first() {
                     self.last_event_id = Some(newest.id);
-                }
-                let mut named = BTreeSet::new();
-                for event in events {
-                    if let Some(deployment) = event.deployment {
-                        named.insert(deployment);
-                    }
+                    self.written = true;
                 }
                 if let Some(suspects) = self.suspects.take() {
-                    let unannounced: BTreeSet<String> =
-                        suspects.difference(&named).cloned().collect();
-                    absorbed.unannounced = unannounced.len();
-                    // An empty log cannot announce anything; only a log that is written
-                    // can be caught not announcing.
-                    if matches!(position, Position::At(_)) {
-                        self.blind = (!unannounced.is_empty()).then(|| {
-                            format!(
-                                "a full pass found {} deployment(s) changed that no event announced (e.g. {})",
-                                unannounced.len(),
-                                unannounced.first().map_or("", String::as_str)
-                            )
-                        });
-                    }
+                    absorbed.unannounced = self.judge(suspects, &events, position);
                 }
-                for deployment in named {
+                if let Some(blind) = self.blind.as_mut()
+                    && blind.proof.is_none()
+                {
+                    blind.proof = events
+                        .iter()
+                        .filter(|e| e.id > blind.mark)
+                        .find_map(|e| e.deployment.clone().map(|d| (e.id, d)));
+                    absorbed.proof.clone_from(&blind.proof);
+                }
+                for deployment in events.into_iter().filter_map(|e| e.deployment) {
                     if let std::collections::btree_map::Entry::Vacant(slot) =
                         self.dirty.entry(deployment)
                     {
@@ -364,6 +405,12 @@ impl Watch {
             Read::Restored { newest, cursor } => {
                 self.position = Position::At(newest);
                 self.last_event_id = Some(newest.id);
+                // Ids start over: what was read before says nothing of the restored log.
+                self.written = false;
+                if let Some(blind) = self.blind.as_mut() {
+                    blind.mark = newest.id;
+                    blind.proof = None;
+                }
                 self.forced = Some(FullReason::Log(format!(
                     "the event log's newest id {} is below the last one read, {}: the director was restored from a backup",
                     newest.id, cursor.id
@@ -378,6 +425,42 @@ impl Watch {
         absorbed
     }
 
+    /// Judges what the last full pass found changed against the events read since the listing
+    /// before it (`events`, this read's): returns how many changes no event announced. A log
+    /// that is written (`position` at an event) and failed to announce a change makes the
+    /// watch blind, marked at the newest event; a listing after the proof that finds every
+    /// change announced ends the blindness. A quiet listing proves nothing by itself: a
+    /// director that stopped recording is quiet too.
+    fn judge(&mut self, suspects: Suspects, events: &[Event], position: Position) -> usize {
+        let named: BTreeSet<&str> = events
+            .iter()
+            .filter_map(|e| e.deployment.as_deref())
+            .collect();
+        let unannounced: Vec<&String> = suspects
+            .changed
+            .iter()
+            .filter(|d| !named.contains(d.as_str()))
+            .collect();
+        // An empty log cannot announce anything; only a log that is written can be caught
+        // not announcing.
+        let Position::At(cursor) = position else {
+            return unannounced.len();
+        };
+        if let Some(first) = unannounced.first() {
+            self.blind = Some(Blind {
+                found: format!(
+                    "a full pass found {} deployment(s) changed that no event announced (e.g. {first})",
+                    unannounced.len()
+                ),
+                mark: cursor.id,
+                proof: None,
+            });
+        } else if suspects.after_proof {
+            self.blind = None;
+        }
+        unannounced.len()
+    }
+
     /// A read of the log failed (an HTTP error, 401/403, no such endpoint, bad JSON).
     pub fn read_failed(&mut self, why: String) {
         self.failing = Some(why);
@@ -388,21 +471,30 @@ impl Watch {
         if let Some(reason) = &self.forced {
             return Some(reason.clone());
         }
-        (self.next_full_at().is_some_and(|at| at <= now)).then_some(FullReason::Schedule)
+        let (at, reason) = self.schedule()?;
+        (at <= now).then_some(reason)
+    }
+
+    /// When the schedule runs the next full pass, and which schedule it is: `resync` after
+    /// the last one while healthy, `poll_user_sync` otherwise; `None` before the first full
+    /// pass and while one is forced.
+    fn schedule(&self) -> Option<(Instant, FullReason)> {
+        if self.forced.is_some() {
+            return None;
+        }
+        let (last, _) = self.last_full?;
+        Some(match self.state().0 {
+            WatchState::Healthy if !self.damping_held => {
+                (last + self.settings.resync, FullReason::Resync)
+            }
+            _ => (last + self.settings.poll, FullReason::Poll),
+        })
     }
 
     /// When the schedule runs the next full pass: `resync` after the last one while healthy,
     /// `poll_user_sync` otherwise; `None` while one is forced (it is due now).
     pub fn next_full_at(&self) -> Option<Instant> {
-        if self.forced.is_some() {
-            return None;
-        }
-        let (last, _) = self.last_full?;
-        let every = match self.state().0 {
-            WatchState::Healthy if !self.damping_held => self.settings.resync,
-            _ => self.settings.poll,
-        };
-        Some(last + every)
+        self.schedule().map(|(at, _)| at)
     }
 
     /// Until the next tick: `intervals.watch` after this tick's read of the log began
@@ -440,15 +532,22 @@ impl Watch {
     }
 
     /// A full pass listed the director: `changed` are the deployments whose VMs differ from
-    /// the view the watch had kept. Those no event had made dirty are judged by the next read.
-    /// Every dirty deployment was just fetched.
+    /// the view the watch had kept. Those no event had made dirty are judged by the next read
+    /// — unless the log itself asked for this listing (a restore, a gap): what it could not
+    /// say is not held against it. Every dirty deployment was just fetched.
     pub fn listed(&mut self, changed: BTreeSet<String>) {
-        let suspects: BTreeSet<String> = changed
+        let changed: BTreeSet<String> = changed
             .into_iter()
             .filter(|d| !self.dirty.contains_key(d))
             .collect();
         self.dirty.clear();
-        self.suspects = Some(suspects);
+        self.suspects = match self.forced {
+            Some(FullReason::Log(_)) => None,
+            _ => Some(Suspects {
+                changed,
+                after_proof: self.blind.as_ref().is_some_and(|b| b.proof.is_some()),
+            }),
+        };
     }
 
     /// A full pass succeeded at `now`: the schedule starts over. `held` when damping holds a

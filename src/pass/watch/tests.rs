@@ -230,7 +230,7 @@ async fn a_written_log_is_healthy_and_resyncs_on_its_interval() {
         "the tick before a resync comes when the resync is due"
     );
     tokio::time::advance(Duration::from_millis(500)).await;
-    assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Schedule));
+    assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Resync));
     assert_eq!(
         watch.state_change().map(|(s, _)| s),
         Some(WatchState::Healthy)
@@ -329,12 +329,263 @@ async fn a_change_no_event_announced_makes_the_watch_blind() {
     assert_eq!(state, WatchState::Blind);
     assert!(reason.contains("(e.g. b)"), "{reason}");
     assert_eq!(watch.next_full_at(), Some(start + SETTINGS.poll));
-    // A full pass that finds nothing unannounced ends it.
+    assert!(
+        reason.contains("waiting for an event that names a deployment, newer than event 11"),
+        "{reason}"
+    );
+}
+
+/// A watch that went blind at event 11: its full pass found `b` changed unannounced.
+fn blind_at_11(now: Instant) -> Watch {
+    let mut watch = started(now);
+    watch.absorb(new_events(vec![event(11, Some("a"))], 11), now);
+    watch.listed(BTreeSet::from(["b".to_owned()]));
+    watch.full_pass_done(now, false);
+    watch.absorb(new_events(Vec::new(), 11), now);
+    assert_eq!(watch.state().0, WatchState::Blind);
+    watch
+}
+
+/// One full pass on the schedule of `watch`'s state, finding `changed`, and the read that
+/// judges it.
+async fn full_pass(watch: &mut Watch, changed: &[&str], then: Read) -> Absorbed {
     tokio::time::advance(SETTINGS.poll).await;
-    watch.listed(BTreeSet::new());
+    assert_eq!(
+        watch.full_due(Instant::now()),
+        Some(FullReason::Poll),
+        "a full pass every poll interval"
+    );
+    watch.listed(changed.iter().map(|d| (*d).to_owned()).collect());
     watch.full_pass_done(Instant::now(), false);
-    watch.absorb(new_events(Vec::new(), 11), Instant::now());
+    watch.absorb(then, Instant::now())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_full_pass_while_blind_stays_blind() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    watch.state_change();
+    // A director that stopped recording: every full pass is quiet, and proves nothing.
+    for _ in 0..3 {
+        let absorbed = full_pass(&mut watch, &[], new_events(Vec::new(), 11)).await;
+        assert_eq!(absorbed.unannounced, 0);
+        assert_eq!(watch.state().0, WatchState::Blind);
+        assert_eq!(watch.state_change(), None, "still blind: nothing to report");
+        assert_eq!(
+            watch.next_full_at(),
+            Some(Instant::now() + SETTINGS.poll),
+            "and full passes keep coming every poll interval, not every resync"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_naming_no_deployment_is_no_proof() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    let absorbed = watch.absorb(new_events(vec![event(12, None)], 12), start);
+    assert_eq!(absorbed.proof, None);
+    full_pass(&mut watch, &[], new_events(Vec::new(), 12)).await;
+    assert_eq!(watch.state().0, WatchState::Blind);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blind_ends_after_a_new_event_and_a_full_pass_that_finds_every_change_announced() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    watch.state_change();
+    let absorbed = watch.absorb(
+        new_events(vec![event(13, Some("c")), event(12, None)], 13),
+        start,
+    );
+    assert_eq!(absorbed.proof, Some((13, "c".to_owned())));
+    let (state, reason) = watch.state();
+    assert_eq!(state, WatchState::Blind, "the proof alone is not enough");
+    assert!(
+        reason.contains(
+            "event 13 (deployment c) shows the log is written again: the next full pass decides"
+        ),
+        "{reason}"
+    );
+    assert_eq!(watch.next_full_at(), Some(start + SETTINGS.poll));
+    // The next full pass finds `c`, which its event announced: the log is whole again.
+    let absorbed = full_pass(&mut watch, &["c"], new_events(Vec::new(), 13)).await;
+    assert_eq!(absorbed.unannounced, 0);
+    assert_eq!(
+        watch.state_change(),
+        Some((
+            WatchState::Healthy,
+            "the event log answers and is being written".to_owned()
+        ))
+    );
+    assert_eq!(
+        watch.next_full_at(),
+        Some(Instant::now() + SETTINGS.resync),
+        "healthy: full passes every resync"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_pass_after_the_proof_that_finds_an_unannounced_change_starts_over() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    watch.absorb(new_events(vec![event(12, Some("c"))], 12), start);
+    let absorbed = full_pass(&mut watch, &["d"], new_events(Vec::new(), 12)).await;
+    assert_eq!(absorbed.unannounced, 1);
+    let (state, reason) = watch.state();
+    assert_eq!(state, WatchState::Blind);
+    assert!(reason.contains("(e.g. d)"), "{reason}");
+    assert!(reason.contains("newer than event 12"), "{reason}");
+    // The old proof is spent: a quiet full pass keeps it blind.
+    full_pass(&mut watch, &[], new_events(Vec::new(), 12)).await;
+    assert_eq!(watch.state().0, WatchState::Blind);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proof_read_after_the_listing_waits_for_the_next_full_pass() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    // The proof comes in the read that judges a listing made before it.
+    let absorbed = full_pass(&mut watch, &[], new_events(vec![event(12, Some("c"))], 12)).await;
+    assert_eq!(absorbed.proof, Some((12, "c".to_owned())));
+    assert_eq!(watch.state().0, WatchState::Blind);
+    full_pass(&mut watch, &["c"], new_events(Vec::new(), 12)).await;
     assert_eq!(watch.state().0, WatchState::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_while_blind_shows_failing_then_blind_again() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    watch.state_change();
+    watch.read_failed("reading the event log failed: 500".to_owned());
+    assert_eq!(
+        watch.state_change().map(|(s, _)| s),
+        Some(WatchState::Failing)
+    );
+    watch.absorb(new_events(Vec::new(), 11), start);
+    let (state, reason) = watch.state_change().expect("a change of state");
+    assert_eq!(
+        state,
+        WatchState::Blind,
+        "an answer ends failing, not blind"
+    );
+    assert!(reason.contains("newer than event 11"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_while_blind_moves_the_mark_and_its_listing_is_not_judged() {
+    let start = Instant::now();
+    let mut watch = blind_at_11(start);
+    watch.absorb(new_events(vec![event(12, Some("c"))], 12), start);
+    let newest = Cursor {
+        id: 5,
+        timestamp: 0,
+    };
+    watch.absorb(
+        Read::Restored {
+            newest,
+            cursor: Cursor {
+                id: 12,
+                timestamp: 0,
+            },
+        },
+        start,
+    );
+    let (state, reason) = watch.state();
+    assert_eq!(state, WatchState::Blind);
+    assert!(
+        reason.contains("newer than event 5"),
+        "the proof read before the restore is spent, the mark starts over: {reason}"
+    );
+    // The listing the restore asked for finds changes no event of the new log announced:
+    // the log could not say, so it is not held against it.
+    watch.listed(BTreeSet::from(["x".to_owned()]));
+    watch.full_pass_done(start, false);
+    let absorbed = watch.absorb(new_events(vec![event(6, Some("y"))], 6), start);
+    assert_eq!(absorbed.unannounced, 0);
+    assert_eq!(absorbed.proof, Some((6, "y".to_owned())));
+    full_pass(&mut watch, &["y"], new_events(Vec::new(), 6)).await;
+    assert_eq!(watch.state().0, WatchState::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gap_s_listing_does_not_make_the_watch_blind() {
+    let start = Instant::now();
+    let mut watch = started(start);
+    watch.absorb(
+        Read::Gap {
+            newest: Cursor {
+                id: 5000,
+                timestamp: 0,
+            },
+            why: "more new events than the watch reads between two polls",
+        },
+        start,
+    );
+    // The skipped events announced these changes; the watch never read them.
+    watch.listed(BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    watch.full_pass_done(start, false);
+    let absorbed = watch.absorb(new_events(Vec::new(), 5000), start);
+    assert_eq!(absorbed.unannounced, 0);
+    assert_eq!(watch.state().0, WatchState::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_says_the_log_is_written_only_once_a_newer_event_was_read() {
+    let start = Instant::now();
+    let mut watch = started(start);
+    let (state, reason) = watch.state();
+    assert_eq!(state, WatchState::Healthy, "the log holds events");
+    assert_eq!(
+        reason,
+        "the event log answers and holds events; none newer than the cursor has been read yet"
+    );
+    watch.absorb(new_events(Vec::new(), 10), start);
+    assert!(!watch.state().1.contains("being written"));
+    watch.absorb(new_events(vec![event(11, None)], 11), start);
+    assert_eq!(
+        watch.state().1,
+        "the event log answers and is being written"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unproven_ends_when_the_log_holds_an_event() {
+    let start = Instant::now();
+    let mut watch = Watch::new(SETTINGS);
+    let (state, reason) = watch.state();
+    assert_eq!(state, WatchState::Unproven);
+    assert_eq!(reason, "the event log has not been read yet");
+    watch.absorb(
+        Read::New {
+            events: Vec::new(),
+            position: Position::Empty,
+        },
+        start,
+    );
+    watch.listed(BTreeSet::new());
+    watch.full_pass_done(start, false);
+    assert_eq!(watch.state().0, WatchState::Unproven);
+    // The quiet full passes of an empty log keep it unproven.
+    full_pass(
+        &mut watch,
+        &[],
+        Read::New {
+            events: Vec::new(),
+            position: Position::Empty,
+        },
+    )
+    .await;
+    assert_eq!(watch.state().0, WatchState::Unproven);
+    watch.absorb(new_events(vec![event(1, Some("a"))], 1), Instant::now());
+    assert_eq!(
+        watch.state(),
+        (
+            WatchState::Healthy,
+            "the event log answers and is being written".to_owned()
+        )
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -409,7 +660,7 @@ async fn a_failed_full_pass_is_retried_and_a_success_ends_the_retries() {
     let start = Instant::now();
     let mut watch = started(start);
     tokio::time::advance(SETTINGS.resync).await;
-    assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Schedule));
+    assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Resync));
     watch.full_pass_failed();
     assert_eq!(watch.full_due(Instant::now()), Some(FullReason::Retry));
     watch.full_pass_done(Instant::now(), false);
