@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::director;
 use crate::pass::watch::WatchSettings;
-use crate::pass::{self, PassError, Paths, Reconciler, Tick, report};
+use crate::pass::{FileAdmission, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
-use crate::users::{AgentId, UserSet, agent};
+use crate::users::{AgentId, agent};
 
 /// The version and revision this binary was built from (the revision comes from `build.rs`).
 pub const BUILD: BuildInfo = BuildInfo {
@@ -40,7 +40,7 @@ const EXIT_DIFFERS: u8 = 3;
 const EXIT_HELD: u8 = 4;
 
 /// The reconciler the modes run: the real director client and nats-server.
-type Live = Reconciler<director::Client, Reloader>;
+type Live = Reconciler<director::Client, FileAdmission<Reloader>>;
 
 /// One thread is plenty for a controller that mostly waits on the network, and keeps the
 /// resident memory small. (The demo runs on it too.)
@@ -173,7 +173,7 @@ pub fn once(config: Config) -> ExitCode {
         cancel_on_signals(cancel.clone());
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, reconciler.pass(report::span(1, "once"))) => match r {
+            r = tokio::time::timeout(timeout, reconciler.full_pass(report::span(1, "once"))) => match r {
                 Ok(result) => result.map_err(Failure::Failed),
                 Err(_elapsed) => Err(Failure::Timeout(timeout)),
             },
@@ -199,10 +199,10 @@ pub fn diff(config: Config) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let dry =
-        runtime().block_on(async { tokio::time::timeout(timeout, reconciler.dry_run()).await });
-    let pass::DryRun { observed, decision } = match dry {
-        Ok(Ok(dry)) => dry,
+    let planned =
+        runtime().block_on(async { tokio::time::timeout(timeout, reconciler.plan_next()).await });
+    let plan = match planned {
+        Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             eprintln!("bosh-nats-sync: {e}");
             return ExitCode::from(EXIT_FAILED);
@@ -214,10 +214,11 @@ pub fn diff(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    let decision = &plan.decision;
     println!(
         "auth file {}: {}",
         config.nats.auth_file.display(),
-        observed.describe()
+        plan.file
     );
     let held_users = decision.held.as_ref().map_or(0, |held| {
         held.keep.len() + held.keep.values().filter(|bootstrap| **bootstrap).count()
@@ -226,10 +227,7 @@ pub fn diff(config: Config) -> ExitCode {
         "director: {} users desired",
         decision.users.len() - held_users
     );
-    let changes = observed
-        .users()
-        .unwrap_or(&UserSet::default())
-        .list_changes(&decision.users);
+    let changes = &decision.changes;
     for user in &changes.added {
         println!("+ {user}");
     }
@@ -325,7 +323,7 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
     }));
     let watch = watch_settings(&config);
     let reconciler = Arc::new(match watch {
-        Some(settings) => reconciler.watch(settings),
+        Some(settings) => reconciler.follow_events(settings),
         None => reconciler,
     });
     let paths = reconciler.paths().watched();

@@ -209,6 +209,38 @@ async fn diff_prints_the_changes_and_writes_nothing() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
 
+    // Only a user's permissions differ (a hand edit): diff lists it as changed, and the
+    // pass that corrects it reports the same change.
+    let text = env.auth_text();
+    std::fs::write(
+        &env.auth_file,
+        text.replacen("\"director.>\"", "\"director.>\", \"_INBOX.>\"", 1),
+    )
+    .unwrap();
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let director = sim::pki::bosh_subject(common::DIRECTOR_CN);
+    assert!(
+        stdout.contains(&format!("~ {director} (permissions differ)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a pass would write the file: 0 added, 0 removed, 1 changed"),
+        "{stdout}"
+    );
+    let once = env.once(true).await;
+    let log = format!("{}{}", String::from_utf8_lossy(&once.stdout), env.log());
+    assert!(
+        log.contains("added=0 removed=0 changed=1 written=true"),
+        "{log}"
+    );
+    assert_eq!(
+        env.auth_text(),
+        text,
+        "the pass wrote the director's users back"
+    );
+
     env.director.remove_vm("cf", "a1");
     let out = env.run(&["diff"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,24 +1,47 @@
-//! Apply: what a pass does about its decision — the atomic write of the auth file, then the
-//! reload and its verification (§4.4, §5). The write is synchronous and atomic and the reload
-//! is the last step, so a pass dropped at any await point is never half-applied: the file is
-//! the old one or the new one, and a reload that did not finish stays pending.
+//! Apply: making a decision true. *How agents are admitted* is one seam, [`Admission`]: file
+//! mode ([`FileAdmission`]) keeps the users in the auth file nats-server includes and makes
+//! it reload (§4.4, §5); another mode keeps them elsewhere and answers nats-server from them.
+//! Observe reads the admitted users through the same seam, so neither observe nor decide
+//! knows which mode runs.
+//!
+//! A store is synchronous and atomic and a load is the last step, so a pass dropped at any
+//! await point is never half-applied: the users are the old ones or the new ones, and a load
+//! that did not finish stays pending. The steps return what they did; the report tells the
+//! metrics, `/status` and readiness.
 
+use std::fs::Metadata;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use monitoring::ReloadOutcome;
-
-use crate::authfile::{self, AuthFileError};
-use crate::pass::Reconciler;
-use crate::pass::decide::Memory;
-use crate::pass::observe::Director;
+use crate::authfile::{self, AuthFileError, Observed};
+use crate::pass::decide::{Decision, Memory};
+use crate::pass::observe::FileState;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::users::UserSet;
 
-/// nats-server, as a pass reloads it. The real one is [`Reloader`] (a signal, then `/varz`
-/// verification); tests give a pass one that answers as they script it.
-pub trait Reload: Send + Sync {
-    /// Makes the server load the auth file. Cancel-safe: an abandoned reload is simply not
+/// Where the admitted users are kept and how nats-server is made to take them.
+pub trait Admission: Send + Sync {
+    /// What holds the admitted users, for log lines.
+    fn location(&self) -> &Path;
+    /// What is admitted now, compared with `wanted`: cheaply when they are the same.
+    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError>;
+    /// What is admitted now, read whole (the bootstrap rule looks at it).
+    fn read(&self) -> Result<Observed, AuthFileError>;
+    /// Replaces the admitted users, atomically.
+    fn store(&self, users: &UserSet) -> Result<(), AuthFileError>;
+    /// Makes nats-server take what was stored. Cancel-safe: an abandoned load is simply not
     /// known to have happened.
+    fn load(&self) -> impl Future<Output = Result<Reloaded, ReloadError>> + Send;
+    /// Removes what an interrupted store left behind; how many were removed. Run once, by
+    /// the first pass.
+    fn clean_up(&self) -> usize;
+}
+
+/// nats-server, as file mode reloads it. The real one is [`Reloader`] (a signal, then
+/// `/varz` verification); tests give a pass one that answers as they script it.
+pub trait Reload: Send + Sync {
+    /// Makes the server load the auth file. Cancel-safe.
     fn reload(&self) -> impl Future<Output = Result<Reloaded, ReloadError>> + Send;
 }
 
@@ -28,51 +51,124 @@ impl Reload for Reloader {
     }
 }
 
-impl<D: Director, R: Reload> Reconciler<D, R> {
-    /// Replaces the auth file with `users` (§4.4) and marks a reload pending before anything
-    /// else can fail.
-    pub(super) fn write(&self, memory: &mut Memory, users: &UserSet) -> Result<(), AuthFileError> {
-        let path = &self.paths.auth_file;
-        let _span =
-            tracing::info_span!("write_auth_file", file = %path.display(), users = users.len())
-                .entered();
-        let meta = authfile::write(path, users)?;
-        memory.reload_pending = true;
-        if let Some(hook) = &self.on_write {
-            hook(path, &meta);
+/// A hook told about every write of the auth file, so the file watcher can ignore the
+/// events of our own writes.
+pub type WriteHook = Arc<dyn Fn(&Path, &Metadata) + Send + Sync>;
+
+/// File mode: the users are the auth file's, and nats-server takes them by reloading.
+pub struct FileAdmission<R> {
+    path: PathBuf,
+    reloader: R,
+    on_write: Option<WriteHook>,
+}
+
+impl<R: Reload> FileAdmission<R> {
+    pub fn new(path: PathBuf, reloader: R) -> Self {
+        Self {
+            path,
+            reloader,
+            on_write: None,
         }
-        self.health.auth_file_written();
-        tracing::debug!(file = %path.display(), users = users.len(), "wrote the auth file");
+    }
+
+    /// Registers the hook called after each write of the auth file.
+    pub fn on_write(mut self, hook: WriteHook) -> Self {
+        self.on_write = Some(hook);
+        self
+    }
+
+    pub fn reloader(&self) -> &R {
+        &self.reloader
+    }
+}
+
+impl<R: Reload> Admission for FileAdmission<R> {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError> {
+        // Bytes first, streaming; parsed only when the bytes differ.
+        if authfile::matches(&self.path, wanted)? {
+            return Ok(FileState::Holds);
+        }
+        authfile::read(&self.path).map(FileState::Differs)
+    }
+
+    fn read(&self) -> Result<Observed, AuthFileError> {
+        authfile::read(&self.path)
+    }
+
+    fn store(&self, users: &UserSet) -> Result<(), AuthFileError> {
+        let _span =
+            tracing::info_span!("write_auth_file", file = %self.path.display(), users = users.len())
+                .entered();
+        let meta = authfile::write(&self.path, users)?;
+        if let Some(hook) = &self.on_write {
+            hook(&self.path, &meta);
+        }
+        tracing::debug!(file = %self.path.display(), users = users.len(), "wrote the auth file");
         Ok(())
     }
 
-    /// Reloads nats-server. Only a successful reload clears `reload_pending` (§5.3): a failed
-    /// one, or one dropped with the pass, is retried by the next pass. Readiness (§7) comes
-    /// with the first verified load of a file that holds users (`usable`).
-    pub(super) async fn reload(
-        &self,
-        memory: &mut Memory,
-        usable: bool,
-    ) -> Result<Reloaded, ReloadError> {
-        match self.reloader.reload().await {
-            Ok(how) => {
-                memory.reload_pending = false;
-                self.health.reload_finished(match how {
-                    Reloaded::Verified => ReloadOutcome::Verified,
-                    Reloaded::Unverified => ReloadOutcome::Unverified,
-                });
-                if usable {
-                    self.health.mark_ready();
-                }
-                Ok(how)
-            }
-            Err(e) => {
-                self.health.reload_finished(ReloadOutcome::Failed {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                });
-                Err(e)
-            }
-        }
+    fn load(&self) -> impl Future<Output = Result<Reloaded, ReloadError>> + Send {
+        self.reloader.reload()
     }
+
+    fn clean_up(&self) -> usize {
+        authfile::remove_stale_temp_files(&self.path)
+    }
+}
+
+/// Stores `users`, and marks a load pending before anything else can fail.
+pub fn store<A: Admission>(
+    admission: &A,
+    memory: &mut Memory,
+    users: &UserSet,
+) -> Result<(), AuthFileError> {
+    admission.store(users)?;
+    memory.reload_pending = true;
+    Ok(())
+}
+
+/// Makes nats-server take the stored users. Only a success clears `reload_pending` (§5.3):
+/// a failed load, or one dropped with the pass, is retried by the next pass.
+pub async fn load<A: Admission>(
+    admission: &A,
+    memory: &mut Memory,
+) -> Result<Reloaded, ReloadError> {
+    let how = admission.load().await?;
+    memory.reload_pending = false;
+    Ok(how)
+}
+
+/// What applying a decision did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The users were stored.
+    pub written: bool,
+    /// The load asked of nats-server, when one was due.
+    pub loaded: Option<Result<Reloaded, ReloadError>>,
+}
+
+/// Applies `decision`: its memory becomes the pass's (a due load stays pending until it
+/// succeeds), then the store and the load it asks for.
+pub async fn decision<A: Admission>(
+    admission: &A,
+    memory: &mut Memory,
+    decision: &Decision,
+) -> Result<Applied, AuthFileError> {
+    *memory = decision.next;
+    if decision.write {
+        store(admission, memory, &decision.users)?;
+    }
+    let loaded = if decision.reload {
+        Some(load(admission, memory).await)
+    } else {
+        None
+    };
+    Ok(Applied {
+        written: decision.write,
+        loaded,
+    })
 }

@@ -9,7 +9,7 @@ use crate::config::DampingSettings;
 use crate::pass::damping::{self, Held, Pending, Verdict};
 use crate::pass::desired::{self, Counts, Desired, Subjects};
 use crate::pass::observe::FileState;
-use crate::users::UserSet;
+use crate::users::{Changes, UserSet};
 
 /// What the rules remember from one pass to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +82,9 @@ pub struct Decision {
     pub held: Option<Held>,
     /// Users the file held before (0 for a file without users).
     pub observed_users: usize,
-    /// Subjects the write adds and removes.
-    pub added: usize,
-    pub removed: usize,
+    /// What the write changes, subject by subject (nothing when nothing is written): what a
+    /// pass logs the counts of and `diff` prints.
+    pub changes: Changes,
     /// What the next pass must be given, once this decision has been applied. A reload that
     /// then fails or is abandoned stays pending: the caller keeps `reload_pending` true until
     /// one succeeds.
@@ -128,15 +128,15 @@ pub fn decide(
             (Some(observed), pending, held)
         }
     };
-    let (write, observed_users, (added, removed)) = match observed {
-        None => (false, users.len(), (0, 0)),
+    let (write, observed_users, changes) = match observed {
+        None => (false, users.len(), Changes::default()),
         Some(observed) => {
             let in_file = observed.users().unwrap_or(&no_users);
             let write = observed.users() != Some(&users);
             let changes = if write {
-                in_file.subject_changes(&users)
+                in_file.changes(&users)
             } else {
-                (0, 0)
+                Changes::default()
             };
             (write, in_file.len(), changes)
         }
@@ -149,8 +149,7 @@ pub fn decide(
         reload,
         held,
         observed_users,
-        added,
-        removed,
+        changes,
         next: Memory {
             reload_pending: reload,
             director_answered: true,
@@ -315,7 +314,7 @@ mod tests {
         );
         assert!(d.write && d.reload && d.next.reload_pending);
         // agent-5 has a bootstrap user and its permanent one.
-        assert_eq!((d.added, d.removed), (2, 0));
+        assert_eq!((d.changes.added.len(), d.changes.removed.len()), (2, 0));
         assert_eq!(d.counts.agent, 6);
         assert_eq!(d.held, None);
         // A file that holds no users gets everything at once.
@@ -326,7 +325,14 @@ mod tests {
             &FileState::Differs(Observed::Missing),
         );
         assert!(d.write);
-        assert_eq!((d.observed_users, d.added, d.removed), (0, 2 + 6 + 3, 0));
+        assert_eq!(
+            (
+                d.observed_users,
+                d.changes.added.len(),
+                d.changes.removed.len()
+            ),
+            (0, 2 + 6 + 3, 0)
+        );
     }
 
     #[test]
@@ -346,7 +352,7 @@ mod tests {
             assert_eq!(held.needed, 3);
             assert!(d.write, "the new agent is written at once");
             assert_eq!(
-                (d.added, d.removed),
+                (d.changes.added.len(), d.changes.removed.len()),
                 (1, 0),
                 "nothing is removed while held"
             );
@@ -358,7 +364,7 @@ mod tests {
         assert_eq!(d.held, None, "the third confirmation applies");
         assert!(d.write);
         assert_eq!(
-            d.removed,
+            d.changes.removed.len(),
             38 + 19,
             "38 agents, 19 of them with a bootstrap user"
         );

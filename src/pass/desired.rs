@@ -70,18 +70,6 @@ pub struct Desired {
     pub skipped: Skipped,
 }
 
-impl Desired {
-    /// Adds agents that must stay (mass-removal damping holds them): `(id, has a bootstrap
-    /// user)`. An agent already present keeps its entry.
-    pub fn keep_agents(&mut self, agents: impl IntoIterator<Item = (AgentId, bool)>) {
-        let before = self.users.agent_count();
-        let before_bootstrap = self.users.bootstrap_count();
-        self.users.add_agents(agents);
-        self.counts.agent += self.users.agent_count() - before;
-        self.counts.agent_bootstrap += self.users.bootstrap_count() - before_bootstrap;
-    }
-}
-
 /// The director's user (§3.1).
 fn director_user(subject: &Subject) -> User {
     User::new(

@@ -1,14 +1,19 @@
-//! One reconcile pass (§6): **observe** the subject files, the auth file and the director →
-//! **decide** what the file must hold and whether nats-server must reload (pure functions of
-//! those values) → **apply** the atomic write, the reload and its verification. The loop that
-//! decides *when* a pass runs is the `reconcile` crate; this module only knows *what* a pass
-//! does.
+//! One reconcile pass (§6), in four steps, each in its own module and each called once, in
+//! this order:
 //!
-//! - [`observe`]: every read a pass makes, and the [`Director`] it is given.
-//! - [`desired`]: the director's VMs and the subjects → the desired users (§3).
-//! - [`decide`]: the rules (§5.3, §6.2–§6.5), with [`damping`] for mass removals.
-//! - [`apply`]: writing and reloading, and the [`Reload`] it is given.
-//! - [`report`]: the pass's span, log line and health report.
+//! 1. [`observe`]: the subject files, the admitted users and the director (a full listing, or
+//!    with the watch the deployments the event log named, over the view the passes keep).
+//! 2. [`decide`]: what must be admitted and whether nats-server must reload — pure functions
+//!    of what was observed ([`desired`] turns the director's VMs into users, [`damping`]
+//!    holds mass removals).
+//! 3. [`apply`]: the [`Admission`] seam makes the decision true (file mode: the atomic write
+//!    of the auth file, the reload and its verification).
+//! 4. [`report`]: what the steps returned becomes the log line, the metrics, `/status` and
+//!    readiness.
+//!
+//! [`Reconciler::plan`] is steps 1 and 2: a pass applies the plan, `diff` prints it. The loop
+//! that decides *when* a pass runs is the `reconcile` crate; with the watch on, [`watch`]
+//! decides which kind of pass a tick of it runs.
 
 pub mod apply;
 pub mod damping;
@@ -18,26 +23,27 @@ pub mod observe;
 pub mod report;
 pub mod watch;
 
-use std::fs::Metadata;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use monitoring::{Health, Metrics, PassKind, SkipReason};
+use monitoring::{Health, Metrics, PassKind};
 use reconcile::PassContext;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
-use crate::authfile::{self, AuthFileError};
+use crate::authfile::AuthFileError;
 use crate::config::{Config, DampingSettings};
-use crate::director::{self, Refetched};
+use crate::director;
 use crate::reload::{ReloadError, Reloaded};
 
-pub use apply::Reload;
+pub use apply::{Admission, FileAdmission, Reload, WriteHook};
 use decide::{BootstrapPoint, Decision, Memory};
 use desired::{Skipped, Subjects};
 pub use observe::Director;
+use observe::{Following, Scope};
 pub use report::Report;
-use watch::{View, Watch, WatchSettings};
+use report::Reporter;
+use watch::{Watch, WatchSettings};
 
 /// Why a pass failed. Nothing on disk was changed by a failed pass except the bootstrap
 /// users (§6.2, §6.3).
@@ -61,10 +67,6 @@ impl PassError {
         }
     }
 }
-
-/// A hook told about every write of the auth file, so the file watcher can ignore the
-/// events of our own writes.
-pub type WriteHook = Arc<dyn Fn(&Path, &Metadata) + Send + Sync>;
 
 /// The files a pass reads and writes.
 #[derive(Debug, Clone)]
@@ -92,43 +94,26 @@ impl Paths {
     }
 }
 
-/// Runs passes over one director and one nats-server. Passes are serialised by `memory`'s
-/// lock, so two callers can never interleave writes and reloads; the lock also holds what the
-/// rules remember between passes.
-pub struct Reconciler<D, R> {
+/// Runs passes over one director and one nats-server. Passes are serialised by `carried`'s
+/// lock, so two callers can never interleave writes and reloads; the lock also holds what
+/// passes carry from one to the next.
+pub struct Reconciler<D, A> {
     paths: Paths,
     damping: DampingSettings,
     director: D,
-    reloader: R,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    on_write: Option<WriteHook>,
-    memory: tokio::sync::Mutex<Passes>,
+    admission: A,
+    report: Reporter,
+    carried: tokio::sync::Mutex<Carried>,
 }
 
-/// Carried across passes.
-struct Passes {
+/// What passes carry from one to the next.
+struct Carried {
     rules: Memory,
-    /// Temporary files of a write interrupted by a crash are removed once, by the first
-    /// pass — not by `check-config` or `diff`, which change nothing.
+    /// What an interrupted store left behind is removed once, by the first pass — not by
+    /// `check-config` or `diff`, which change nothing.
     cleaned_up: bool,
     /// With the watch on (§6.6): its memory, and the director as the passes last saw it.
-    watched: Option<Watched>,
-}
-
-struct Watched {
-    watch: Watch,
-    view: Option<View>,
-}
-
-/// How a pass observes the director; everything after that is the same (§6.6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Observation {
-    /// Every deployment: `/info`, `/deployments`, every `/vms`.
-    Full,
-    /// The deployments the event log named since they were last fetched, over the view the
-    /// passes keep; none, when only the auth file or a subject file changed.
-    Partial,
+    following: Option<Following>,
 }
 
 /// What one tick of the loop did: with the watch, a tick reads the event log and runs a
@@ -177,7 +162,9 @@ impl reconcile::Outcome for Tick {
     }
 }
 
-impl<D: Director, R: Reload> Reconciler<D, R> {
+impl<D: Director, R: Reload> Reconciler<D, FileAdmission<R>> {
+    /// A reconciler in file mode: the users are the auth file's, and `reloader` makes
+    /// nats-server load it.
     pub fn new(
         paths: Paths,
         damping: DampingSettings,
@@ -186,64 +173,81 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
+        let admission = FileAdmission::new(paths.auth_file.clone(), reloader);
+        Self::admitting(paths, damping, director, admission, metrics, health)
+    }
+
+    /// Registers the hook called after each write of the auth file.
+    pub fn on_write(mut self, hook: WriteHook) -> Self {
+        self.admission = self.admission.on_write(hook);
+        self
+    }
+}
+
+impl<D: Director, A: Admission> Reconciler<D, A> {
+    /// A reconciler whose decisions `admission` applies.
+    pub fn admitting(
+        paths: Paths,
+        damping: DampingSettings,
+        director: D,
+        admission: A,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             paths,
             damping,
             director,
-            reloader,
-            metrics,
-            health,
-            on_write: None,
-            memory: tokio::sync::Mutex::new(Passes {
+            admission,
+            report: Reporter::new(metrics, health),
+            carried: tokio::sync::Mutex::new(Carried {
                 rules: Memory::AT_START,
                 cleaned_up: false,
-                watched: None,
+                following: None,
             }),
         }
     }
 
     /// Turns the watch on (§6.6): [`Reconciler::tick`] then follows the event log.
-    pub fn watch(self, settings: WatchSettings) -> Self {
-        let mut passes = self.memory.into_inner();
-        passes.watched = Some(Watched {
+    pub fn follow_events(self, settings: WatchSettings) -> Self {
+        let mut carried = self.carried.into_inner();
+        carried.following = Some(Following {
             watch: Watch::new(settings),
             view: None,
         });
         Self {
-            memory: tokio::sync::Mutex::new(passes),
+            carried: tokio::sync::Mutex::new(carried),
             ..self
         }
-    }
-
-    /// Registers the hook called after each write of the auth file.
-    pub fn on_write(mut self, hook: WriteHook) -> Self {
-        self.on_write = Some(hook);
-        self
     }
 
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
 
+    pub fn admission(&self) -> &A {
+        &self.admission
+    }
+
     /// One level-triggered full pass, inside `span` (see [`report::span`]), whose outcome
     /// fields it fills in. Cancel-safe: dropping the future at any await point leaves the
     /// file either untouched or completely replaced, and a reload interrupted by
     /// cancellation stays pending for the next pass.
-    pub async fn pass(&self, span: Span) -> Result<Report, PassError> {
-        let mut passes = self.memory.lock().await;
-        self.run(&mut passes, Observation::Full, span).await
+    pub async fn full_pass(&self, span: Span) -> Result<Report, PassError> {
+        let mut carried = self.carried.lock().await;
+        self.pass(&mut carried, Scope::Full, span).await
     }
 
     /// One tick of the control loop. Without the watch: a full pass. With it (§6.6): read
     /// the event log; then a full pass when one is due (start-up, the schedule of the
     /// watch's state, a restored or unreadable log, a retry), else a partial pass when the
     /// log named deployments, a watched file changed, or a reload or a failed pass is
-    /// pending, else nothing. Cancel-safe like [`Reconciler::pass`].
+    /// pending, else nothing. Cancel-safe like [`Reconciler::full_pass`].
     pub async fn tick(&self, ctx: &PassContext) -> Result<Tick, PassError> {
-        let mut passes = self.memory.lock().await;
-        let Some(watched) = passes.watched.as_mut() else {
+        let mut carried = self.carried.lock().await;
+        let Some(following) = carried.following.as_mut() else {
             let report = self
-                .run(&mut passes, Observation::Full, report::span_for(ctx))
+                .pass(&mut carried, Scope::Full, report::span_for(ctx))
                 .await?;
             return Ok(Tick {
                 report: Some(report),
@@ -251,34 +255,36 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 next: None,
             });
         };
+        let watch = &mut following.watch;
         let read_at = Instant::now();
-        self.read_events(&mut watched.watch).await;
-        let now = Instant::now();
-        let observation = match watched.watch.full_due(now) {
+        match observe::read_events(&self.director, watch.position())
+            .instrument(tracing::debug_span!("watch.read_events"))
+            .await
+        {
+            Ok(read) => self.report.events(&watch.absorb(read, Instant::now())),
+            // `/events` failing is the watch failing, not the pass (§6.6).
+            Err(e) => watch.read_failed(format!("reading the event log failed: {e}")),
+        }
+        self.report.watch(watch);
+        let scope = match watch.full_due(Instant::now()) {
             Some(reason) => {
                 if let watch::FullReason::Log(why) = &reason {
                     tracing::info!(reason = %why, "the event log cannot say what changed: listing the whole director");
                 }
-                Some((Observation::Full, reason.label().to_owned()))
+                Some((Scope::Full, reason.label().to_owned()))
             }
-            None => {
-                let watched = passes.watched.as_ref().expect("checked above");
-                partial_cause(ctx, watched.watch.dirty_len(), passes.rules.reload_pending)
-                    .map(|why| (Observation::Partial, why))
-            }
+            None => partial_cause(ctx, watch.dirty_len(), carried.rules.reload_pending)
+                .map(|why| (Scope::Partial, why)),
         };
-        let (report, cause) = match observation {
-            Some((observation, why)) => {
+        let (report, cause) = match scope {
+            Some((scope, why)) => {
                 let span = report::span_because(ctx, &why);
-                (
-                    Some(self.run(&mut passes, observation, span).await?),
-                    Some(why),
-                )
+                (Some(self.pass(&mut carried, scope, span).await?), Some(why))
             }
             None => (None, None),
         };
-        let watch = &mut passes.watched.as_mut().expect("checked above").watch;
-        self.report_watch(watch);
+        let watch = &mut carried.following.as_mut().expect("checked above").watch;
+        self.report.watch(watch);
         Ok(Tick {
             report,
             cause,
@@ -286,81 +292,58 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         })
     }
 
-    /// Reads the event log since the cursor and takes what it says; a failure only changes
-    /// the watch's state (§6.6: `/events` failing is the watch failing, not the pass).
-    async fn read_events(&self, watch: &mut Watch) {
-        let span = tracing::debug_span!("watch.read_events");
-        match observe::read_events(&self.director, watch.position())
-            .instrument(span)
-            .await
-        {
-            Ok(read) => {
-                let absorbed = watch.absorb(read, Instant::now());
-                if absorbed.events > 0 {
-                    self.metrics.events_read(absorbed.events as u64);
-                    tracing::debug!(
-                        events = absorbed.events,
-                        dirtied = absorbed.dirtied,
-                        "read the event log"
-                    );
-                }
-                if absorbed.unannounced > 0 {
-                    self.metrics
-                        .unannounced_changes(absorbed.unannounced as u64);
-                }
-                if let Some((id, deployment)) = &absorbed.proof {
-                    tracing::info!(
-                        event = id,
-                        deployment = %deployment,
-                        "the blind watch read a new event naming a deployment: the next full pass decides whether the event log can be trusted again"
-                    );
-                }
-            }
-            Err(e) => watch.read_failed(format!("reading the event log failed: {e}")),
-        }
-        self.health.progress();
-        self.report_watch(watch);
+    /// What the next pass would do, without writing or reloading: the same plan as a pass,
+    /// from the memory of a process that has just started.
+    pub async fn plan_next(&self) -> Result<Plan, PassError> {
+        let (subjects, _) = self.subjects();
+        let seen = observe::director(&self.director, None, Scope::Full).await?;
+        Ok(self.plan(&Memory::AT_START, &subjects, seen.vms)?)
     }
 
-    /// Tells `/status` and the metrics where the watch is, and logs a change of state once.
-    fn report_watch(&self, watch: &mut Watch) {
-        if let Some((state, reason)) = watch.state_change() {
-            tracing::info!(state = state.as_str(), reason, "watch state changed");
-        }
-        self.health.watch(watch.status());
-    }
-
-    async fn run(
+    /// Steps 1 (the admitted users) and 2 of a pass, over what the director was seen to hold.
+    fn plan(
         &self,
-        passes: &mut Passes,
-        observation: Observation,
+        memory: &Memory,
+        subjects: &Subjects,
+        vms: Vec<crate::vm::Vm>,
+    ) -> Result<Plan, AuthFileError> {
+        let desired = desired::compute(subjects, vms);
+        let skipped = desired.skipped;
+        let file = self.admission.compare(&desired.users)?;
+        let description = file.describe(&desired.users);
+        let decision = decide::decide(memory, &self.damping, desired, &file);
+        Ok(Plan {
+            file: description,
+            skipped,
+            decision,
+        })
+    }
+
+    /// A pass: observe → decide → apply → report, inside `span`.
+    async fn pass(
+        &self,
+        carried: &mut Carried,
+        scope: Scope,
         span: Span,
     ) -> Result<Report, PassError> {
-        self.health.pass_started();
-        let kind = match observation {
-            Observation::Full => PassKind::Full,
-            Observation::Partial => PassKind::Partial,
+        self.report.started();
+        let kind = match scope {
+            Scope::Full => PassKind::Full,
+            Scope::Partial => PassKind::Partial,
         };
         span.record("kind", kind.as_str());
-        let result = self
-            .pass_inner(passes, observation)
-            .instrument(span.clone())
-            .await;
-        if passes.watched.is_some() {
-            self.metrics.pass_kind(kind);
+        let result = self.steps(carried, scope).instrument(span.clone()).await;
+        if carried.following.is_some() {
+            self.report.kind(kind);
         }
         report::record(&span, result.as_ref());
         result
     }
 
-    async fn pass_inner(
-        &self,
-        passes: &mut Passes,
-        observation: Observation,
-    ) -> Result<Report, PassError> {
-        if !passes.cleaned_up {
-            passes.cleaned_up = true;
-            let stale = authfile::remove_stale_temp_files(&self.paths.auth_file);
+    async fn steps(&self, carried: &mut Carried, scope: Scope) -> Result<Report, PassError> {
+        if !carried.cleaned_up {
+            carried.cleaned_up = true;
+            let stale = self.admission.clean_up();
             if stale > 0 {
                 tracing::info!(
                     count = stale,
@@ -368,145 +351,89 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
                 );
             }
         }
-        let subjects = self.subjects();
-        self.bootstrap(&mut passes.rules, BootstrapPoint::BeforeDirector, &subjects)
-            .await?;
-        let full = observation == Observation::Full;
-        let observed = match self
-            .observe_director(passes.watched.as_mut(), observation)
-            .await
+        // Observe.
+        let (subjects, refused) = self.subjects();
+        self.report.subjects_refused(&refused);
+        self.bootstrap(
+            &mut carried.rules,
+            BootstrapPoint::BeforeDirector,
+            &subjects,
+        )
+        .await?;
+        let seen = match observe::director(&self.director, carried.following.as_mut(), scope).await
         {
-            Ok(observed) => observed,
+            Ok(seen) => seen,
             Err(e) => {
-                if full && let Some(watched) = passes.watched.as_mut() {
-                    watched.watch.full_pass_failed();
+                if scope == Scope::Full
+                    && let Some(following) = carried.following.as_mut()
+                {
+                    following.watch.full_pass_failed();
                 }
-                self.bootstrap(&mut passes.rules, BootstrapPoint::DirectorFailed, &subjects)
-                    .await?;
-                return Err(e);
+                self.bootstrap(
+                    &mut carried.rules,
+                    BootstrapPoint::DirectorFailed,
+                    &subjects,
+                )
+                .await?;
+                return Err(e.into());
             }
         };
-        let desired = desired::compute(&subjects, observed.vms);
-        self.record_skips(&desired.skipped);
-        let skipped = desired.skipped;
-        let file = observe::auth_file_against(&self.paths.auth_file, &desired.users)?;
-        let memory = &mut passes.rules;
-        let decision = decide::decide(memory, &self.damping, desired, &file);
-        let held = decision.held.is_some();
-        let mut report = self.apply(memory, decision, skipped).await?;
-        report.refetched = observed.refetched;
-        if let Some(watched) = passes.watched.as_mut() {
-            if full {
-                watched.watch.full_pass_done(Instant::now(), held);
-            } else {
-                watched.watch.held(held);
+        // Decide.
+        let plan = self.plan(&carried.rules, &subjects, seen.vms)?;
+        self.report.skipped(&plan.skipped);
+        let Decision { held, .. } = &plan.decision;
+        if let Some(held) = held {
+            tracing::warn!(
+                removing = held.removing,
+                agents_in_file = held.agents_in_file,
+                seen = held.seen,
+                needed = held.needed,
+                "holding a mass removal of agents: it applies once the director reports the same state on {} consecutive passes",
+                held.needed
+            );
+        }
+        // Apply.
+        let applied = apply::decision(&self.admission, &mut carried.rules, &plan.decision).await?;
+        // Report.
+        if applied.written {
+            self.report.stored();
+        }
+        let usable = !plan.decision.users.is_empty();
+        let reloaded = match applied.loaded {
+            Some(result) => {
+                self.report.loaded(&result, usable);
+                Some(result?)
+            }
+            None => {
+                self.report.converged(usable);
+                None
+            }
+        };
+        let held = plan.decision.held.is_some();
+        if let Some(following) = carried.following.as_mut() {
+            match scope {
+                Scope::Full => following.watch.full_pass_done(Instant::now(), held),
+                Scope::Partial => following.watch.held(held),
             }
         }
         // The agents the events announced are admitted once nats-server has verifiably
         // loaded them (§8).
-        if report.reloaded == Some(Reloaded::Verified) {
-            let now = Instant::now();
-            for since in observed.announced {
-                self.metrics
-                    .admission_latency(now.saturating_duration_since(since));
-            }
+        if reloaded == Some(Reloaded::Verified) {
+            self.report.admitted(&seen.announced);
         }
-        Ok(report)
-    }
-
-    /// The director's part of a pass: a full read, or the dirty deployments refetched into
-    /// the view (§6.6). With the watch on, the view is kept for the next partial pass.
-    async fn observe_director(
-        &self,
-        watched: Option<&mut Watched>,
-        observation: Observation,
-    ) -> Result<Observed, PassError> {
-        let Some(watched) = watched else {
-            let view = self.director.fetch_view().await?;
-            return Ok(Observed {
-                vms: observe::vms(&view),
-                refetched: None,
-                announced: Vec::new(),
-            });
-        };
-        let Watched { watch, view } = watched;
-        match (observation, view.as_mut()) {
-            (Observation::Partial, Some(view)) => {
-                let dirty = watch.dirty();
-                let mut announced = Vec::new();
-                if !dirty.is_empty() {
-                    let answers = self.director.refetch(&dirty).await?;
-                    let gone: Vec<&String> = answers
-                        .iter()
-                        .filter(|(_, answer)| *answer == Refetched::Gone)
-                        .map(|(name, _)| name)
-                        .collect();
-                    // A 404 drops a deployment only once `/deployments` confirms it is gone:
-                    // a partial pass keeps a wrong answer until the next event or resync.
-                    let listed = if gone.is_empty() {
-                        Vec::new()
-                    } else {
-                        self.director.deployment_names().await?
-                    };
-                    for (name, answer) in &answers {
-                        let before = view.get(name);
-                        let grew = match answer {
-                            Refetched::Vms(vms) => {
-                                let grew = has_new_agents(before.map(Vec::as_slice), vms);
-                                view.insert(name.clone(), vms.clone());
-                                grew
-                            }
-                            Refetched::Gone if listed.contains(name) => {
-                                tracing::warn!(
-                                    deployment = %name,
-                                    "the director answered 404 for the VMs of a deployment it still lists; keeping its last known VMs"
-                                );
-                                false
-                            }
-                            Refetched::Gone => {
-                                view.remove(name);
-                                false
-                            }
-                        };
-                        if grew && let Some(since) = watch.dirty_since(name) {
-                            announced.push(since);
-                        }
-                    }
-                    watch.fetched(&dirty);
-                }
-                Ok(Observed {
-                    vms: observe::vms(view),
-                    refetched: Some(dirty.len()),
-                    announced,
-                })
-            }
-            // A full pass, or a partial one before any view exists.
-            _ => {
-                let listed = self.director.fetch_view().await?;
-                let mut announced = Vec::new();
-                if let Some(before) = view.as_ref() {
-                    let changed = watch::changed(before, &listed);
-                    for name in &changed {
-                        if let Some(since) = watch.dirty_since(name)
-                            && let Some(vms) = listed.get(name)
-                            && has_new_agents(before.get(name).map(Vec::as_slice), vms)
-                        {
-                            announced.push(since);
-                        }
-                    }
-                    watch.listed(changed);
-                } else {
-                    watch.listed(Default::default());
-                }
-                let vms = observe::vms(&listed);
-                *view = Some(listed);
-                Ok(Observed {
-                    vms,
-                    refetched: None,
-                    announced,
-                })
-            }
-        }
+        let Plan {
+            skipped, decision, ..
+        } = plan;
+        Ok(Report {
+            written: applied.written,
+            reloaded,
+            counts: decision.counts,
+            skipped,
+            observed_users: decision.observed_users,
+            changes: decision.changes,
+            held: decision.held.map(|h| h.removing),
+            refetched: seen.refetched,
+        })
     }
 
     /// Observe, decide and apply the bootstrap rule at `point` of a pass (§6.2, §6.3). A
@@ -521,130 +448,41 @@ impl<D: Director, R: Reload> Reconciler<D, R> {
         if !decide::bootstrap_allowed(memory, point) {
             return Ok(());
         }
-        let file = authfile::read(&self.paths.auth_file)?;
+        let file = self.admission.read()?;
         let Some(users) = decide::bootstrap_users(subjects, &file) else {
             return Ok(());
         };
         tracing::info!(
-            file = %self.paths.auth_file.display(),
+            file = %self.admission.location().display(),
             state = %file.describe(),
             users = users.len(),
             "the auth file holds no users: writing the director/health-monitor users before the director answers"
         );
-        self.write(memory, &users)?;
-        if let Err(e) = self.reload(memory, !users.is_empty()).await {
+        apply::store(&self.admission, memory, &users)?;
+        self.report.stored();
+        let loaded = apply::load(&self.admission, memory).await;
+        self.report.loaded(&loaded, !users.is_empty());
+        if let Err(e) = loaded {
             tracing::warn!(error = %e, "reloading nats-server with the bootstrap users failed");
         }
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        memory: &mut Memory,
-        decision: Decision,
-        skipped: Skipped,
-    ) -> Result<Report, PassError> {
-        if let Some(held) = &decision.held {
-            tracing::warn!(
-                removing = held.removing,
-                agents_in_file = held.agents_in_file,
-                seen = held.seen,
-                needed = held.needed,
-                "holding a mass removal of agents: it applies once the director reports the same state on {} consecutive passes",
-                held.needed
-            );
-        }
-        // A reload that is due stays pending until it succeeds.
-        *memory = decision.next;
-        if decision.write {
-            self.write(memory, &decision.users)?;
-        }
-        let usable = !decision.users.is_empty();
-        let reloaded = if decision.reload {
-            Some(self.reload(memory, usable).await?)
-        } else {
-            if usable {
-                // Converged, and nats-server has loaded this content (the last reload
-                // succeeded).
-                self.health.mark_ready();
-            }
-            None
-        };
-        Ok(Report {
-            written: decision.write,
-            reloaded,
-            desired: decision.counts,
-            skipped,
-            observed_users: decision.observed_users,
-            added: decision.added,
-            removed: decision.removed,
-            held: decision.held.map(|h| h.removing),
-            refetched: None,
-        })
-    }
-
-    /// What the next pass would do, without writing or reloading: the same observation and
-    /// the same [`decide`] as a pass, from the memory of a process that has just started.
-    pub async fn dry_run(&self) -> Result<DryRun, PassError> {
-        let subjects = self.subjects();
-        let view = self.director.fetch_view().await?;
-        let desired = desired::compute(&subjects, observe::vms(&view));
-        let file = observe::auth_file_against(&self.paths.auth_file, &desired.users)?;
-        let observed = match &file {
-            observe::FileState::Differs(observed) => observed.clone(),
-            observe::FileState::Holds => authfile::Observed::Users(desired.users.clone()),
-        };
-        let decision = decide::decide(&Memory::AT_START, &self.damping, desired, &file);
-        Ok(DryRun { observed, decision })
-    }
-
-    fn subjects(&self) -> Subjects {
+    fn subjects(&self) -> (Subjects, Vec<monitoring::SubjectKind>) {
         observe::subjects(
             self.paths.director_subject.as_deref(),
             self.paths.hm_subject.as_deref(),
-            &self.metrics,
         )
     }
-
-    fn record_skips(&self, skipped: &Skipped) {
-        for (reason, n) in [
-            (SkipReason::NoAgentId, skipped.no_agent_id),
-            (SkipReason::InvalidAgentId, skipped.invalid_agent_id),
-            (SkipReason::Duplicate, skipped.duplicate),
-        ] {
-            if n > 0 {
-                self.metrics.vms_skipped(reason, n as u64);
-            }
-        }
-    }
 }
 
-/// What a pass observed of the director.
-struct Observed {
-    vms: Vec<crate::vm::Vm>,
-    /// Deployments refetched by a partial pass.
-    refetched: Option<usize>,
-    /// When the events that announced new agents were read, for the admission histogram.
-    announced: Vec<Instant>,
-}
-
-/// Whether `after` reports an agent id that `before` did not.
-fn has_new_agents(before: Option<&[crate::vm::Vm]>, after: &[crate::vm::Vm]) -> bool {
-    let known: std::collections::BTreeSet<&str> = before
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|vm| vm.agent_id.as_deref())
-        .collect();
-    after
-        .iter()
-        .filter_map(|vm| vm.agent_id.as_deref())
-        .any(|id| !known.contains(id))
-}
-
-/// What `diff` prints: the file as it is, and what the next pass would decide.
+/// What a pass would do: what the admitted users are now, and the decision over them. A pass
+/// applies it; `diff` prints it.
 #[derive(Debug)]
-pub struct DryRun {
-    pub observed: authfile::Observed,
+pub struct Plan {
+    /// What the auth file holds, in words.
+    pub file: String,
+    pub skipped: Skipped,
     pub decision: Decision,
 }
 

@@ -1,16 +1,20 @@
-//! Observe: what a pass looks at — the two subject files, the auth file and the director.
-//! Every read a pass makes is here; nothing here decides anything.
+//! Observe: what a pass looks at — the two subject files, the admitted users (through the
+//! [`Admission`](crate::pass::apply::Admission) seam) and the director: a full listing, or
+//! the deployments the event log named, refetched into the view the passes keep (§6.6).
+//! Every read a pass makes is here; nothing here decides anything, and nothing here reports:
+//! what was found is returned.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 
-use monitoring::{Metrics, SubjectKind};
+use monitoring::SubjectKind;
+use tokio::time::Instant;
 
-use crate::authfile::{self, AuthFileError, Observed};
+use crate::authfile::Observed;
 use crate::director::{self, Event, EventsQuery, Refetched};
 use crate::pass::desired::{Subject, Subjects};
-use crate::pass::watch::{Pager, Position, Read, View};
-use crate::users::UserSet;
+use crate::pass::watch::{self, Pager, Position, Read, View, Watch};
 use crate::vm::Vm;
 
 /// The director, as a pass reads it: every VM of every deployment in one read (a full pass),
@@ -80,7 +84,7 @@ pub async fn read_events<D: Director>(
     }
 }
 
-/// The auth file, as compared with the users a pass wants.
+/// The admitted users, as compared with the users a pass wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileState {
     /// The file holds exactly the bytes writing the wanted users would produce: the steady
@@ -90,25 +94,32 @@ pub enum FileState {
     Differs(Observed),
 }
 
-/// Reads the file and compares it with `wanted`: bytes first, streaming; parsed only when the
-/// bytes differ.
-pub fn auth_file_against(path: &Path, wanted: &UserSet) -> Result<FileState, AuthFileError> {
-    if authfile::matches(path, wanted)? {
-        return Ok(FileState::Holds);
+impl FileState {
+    /// What the file holds, in words (`diff` prints it): `wanted` when it holds them.
+    pub fn describe(&self, wanted: &crate::users::UserSet) -> String {
+        match self {
+            FileState::Holds => format!("{} users", wanted.len()),
+            FileState::Differs(observed) => observed.describe(),
+        }
     }
-    authfile::read(path).map(FileState::Differs)
 }
 
 /// Reads both subject files (§3.2). Missing, unreadable or blank = unknown; a subject with
-/// control characters is refused, logged and counted.
-pub fn subjects(director: Option<&Path>, hm: Option<&Path>, metrics: &Metrics) -> Subjects {
-    Subjects {
-        director: subject(director, SubjectKind::Director, metrics),
-        hm: subject(hm, SubjectKind::HealthMonitor, metrics),
-    }
+/// control characters is refused and logged, and its kind returned with the refusals.
+pub fn subjects(director: Option<&Path>, hm: Option<&Path>) -> (Subjects, Vec<SubjectKind>) {
+    let mut refused = Vec::new();
+    let subjects = Subjects {
+        director: subject(director, SubjectKind::Director, &mut refused),
+        hm: subject(hm, SubjectKind::HealthMonitor, &mut refused),
+    };
+    (subjects, refused)
 }
 
-fn subject(path: Option<&Path>, kind: SubjectKind, metrics: &Metrics) -> Option<Subject> {
+fn subject(
+    path: Option<&Path>,
+    kind: SubjectKind,
+    refused: &mut Vec<SubjectKind>,
+) -> Option<Subject> {
     let path = path?;
     let content = match std::fs::read_to_string(path) {
         Ok(c) => c,
@@ -122,8 +133,147 @@ fn subject(path: Option<&Path>, kind: SubjectKind, metrics: &Metrics) -> Option<
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "refusing the subject; treating it as unknown");
-            metrics.subject_rejected(kind);
+            refused.push(kind);
             None
         }
     }
+}
+
+/// With the watch on (§6.6): what the passes keep of the director between them — the watch
+/// itself, and every deployment's VMs as the passes last saw them (none before the first
+/// full pass).
+pub struct Following {
+    pub watch: Watch,
+    pub view: Option<View>,
+}
+
+/// How much of the director a pass looks at; everything after that is the same (§6.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every deployment: `/info`, `/deployments`, every `/vms`.
+    Full,
+    /// The deployments the event log named since they were last fetched, over the view the
+    /// passes keep; none, when only the auth file or a subject file changed.
+    Partial,
+}
+
+/// What a pass found of the director.
+pub struct Seen {
+    pub vms: Vec<Vm>,
+    /// Deployments refetched by a partial pass.
+    pub refetched: Option<usize>,
+    /// When the events that announced new agents were read, for the admission histogram.
+    pub announced: Vec<Instant>,
+}
+
+/// The director's part of a pass: a full listing, or the dirty deployments refetched into
+/// the view (§6.6). With the watch on, the view is kept for the next partial pass, and a
+/// full listing tells the watch which deployments changed.
+pub async fn director<D: Director>(
+    director: &D,
+    following: Option<&mut Following>,
+    scope: Scope,
+) -> Result<Seen, director::Error> {
+    let Some(Following { watch, view }) = following else {
+        let view = director.fetch_view().await?;
+        return Ok(Seen {
+            vms: vms(&view),
+            refetched: None,
+            announced: Vec::new(),
+        });
+    };
+    match (scope, view.as_mut()) {
+        (Scope::Partial, Some(view)) => refetch_dirty(director, watch, view).await,
+        // A full pass, or a partial one before any view exists.
+        _ => {
+            let listed = director.fetch_view().await?;
+            let mut announced = Vec::new();
+            let changed = match view.as_ref() {
+                Some(before) => {
+                    let changed = watch::changed(before, &listed);
+                    for name in &changed {
+                        if let Some(since) = watch.dirty_since(name)
+                            && let Some(vms) = listed.get(name)
+                            && has_new_agents(before.get(name).map(Vec::as_slice), vms)
+                        {
+                            announced.push(since);
+                        }
+                    }
+                    changed
+                }
+                None => BTreeSet::new(),
+            };
+            watch.listed(changed);
+            let vms = vms(&listed);
+            *view = Some(listed);
+            Ok(Seen {
+                vms,
+                refetched: None,
+                announced,
+            })
+        }
+    }
+}
+
+/// A partial pass's look at the director: the dirty deployments' VMs, into `view`. A `404`
+/// drops a deployment only once `/deployments` confirms it is gone: a partial pass keeps a
+/// wrong answer until the next event or resync.
+async fn refetch_dirty<D: Director>(
+    director: &D,
+    watch: &mut Watch,
+    view: &mut View,
+) -> Result<Seen, director::Error> {
+    let dirty = watch.dirty();
+    let mut announced = Vec::new();
+    if !dirty.is_empty() {
+        let answers = director.refetch(&dirty).await?;
+        let gone = answers.iter().any(|(_, a)| *a == Refetched::Gone);
+        let listed = if gone {
+            director.deployment_names().await?
+        } else {
+            Vec::new()
+        };
+        for (name, answer) in answers {
+            let grew = match answer {
+                Refetched::Vms(vms) => {
+                    let grew = has_new_agents(view.get(&name).map(Vec::as_slice), &vms);
+                    view.insert(name.clone(), vms);
+                    grew
+                }
+                Refetched::Gone if listed.contains(&name) => {
+                    tracing::warn!(
+                        deployment = %name,
+                        "the director answered 404 for the VMs of a deployment it still lists; keeping its last known VMs"
+                    );
+                    false
+                }
+                Refetched::Gone => {
+                    view.remove(&name);
+                    false
+                }
+            };
+            if grew && let Some(since) = watch.dirty_since(&name) {
+                announced.push(since);
+            }
+        }
+        watch.fetched(&dirty);
+    }
+    Ok(Seen {
+        vms: vms(view),
+        refetched: Some(dirty.len()),
+        announced,
+    })
+}
+
+/// Whether `after` reports an agent id that `before` did not.
+fn has_new_agents(before: Option<&[Vm]>, after: &[Vm]) -> bool {
+    let known: BTreeSet<&str> = before
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|vm| vm.agent_id.as_deref())
+        .collect();
+    after
+        .iter()
+        .filter_map(|vm| vm.agent_id.as_deref())
+        .any(|id| !known.contains(id))
 }

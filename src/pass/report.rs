@@ -1,16 +1,25 @@
 //! How a pass is reported — in one place: its span (with the outcome recorded on it), its
-//! one log line, and what it tells `/status`, `/healthz` and the pass metrics. The control
-//! loop's observer and `once` both end a pass with [`finished`].
+//! one log line, and what its facts tell `/status`, `/healthz`, `/readyz` and the metrics.
+//! The steps of a pass return what they found and did; [`Reporter`] turns those facts into
+//! numbers and states as they happen, and [`finished`] ends a pass (the control loop's
+//! observer and `once` both call it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{DesiredCounts, Health, PassOutcome, PassSummary};
+use monitoring::{
+    DesiredCounts, Health, Metrics, PassKind, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
+    SubjectKind,
+};
 use reconcile::{Failure, PassContext};
+use tokio::time::Instant;
 use tracing::Span;
 
 use crate::pass::PassError;
 use crate::pass::desired::{Counts, Skipped};
-use crate::reload::Reloaded;
+use crate::pass::watch::{Absorbed, Watch};
+use crate::reload::{ReloadError, Reloaded};
+use crate::users::Changes;
 
 /// What a successful pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +29,12 @@ pub struct Report {
     /// The reload performed in this pass, if any.
     pub reloaded: Option<Reloaded>,
     /// The users the file holds now, by kind (held agents included).
-    pub desired: Counts,
+    pub counts: Counts,
     pub skipped: Skipped,
     /// Users the file held before the pass.
     pub observed_users: usize,
-    /// Subjects added and removed by this pass's write.
-    pub added: usize,
-    pub removed: usize,
+    /// What this pass's write changed, subject by subject.
+    pub changes: Changes,
     /// Mass-removal damping held back this many agent removals (§6.5).
     pub held: Option<usize>,
     /// A partial pass (§6.6): how many deployments it refetched; `None` for a full pass.
@@ -34,8 +42,8 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn desired_total(&self) -> usize {
-        self.desired.director + self.desired.hm + self.desired.agent + self.desired.agent_bootstrap
+    pub fn users_total(&self) -> usize {
+        self.counts.director + self.counts.hm + self.counts.agent + self.counts.agent_bootstrap
     }
 
     fn skipped_vms(&self) -> usize {
@@ -43,10 +51,122 @@ impl Report {
     }
 }
 
-/// A pass waits for the loop's next trigger: the interval, a file change, or a retry.
-impl reconcile::Outcome for Report {
-    fn action(&self) -> reconcile::Action {
-        reconcile::Action::AwaitTrigger
+/// Tells the metrics, `/status` and readiness what the steps of a pass found and did, as they
+/// happen: a pass that fails half-way still reports its write and its failed reload.
+pub struct Reporter {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Reporter {
+    pub fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        Self { metrics, health }
+    }
+
+    /// A pass began (`/healthz` sees progress, `/status` a running pass).
+    pub fn started(&self) {
+        self.health.pass_started();
+    }
+
+    /// A pass of `kind` ran with the watch on, whatever its result.
+    pub fn kind(&self, kind: PassKind) {
+        self.metrics.pass_kind(kind);
+    }
+
+    /// Subject files whose content was refused (§3.2).
+    pub fn subjects_refused(&self, kinds: &[SubjectKind]) {
+        for kind in kinds {
+            self.metrics.subject_rejected(*kind);
+        }
+    }
+
+    /// VMs left out of the desired users (§3.3).
+    pub fn skipped(&self, skipped: &Skipped) {
+        for (reason, n) in [
+            (SkipReason::NoAgentId, skipped.no_agent_id),
+            (SkipReason::InvalidAgentId, skipped.invalid_agent_id),
+            (SkipReason::Duplicate, skipped.duplicate),
+        ] {
+            if n > 0 {
+                self.metrics.vms_skipped(reason, n as u64);
+            }
+        }
+    }
+
+    /// The auth file was written.
+    pub fn stored(&self) {
+        self.health.auth_file_written();
+    }
+
+    /// nats-server was asked to load the file; `usable` when it holds users that let the
+    /// director in (§7: readiness comes with the first verified load of such a file).
+    pub fn loaded(&self, result: &Result<Reloaded, ReloadError>, usable: bool) {
+        match result {
+            Ok(how) => {
+                self.health.reload_finished(match how {
+                    Reloaded::Verified => ReloadOutcome::Verified,
+                    Reloaded::Unverified => ReloadOutcome::Unverified,
+                });
+                self.ready(usable);
+            }
+            Err(e) => self.health.reload_finished(ReloadOutcome::Failed {
+                reason: e.reason(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// No load was due: nats-server holds the content the last successful load gave it.
+    pub fn converged(&self, usable: bool) {
+        self.ready(usable);
+    }
+
+    fn ready(&self, usable: bool) {
+        if usable {
+            self.health.mark_ready();
+        }
+    }
+
+    /// Agents the event log announced were admitted by a verified reload; `since` is when
+    /// each announcing event was read (§8).
+    pub fn admitted(&self, since: &[Instant]) {
+        let now = Instant::now();
+        for at in since {
+            self.metrics
+                .admission_latency(now.saturating_duration_since(*at));
+        }
+    }
+
+    /// A read of the event log: what it found, and that the loop is alive.
+    pub fn events(&self, absorbed: &Absorbed) {
+        if absorbed.events > 0 {
+            self.metrics.events_read(absorbed.events as u64);
+            tracing::debug!(
+                events = absorbed.events,
+                dirtied = absorbed.dirtied,
+                "read the event log"
+            );
+        }
+        if absorbed.unannounced > 0 {
+            self.metrics
+                .unannounced_changes(absorbed.unannounced as u64);
+        }
+        if let Some((id, deployment)) = &absorbed.proof {
+            tracing::info!(
+                event = id,
+                deployment = %deployment,
+                "the blind watch read a new event naming a deployment: the next full pass decides whether the event log can be trusted again"
+            );
+        }
+        self.health.progress();
+    }
+
+    /// Where the watch is, for `/status` and the metrics; a change of state is logged once.
+    pub fn watch(&self, watch: &mut Watch) {
+        if let Some((state, reason)) = watch.state_change() {
+            tracing::info!(state = state.as_str(), reason, "watch state changed");
+        }
+        self.health.watch(watch.status());
     }
 }
 
@@ -77,10 +197,11 @@ pub fn finished(
                     "full"
                 },
                 refetched = r.refetched,
-                desired = r.desired_total(),
-                agents = r.desired.agent,
-                added = r.added,
-                removed = r.removed,
+                desired = r.users_total(),
+                agents = r.counts.agent,
+                added = r.changes.added.len(),
+                removed = r.changes.removed.len(),
+                changed = r.changes.changed.len(),
                 written = r.written,
                 held_removals = r.held,
                 reloaded = r.reloaded.map(|r| r.label()),
@@ -100,13 +221,13 @@ pub fn finished(
                     PassOutcome::Unchanged
                 },
                 desired: Some(DesiredCounts {
-                    director: r.desired.director,
-                    hm: r.desired.hm,
-                    agent: r.desired.agent,
-                    agent_bootstrap: r.desired.agent_bootstrap,
+                    director: r.counts.director,
+                    hm: r.counts.hm,
+                    agent: r.counts.agent,
+                    agent_bootstrap: r.counts.agent_bootstrap,
                 }),
                 observed_users: Some(if r.written {
-                    r.desired_total()
+                    r.users_total()
                 } else {
                     r.observed_users
                 }),
@@ -136,6 +257,7 @@ pub fn span(pass: u64, triggers: &str) -> Span {
         agents = tracing::field::Empty,
         added = tracing::field::Empty,
         removed = tracing::field::Empty,
+        changed = tracing::field::Empty,
         written = tracing::field::Empty,
         reloaded = tracing::field::Empty,
         skipped_vms = tracing::field::Empty,
@@ -164,10 +286,11 @@ pub fn record(span: &Span, result: Result<&Report, &PassError>) {
     match result {
         Ok(r) => {
             span.record("result", if r.written { "changed" } else { "unchanged" });
-            span.record("desired", count(r.desired_total()));
-            span.record("agents", count(r.desired.agent));
-            span.record("added", count(r.added));
-            span.record("removed", count(r.removed));
+            span.record("desired", count(r.users_total()));
+            span.record("agents", count(r.counts.agent));
+            span.record("added", count(r.changes.added.len()));
+            span.record("removed", count(r.changes.removed.len()));
+            span.record("changed", count(r.changes.changed.len()));
             span.record("written", r.written);
             span.record("reloaded", r.reloaded.map_or("no", |how| how.label()));
             span.record("skipped_vms", count(r.skipped_vms()));
@@ -233,7 +356,7 @@ mod tests {
         let report = Report {
             written: true,
             reloaded: Some(Reloaded::Verified),
-            desired: Counts {
+            counts: Counts {
                 director: 1,
                 hm: 1,
                 agent: 3,
@@ -245,8 +368,13 @@ mod tests {
                 duplicate: 0,
             },
             observed_users: 4,
-            added: 3,
-            removed: 0,
+            changes: Changes {
+                added: ["a", "b", "c"]
+                    .map(|id| crate::users::Dn::Agent(id.into(), false))
+                    .into(),
+                removed: Vec::new(),
+                changed: vec![crate::users::Dn::Other("CN=d".into())],
+            },
             held: None,
             refetched: None,
         };
@@ -267,6 +395,7 @@ mod tests {
             ("agents", Value::I64(3)),
             ("added", Value::I64(3)),
             ("removed", Value::I64(0)),
+            ("changed", Value::I64(1)),
             ("written", Value::Bool(true)),
             ("reloaded", Value::from("ok")),
             ("skipped_vms", Value::I64(2)),

@@ -7,8 +7,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::path::Path;
+
 use super::*;
+use crate::authfile;
+use crate::director::Refetched;
 use crate::pass::desired::{Subject, compute};
+use crate::pass::watch::View;
 use crate::reload::Reloaded;
 use crate::users::UserSet;
 use crate::vm::Vm;
@@ -113,7 +118,7 @@ struct Setup<D = ScriptedDirector> {
     auth_file: PathBuf,
     health: Arc<Health>,
     writes: Arc<AtomicUsize>,
-    reconciler: Reconciler<D, ScriptedServer>,
+    reconciler: Reconciler<D, FileAdmission<ScriptedServer>>,
 }
 
 const DIRECTOR_DN: &str = "C=USA, O=Cloud Foundry, CN=default.director.bosh-internal";
@@ -187,7 +192,7 @@ fn file_users(path: &Path) -> Option<UserSet> {
 
 impl<D: Director> Setup<D> {
     async fn pass(&self) -> Result<Report, PassError> {
-        self.reconciler.pass(Span::none()).await
+        self.reconciler.full_pass(Span::none()).await
     }
     fn writes(&self) -> usize {
         self.writes.load(Ordering::SeqCst)
@@ -211,7 +216,10 @@ async fn bootstrap_before_the_director_first_answers_then_the_director_s_users()
         file_users(&s.auth_file),
         Some(compute(&subjects(), vec![]).users)
     );
-    assert_eq!((s.writes(), s.reconciler.reloader.asked()), (1, 1));
+    assert_eq!(
+        (s.writes(), s.reconciler.admission().reloader().asked()),
+        (1, 1)
+    );
     assert!(s.health.is_ready(), "the bootstrap users were loaded");
     // It answers: its agents are written and loaded.
     let report = s.pass().await.unwrap();
@@ -221,11 +229,17 @@ async fn bootstrap_before_the_director_first_answers_then_the_director_s_users()
         file_users(&s.auth_file),
         Some(compute(&subjects(), vms(0..3)).users)
     );
-    assert_eq!((s.writes(), s.reconciler.reloader.asked()), (2, 2));
+    assert_eq!(
+        (s.writes(), s.reconciler.admission().reloader().asked()),
+        (2, 2)
+    );
     // Converged: nothing is written, nothing reloaded.
     let report = s.pass().await.unwrap();
     assert!(!report.written && report.reloaded.is_none());
-    assert_eq!((s.writes(), s.reconciler.reloader.asked()), (2, 2));
+    assert_eq!(
+        (s.writes(), s.reconciler.admission().reloader().asked()),
+        (2, 2)
+    );
 }
 
 /// Once the director has answered, a file that lost its users is rebuilt from the director
@@ -289,14 +303,14 @@ async fn a_reload_stays_pending_after_a_failed_one() {
     );
     let e = s.pass().await.unwrap_err();
     assert_eq!(e.reason(), "reload_rejected");
-    assert_eq!(s.reconciler.reloader.asked(), 2);
+    assert_eq!(s.reconciler.admission().reloader().asked(), 2);
     // The file already holds the users: the next pass writes nothing but reloads again.
     let report = s.pass().await.unwrap();
     assert!(!report.written);
     assert_eq!(report.reloaded, Some(Reloaded::Verified));
     // And once loaded, not again.
     assert_eq!(s.pass().await.unwrap().reloaded, None);
-    assert_eq!(s.reconciler.reloader.asked(), 3);
+    assert_eq!(s.reconciler.admission().reloader().asked(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -315,7 +329,7 @@ async fn a_reload_stays_pending_after_a_cancelled_one() {
         file_users(&s.auth_file),
         Some(compute(&subjects(), vms(0..3)).users)
     );
-    assert_eq!(s.reconciler.reloader.asked(), 2);
+    assert_eq!(s.reconciler.admission().reloader().asked(), 2);
     let report = s.pass().await.unwrap();
     assert!(!report.written, "the file was complete");
     assert_eq!(
@@ -324,7 +338,7 @@ async fn a_reload_stays_pending_after_a_cancelled_one() {
         "the reload was still pending"
     );
     assert_eq!(s.pass().await.unwrap().reloaded, None);
-    assert_eq!(s.reconciler.reloader.asked(), 3);
+    assert_eq!(s.reconciler.admission().reloader().asked(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,7 +375,7 @@ async fn damping_holds_a_mass_removal_across_passes_then_applies_it() {
     for seen in 1..=2 {
         let report = s.pass().await.unwrap();
         assert_eq!(report.held, Some(39), "pass {seen} holds");
-        assert_eq!(report.desired.agent, 40);
+        assert_eq!(report.counts.agent, 40);
         assert_eq!(
             file_users(&s.auth_file),
             Some(compute(&subjects(), vms(0..40)).users)
@@ -369,7 +383,7 @@ async fn damping_holds_a_mass_removal_across_passes_then_applies_it() {
     }
     let report = s.pass().await.unwrap();
     assert_eq!(report.held, None);
-    assert_eq!(report.removed, 39);
+    assert_eq!(report.changes.removed.len(), 39);
     assert_eq!(
         file_users(&s.auth_file),
         Some(compute(&subjects(), vms([0])).users)
@@ -386,8 +400,8 @@ async fn the_dry_run_decides_as_the_next_pass_would_and_changes_nothing() {
     );
     s.pass().await.unwrap();
     let before = std::fs::read(&s.auth_file).unwrap();
-    let reloads = s.reconciler.reloader.asked();
-    let dry = s.reconciler.dry_run().await.unwrap();
+    let reloads = s.reconciler.admission().reloader().asked();
+    let dry = s.reconciler.plan_next().await.unwrap();
     let held = dry
         .decision
         .held
@@ -395,13 +409,62 @@ async fn the_dry_run_decides_as_the_next_pass_would_and_changes_nothing() {
         .expect("the mass removal is held");
     assert_eq!((held.removing, held.seen, held.needed), (39, 1, 3));
     assert!(dry.decision.write, "agent-50 would be added");
-    assert_eq!(dry.decision.added, 1);
+    assert_eq!(dry.decision.changes.added.len(), 1);
     assert_eq!(std::fs::read(&s.auth_file).unwrap(), before);
     assert_eq!(
-        s.reconciler.reloader.asked(),
+        s.reconciler.admission().reloader().asked(),
         reloads,
         "a dry run reloads nothing"
     );
+}
+
+/// `diff` prints the plan; a pass applies the same plan and reports the same changes.
+#[tokio::test(start_paused = true)]
+async fn a_pass_applies_the_plan_diff_prints_when_a_removal_is_held() {
+    let s = setup(
+        None,
+        ScriptedDirector::new([Ok(vms(0..40)), Ok(vms([0, 50]))]),
+        ScriptedServer::new([Step::Load]),
+        DampingSettings::default(),
+    );
+    s.pass().await.unwrap();
+    let plan = s.reconciler.plan_next().await.unwrap();
+    let report = s.pass().await.unwrap();
+    let held = plan.decision.held.as_ref().expect("held");
+    assert_eq!(report.held, Some(held.removing));
+    assert_eq!(report.changes, plan.decision.changes);
+    assert_eq!(
+        report.changes.added,
+        [crate::users::Dn::Agent("agent-50".into(), false)],
+        "the addition applies, the held removals are no change"
+    );
+    assert!(report.changes.removed.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_applies_the_plan_diff_prints_when_only_permissions_differ() {
+    let s = setup(
+        None,
+        ScriptedDirector::new([Ok(vms(0..3))]),
+        ScriptedServer::new([Step::Load]),
+        DampingSettings::default(),
+    );
+    s.pass().await.unwrap();
+    // A hand edit grants the director one more subject.
+    let text = std::fs::read_to_string(&s.auth_file).unwrap();
+    let edited = text.replacen("\"director.>\"", "\"director.>\", \"_INBOX.>\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&s.auth_file, edited).unwrap();
+    let plan = s.reconciler.plan_next().await.unwrap();
+    assert!(plan.decision.write);
+    assert_eq!(
+        plan.decision.changes.changed,
+        [crate::users::Dn::Other(DIRECTOR_DN.into())]
+    );
+    assert!(plan.decision.changes.added.is_empty() && plan.decision.changes.removed.is_empty());
+    let report = s.pass().await.unwrap();
+    assert!(report.written);
+    assert_eq!(report.changes, plan.decision.changes);
 }
 
 mod watched;

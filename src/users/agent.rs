@@ -100,11 +100,16 @@ fn cn_suffix(bootstrap: bool) -> &'static str {
     }
 }
 
+/// The DN of an agent's user: the one with permanent credentials, or its bootstrap user.
+pub fn dn(id: &str, bootstrap: bool) -> String {
+    format!("{DN_PREFIX}{id}{}", cn_suffix(bootstrap))
+}
+
 /// The user of an agent: the one with permanent credentials, or its bootstrap user.
 pub fn user(id: &AgentId, bootstrap: bool) -> User {
     let around = |(prefix, suffix): (&str, &str)| format!("{prefix}{id}{suffix}");
     User::new(
-        format!("{DN_PREFIX}{id}{}", cn_suffix(bootstrap)),
+        dn(id.as_str(), bootstrap),
         PUBLISH.into_iter().map(around).collect(),
         vec![around(SUBSCRIBE)],
     )

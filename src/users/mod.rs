@@ -15,5 +15,5 @@ mod set;
 mod user;
 
 pub use agent::AgentId;
-pub use set::{UserRef, UserSet};
+pub use set::{Changes, Dn, UserRef, UserSet};
 pub use user::{Permissions, User};

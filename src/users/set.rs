@@ -12,7 +12,6 @@
 //! depends only on its value (permission lists compared as multisets, [`agent::recognise`]),
 //! so two sets are equal exactly when their users are.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
@@ -92,20 +91,73 @@ pub enum UserRef<'a> {
     Agent(&'a AgentId, bool),
 }
 
-/// A subject of a set, for counting what a write adds and removes.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Dn<'a> {
+/// A subject of a set, borrowed, in the order [`Changes`] lists them: agents' by id, the
+/// permanent user's before the bootstrap user's, then every other DN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum DnRef<'a> {
     Agent(&'a str, bool),
     Other(&'a str),
 }
 
-/// The subjects a change adds and removes, and those whose permissions it changes: what
-/// `diff` lists. Each sorted.
+impl DnRef<'_> {
+    fn owned(self) -> Dn {
+        match self {
+            DnRef::Agent(id, bootstrap) => Dn::Agent(id.into(), bootstrap),
+            DnRef::Other(dn) => Dn::Other(dn.into()),
+        }
+    }
+}
+
+/// What one user of a subject is granted: exactly what this program writes for an agent,
+/// or permissions of its own (sorted lists, so order does not count).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Grant {
+    Agent,
+    Own(Option<Permissions>),
+}
+
+fn canonical_permissions(permissions: &Option<Permissions>) -> Option<Permissions> {
+    let mut p = permissions.clone()?;
+    for list in [p.publish.as_mut(), p.subscribe.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        list.sort_unstable();
+    }
+    Some(p)
+}
+
+/// A subject (DN) a change touches, held compactly (an agent's by its id): [`std::fmt::Display`]
+/// writes its DN.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dn {
+    /// The agent's permanent subject, or its bootstrap subject when the flag is set.
+    Agent(Box<str>, bool),
+    Other(Box<str>),
+}
+
+impl std::fmt::Display for Dn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dn::Agent(id, bootstrap) => f.write_str(&agent::dn(id, *bootstrap)),
+            Dn::Other(dn) => f.write_str(dn),
+        }
+    }
+}
+
+/// What a change does, subject by subject ([`UserSet::changes`]): each list in subject order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectChanges {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
+pub struct Changes {
+    pub added: Vec<Dn>,
+    pub removed: Vec<Dn>,
+    /// Kept, with other permissions.
+    pub changed: Vec<Dn>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 impl UserSet {
@@ -240,83 +292,70 @@ impl UserSet {
         out
     }
 
-    /// The distinct subjects, sorted (agent subjects as their id and kind).
-    fn subjects(&self) -> Vec<Dn<'_>> {
-        let mut out = Vec::with_capacity(self.len);
-        for u in &self.others {
-            out.push(match agent::parse_dn(&u.user) {
-                Some((id, bootstrap)) => Dn::Agent(id, bootstrap),
-                None => Dn::Other(&u.user),
-            });
+    /// What going from `self` to `to` changes, subject by subject: the subjects it adds, those
+    /// it removes, and those it keeps with other permissions (a subject listed more than once
+    /// compares all its entries). The one account of a change: a pass logs its counts and
+    /// `diff` prints its names. Compares the compact parts (no DN is built for an unchanged
+    /// subject), so it costs a sort of the subjects, not a rendering of the users.
+    pub fn changes(&self, to: &UserSet) -> Changes {
+        let (mine, theirs) = (self.grants(), to.grants());
+        let mut changes = Changes::default();
+        let (mut i, mut j) = (0, 0);
+        // The end of the run of entries for the subject at `at` (sorted: a run is together).
+        fn end(list: &[(DnRef<'_>, Grant)], at: usize) -> usize {
+            at + list[at..]
+                .iter()
+                .take_while(|(d, _)| *d == list[at].0)
+                .count()
         }
-        let before = out.len();
-        // In `Dn` order: by id, the permanent user's subject (false) before the bootstrap's.
-        for a in &self.agents {
-            if a.agent > 0 {
-                out.push(Dn::Agent(a.id.as_str(), false));
-            }
-            if a.bootstrap > 0 {
-                out.push(Dn::Agent(a.id.as_str(), true));
-            }
-        }
-        if before > 0 {
-            out.sort_unstable();
-        }
-        out.dedup();
-        out
-    }
-
-    /// How many subjects going from `self` to `to` adds and removes: `(added, removed)`.
-    /// Cheap (no DN is built): what every pass reports.
-    pub fn subject_changes(&self, to: &UserSet) -> (usize, usize) {
-        let (mine, theirs) = (self.subjects(), to.subjects());
-        let (mut i, mut j, mut added, mut removed) = (0, 0, 0, 0);
-        while i < mine.len() && j < theirs.len() {
-            match mine[i].cmp(&theirs[j]) {
+        while i < mine.len() || j < theirs.len() {
+            let order = match (mine.get(i), theirs.get(j)) {
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, _) => std::cmp::Ordering::Greater,
+            };
+            match order {
                 std::cmp::Ordering::Less => {
-                    removed += 1;
-                    i += 1;
+                    changes.removed.push(mine[i].0.owned());
+                    i = end(&mine, i);
                 }
                 std::cmp::Ordering::Greater => {
-                    added += 1;
-                    j += 1;
+                    changes.added.push(theirs[j].0.owned());
+                    j = end(&theirs, j);
                 }
                 std::cmp::Ordering::Equal => {
-                    i += 1;
-                    j += 1;
+                    let (end_i, end_j) = (end(&mine, i), end(&theirs, j));
+                    let (a, b) = (&mine[i..end_i], &theirs[j..end_j]);
+                    if !a.iter().map(|(_, g)| g).eq(b.iter().map(|(_, g)| g)) {
+                        changes.changed.push(mine[i].0.owned());
+                    }
+                    (i, j) = (end_i, end_j);
                 }
             }
         }
-        (added + theirs.len() - j, removed + mine.len() - i)
+        changes
     }
 
-    /// The subjects going from `self` to `to` adds, removes, and gives other permissions
-    /// (a subject listed more than once compares all its entries), by name: what `diff`
-    /// prints. Builds every DN, so it is for the command line, not for every pass.
-    pub fn list_changes(&self, to: &UserSet) -> SubjectChanges {
-        type Grants = Vec<Option<Permissions>>;
-        let by_subject = |set: &UserSet| {
-            let mut map: BTreeMap<String, Grants> = BTreeMap::new();
-            for user in canonical(&set.to_users()) {
-                map.entry(user.user).or_default().push(user.permissions);
-            }
-            map
-        };
-        let (mine, theirs) = (by_subject(self), by_subject(to));
-        let mut changes = SubjectChanges::default();
-        for (subject, grants) in &mine {
-            match theirs.get(subject) {
-                None => changes.removed.push(subject.clone()),
-                Some(other) if other != grants => changes.changed.push(subject.clone()),
-                Some(_) => {}
+    /// Every user as its subject and its grant, sorted (by subject, then grant): agents'
+    /// subjects by id and kind, whichever part of the set holds them.
+    fn grants(&self) -> Vec<(DnRef<'_>, Grant)> {
+        let mut out = Vec::with_capacity(self.len);
+        for u in &self.others {
+            let dn = match agent::parse_dn(&u.user) {
+                Some((id, bootstrap)) => DnRef::Agent(id, bootstrap),
+                None => DnRef::Other(&u.user),
+            };
+            out.push((dn, Grant::Own(canonical_permissions(&u.permissions))));
+        }
+        for a in &self.agents {
+            for (bootstrap, n) in [(false, a.agent), (true, a.bootstrap)] {
+                for _ in 0..n {
+                    out.push((DnRef::Agent(a.id.as_str(), bootstrap), Grant::Agent));
+                }
             }
         }
-        changes.added = theirs
-            .keys()
-            .filter(|s| !mine.contains_key(*s))
-            .cloned()
-            .collect();
-        changes
+        out.sort_unstable();
+        out
     }
 
     /// A hash of the set's content, for recognising the same desired state on a later pass
@@ -453,7 +492,7 @@ mod tests {
     /// Expanding a set gives back the same users (as values), and the subject counts agree
     /// with `Users::diff`.
     #[test]
-    fn to_users_and_subject_changes_agree_with_the_users() {
+    fn to_users_and_changes_agree_with_the_users() {
         let lists = lists();
         for a in &lists {
             let sa = UserSet::from_users(a.0.clone());
@@ -461,18 +500,18 @@ mod tests {
             for b in &lists {
                 let sb = UserSet::from_users(b.0.clone());
                 let (added, removed) = a.diff(b);
-                assert_eq!(
-                    sa.subject_changes(&sb),
-                    (added.len(), removed.len()),
-                    "{a:?} -> {b:?}"
-                );
-                // The listing `diff` prints names the same subjects, and finds a change of
-                // permissions exactly when the values differ with no subject added or removed.
-                let listed = sa.list_changes(&sb);
-                assert_eq!(listed.added, added, "{a:?} -> {b:?}");
-                assert_eq!(listed.removed, removed, "{a:?} -> {b:?}");
-                if listed.added.is_empty() && listed.removed.is_empty() {
-                    assert_eq!(listed.changed.is_empty(), a.same_as(b), "{a:?} -> {b:?}");
+                // The same subjects by name, and a change of permissions exactly when the
+                // values differ with no subject added or removed.
+                let changes = sa.changes(&sb);
+                let names = |list: &[Dn]| {
+                    let mut names: Vec<String> = list.iter().map(ToString::to_string).collect();
+                    names.sort_unstable();
+                    names
+                };
+                assert_eq!(names(&changes.added), added, "{a:?} -> {b:?}");
+                assert_eq!(names(&changes.removed), removed, "{a:?} -> {b:?}");
+                if changes.added.is_empty() && changes.removed.is_empty() {
+                    assert_eq!(changes.changed.is_empty(), a.same_as(b), "{a:?} -> {b:?}");
                 }
             }
         }

@@ -145,7 +145,7 @@ fn agents(deployment: &str, n: usize) -> Vec<Vm> {
 
 fn watched(director: LogDirector, damping: DampingSettings) -> Setup<LogDirector> {
     let mut s = setup_with(None, director, ScriptedServer::new([Step::Load]), damping);
-    s.reconciler = s.reconciler.watch(SETTINGS);
+    s.reconciler = s.reconciler.follow_events(SETTINGS);
     s
 }
 
@@ -166,8 +166,14 @@ impl Setup<LogDirector> {
         self.reconciler.tick(&ctx(n, 0)).await
     }
     async fn watch_state(&self) -> monitoring::WatchState {
-        let passes = self.reconciler.memory.lock().await;
-        passes.watched.as_ref().expect("watch on").watch.state().0
+        let carried = self.reconciler.carried.lock().await;
+        carried
+            .following
+            .as_ref()
+            .expect("watch on")
+            .watch
+            .state()
+            .0
     }
     fn director(&self) -> &LogDirector {
         &self.reconciler.director
