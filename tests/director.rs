@@ -233,6 +233,14 @@ async fn wrong_basic_password_is_a_status_error() {
     );
     assert!(!err.is_transient());
     assert_eq!(err.reason(), "unauthorized");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}/deployments answered HTTP 401: Not authorized: '/deployments'",
+            director.url()
+        ),
+        "the director's own words"
+    );
     assert!(!format!("{err} {err:?}").contains("wrong-password"));
 }
 
@@ -676,6 +684,14 @@ async fn malformed_bodies_are_decode_errors() {
             }
         ),
         "{err:?}"
+    );
+    // The director's JSON comes as text/html: the type is only shown, for a body that is
+    // not JSON.
+    assert!(
+        err.to_string().ends_with(
+            r#"(the body is not JSON: Content-Type text/html;charset=utf-8, 16 bytes, starting "[{\"name\": \"trunc")"#
+        ),
+        "{err}"
     );
     director.clear_faults();
 

@@ -7,6 +7,15 @@
 //! [`crate::events`]). The others (`set_deployment`, `add_vm`, `remove_vm`, `update_vms`, …)
 //! change the deployments without an event, like the director's few internal paths that do.
 //!
+//! The answers have the real director's shapes, status codes and headers, as captured from
+//! its own controllers (`src/director/testdata/director-responses/`, compared with these
+//! answers by `sim/tests/captured.rs`): JSON under `text/html;charset=utf-8` on
+//! `/deployments` and `/vms` (their errors too), under `application/json` on `/info` and
+//! `/events` (whose `400` is plain text all the same); `WWW-Authenticate: Basic realm="BOSH
+//! Director"` on every answer of an authenticated endpoint, in UAA mode too; a `401` as the
+//! text `Not authorized: '<path>'`; `?format=full` on `/vms` a `302` to a task; an unknown
+//! path Rack's plain-text `404`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use sim::director::{DirectorSim, DirectorConfig, Vm};
@@ -111,6 +120,10 @@ pub struct DirectorConfig {
     pub record_events: bool,
     /// `director.events.max_events`: how many events a clean-up keeps (default 10 000).
     pub max_events: usize,
+    /// Record the `start`/`director` event the real director records whenever it starts
+    /// (stamped with the time of the start, whatever the ids around it). Off by default, so
+    /// that a test's own events are numbered from 1.
+    pub start_event: bool,
 }
 
 impl DirectorConfig {
@@ -126,6 +139,7 @@ impl DirectorConfig {
             transport: Transport::Plain,
             record_events: true,
             max_events: DEFAULT_MAX_EVENTS,
+            start_event: false,
         }
     }
 
@@ -153,6 +167,12 @@ impl DirectorConfig {
     /// Sets `max_events`.
     pub fn with_max_events(mut self, max_events: usize) -> Self {
         self.max_events = max_events;
+        self
+    }
+
+    /// Sets `start_event`: the log begins with the director's own `start`/`director` event.
+    pub fn with_start_event(mut self, start_event: bool) -> Self {
+        self.start_event = start_event;
         self
     }
 }
@@ -291,6 +311,25 @@ pub enum AuthSeen {
 /// How many request records are kept; counters are kept for all requests.
 const RECORD_LIMIT: usize = 10_000;
 
+/// The director's version: `/info` sends it with the commit, the `start` event's context
+/// without.
+const VERSION: &str = "280.0.0";
+
+/// The user of the director's own events (`start`/`director`).
+const DIRECTOR_USER: &str = "_director";
+
+/// The challenge of every answer of an authenticated endpoint. The director sends it in UAA
+/// mode too: its controllers set it whatever the identity provider.
+const REALM: &str = "Basic realm=\"BOSH Director\"";
+
+/// The content type of `/deployments` and `/vms` answers, JSON bodies included (Sinatra's
+/// default; those controllers never set one), and of every `401`.
+const HTML: &str = "text/html;charset=utf-8";
+
+/// The content type `/info` and `/events` set before anything else, so their plain-text
+/// errors carry it too.
+const JSON: &str = "application/json";
+
 #[derive(Debug, Default)]
 struct Stats {
     counts: HashMap<(Endpoint, u16), u64>,
@@ -302,6 +341,8 @@ struct Shared {
     name: String,
     uuid: String,
     auth: DirectorAuth,
+    /// `http` or `https`, for the `Location` of a redirect.
+    scheme: &'static str,
     /// Lock order: `deployments` before `events` wherever both are held.
     deployments: Mutex<BTreeMap<String, VmList>>,
     events: Mutex<EventLog>,
@@ -339,12 +380,27 @@ impl std::ops::Deref for DirectorSim {
 impl DirectorSim {
     /// Starts the director on `127.0.0.1:<free port>`; requires a Tokio runtime.
     pub async fn start(config: DirectorConfig) -> io::Result<DirectorSim> {
+        let scheme = match config.transport {
+            Transport::Plain => "http",
+            Transport::Tls(_) => "https",
+        };
+        let mut log = EventLog::new(config.record_events, config.max_events);
+        if config.start_event {
+            // `Bosh::Director::App#initialize`: `start`/`director`, named by the uuid.
+            log.record(
+                NewEvent::new("start", "director")
+                    .user(DIRECTOR_USER)
+                    .object_name(&config.uuid)
+                    .context(json!({"version": VERSION})),
+            );
+        }
         let shared = Arc::new(Shared {
             name: config.name,
             uuid: config.uuid,
             auth: config.auth,
+            scheme,
             deployments: Mutex::new(BTreeMap::new()),
-            events: Mutex::new(EventLog::new(config.record_events, config.max_events)),
+            events: Mutex::new(log),
             delete_after_list: Mutex::new(Vec::new()),
             faults: FaultTable::new(),
             stats: Mutex::new(Stats::default()),
@@ -862,29 +918,75 @@ impl Shared {
         }
     }
 
+    /// What the controllers' `before` filter halts with: the path as text, the challenge.
     fn unauthorized(&self, uri: &Uri) -> Response {
         let mut response = Response::new(axum::body::Body::from(format!(
             "Not authorized: '{}'\n",
             uri.path()
         )));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
-        let challenge = match self.auth {
-            DirectorAuth::Basic { .. } => "Basic realm=\"BOSH Director\"",
-            DirectorAuth::Uaa { .. } => "Bearer realm=\"BOSH Director\"",
-        };
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        );
+        let headers = response.headers_mut();
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(HTML));
         response
+    }
+
+    /// The user named by valid basic credentials, as `/info` reports it (`null` otherwise;
+    /// in UAA mode too, where the simulator does not read the token's user).
+    fn user(&self, headers: &HeaderMap) -> Value {
+        match &self.auth {
+            DirectorAuth::Basic { user, .. } if self.authorized(headers) => json!(user),
+            _ => Value::Null,
+        }
     }
 }
 
-fn error_response(shared: &Shared, uri: &Uri, status: u16, deployment: Option<&str>) -> Response {
+/// The headers every answer of an authenticated endpoint carries, whatever produced it
+/// (fault rules included): the challenge, and the endpoint's content type (`401`s are the
+/// filter's, before any controller set one). Rack's answer for a path no route takes
+/// (`X-Cascade: pass`) comes from no controller and is left as it is.
+fn as_the_director_sends(endpoint: Endpoint, mut response: Response) -> Response {
+    if response.headers().contains_key("x-cascade") {
+        return response;
+    }
+    let content_type = match endpoint {
+        _ if response.status() == StatusCode::UNAUTHORIZED => HTML,
+        Endpoint::Deployments | Endpoint::Vms => HTML,
+        Endpoint::Events => JSON,
+        Endpoint::Info | Endpoint::Other => return response,
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Rack's answer for a path no route of the director takes; also what a director older than
+/// an endpoint answers for it.
+fn no_route(uri: &Uri) -> Response {
+    let mut response = Response::new(axum::body::Body::from(format!("Not Found: {}", uri.path())));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert("x-cascade", HeaderValue::from_static("pass"));
+    response
+}
+
+/// The answer a fault rule's status stands for: a `401` is the filter's, a `404` on `/vms` the
+/// deployment's absence, a `404` on `/events` a director without the endpoint; any other
+/// status is the director's JSON error.
+fn error_response(
+    shared: &Shared,
+    endpoint: Endpoint,
+    uri: &Uri,
+    status: u16,
+    deployment: Option<&str>,
+) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match (status, deployment) {
         (StatusCode::UNAUTHORIZED, _) => shared.unauthorized(uri),
         (StatusCode::NOT_FOUND, Some(name)) => deployment_missing(name),
+        (StatusCode::NOT_FOUND, None) if endpoint == Endpoint::Events => no_route(uri),
         _ => json_response(
             status,
             json!({"code": 100, "description": format!("simulated failure ({})", status.as_u16())})
@@ -906,7 +1008,7 @@ fn deployment_missing(name: &str) -> Response {
 async fn info(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
     let action = delay_then_action(shared.faults.fire(&FaultKey::Endpoint(Endpoint::Info))).await;
     let response = if let FaultAction::Status(code) = action {
-        error_response(&shared, &uri, code, None)
+        error_response(&shared, Endpoint::Info, &uri, code, None)
     } else {
         let user_authentication = match &shared.auth {
             DirectorAuth::Basic { .. } => json!({"type": "basic", "options": {}}),
@@ -917,15 +1019,14 @@ async fn info(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -
         let body = json!({
             "name": shared.name,
             "uuid": shared.uuid,
-            "version": "280.0.0",
-            "user": null,
+            "version": format!("{VERSION} (00000000)"),
+            "user": shared.user(&headers),
             "cpi": "sim",
             "stemcell_os": "ubuntu-jammy",
             "stemcell_version": "1.0",
             "user_authentication": user_authentication,
             "features": {
                 "local_dns": {"status": true, "extras": {"domain_name": "bosh"}},
-                "power_dns": {"status": false, "extras": {"domain_name": "bosh"}},
                 "snapshots": {"status": false},
                 "config_server": {"status": false, "extras": {"urls": []}},
             },
@@ -937,7 +1038,10 @@ async fn info(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -
 }
 
 async fn deployments(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
-    let response = deployments_response(&shared, &uri, &headers).await;
+    let response = as_the_director_sends(
+        Endpoint::Deployments,
+        deployments_response(&shared, &uri, &headers).await,
+    );
     shared.record(Endpoint::Deployments, &uri, &headers, response.status());
     response
 }
@@ -950,7 +1054,7 @@ async fn deployments_response(shared: &Shared, uri: &Uri, headers: &HeaderMap) -
     )
     .await;
     if let FaultAction::Status(code) = action {
-        return error_response(shared, uri, code, None);
+        return error_response(shared, Endpoint::Deployments, uri, code, None);
     }
     if !shared.authorized(headers) {
         return shared.unauthorized(uri);
@@ -1025,7 +1129,10 @@ async fn vms(
 ) -> Response {
     let response = {
         let _in_flight = InFlight::enter(&shared);
-        vms_response(&shared, &name, &uri, &headers).await
+        as_the_director_sends(
+            Endpoint::Vms,
+            vms_response(&shared, &name, &uri, &headers).await,
+        )
     };
     shared.record(Endpoint::Vms, &uri, &headers, response.status());
     response
@@ -1038,12 +1145,16 @@ async fn vms_response(shared: &Shared, name: &str, uri: &Uri, headers: &HeaderMa
         .or_else(|| shared.faults.fire(&FaultKey::Endpoint(Endpoint::Vms)));
     let action = delay_then_action(fault).await;
     if let FaultAction::Status(code) = action {
-        return error_response(shared, uri, code, Some(name));
+        return error_response(shared, Endpoint::Vms, uri, code, Some(name));
     }
     if !shared.authorized(headers) {
         return shared.unauthorized(uri);
     }
+    let full = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair == "format=full"));
     let body = match lock(&shared.deployments).get(name) {
+        Some(_) if full => return vm_stats_task(shared, headers),
         None => None,
         Some(VmList::Typed(vms)) => Some(serde_json::to_vec(vms)),
         Some(VmList::Raw(value)) => Some(serde_json::to_vec(value)),
@@ -1060,8 +1171,28 @@ async fn vms_response(shared: &Shared, name: &str, uri: &Uri, headers: &HeaderMa
     }
 }
 
+/// `?format=full`: the director queues a `vms` task to ask every agent for its stats and
+/// redirects to it. The simulator only numbers the task (it serves no `/tasks`).
+fn vm_stats_task(shared: &Shared, headers: &HeaderMap) -> Response {
+    let task = lock(&shared.events).next_task();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let location = format!("{}://{host}/tasks/{task}", shared.scheme);
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 async fn list_events(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
-    let response = list_events_response(&shared, &uri, &headers).await;
+    let response = as_the_director_sends(
+        Endpoint::Events,
+        list_events_response(&shared, &uri, &headers).await,
+    );
     shared.record(Endpoint::Events, &uri, &headers, response.status());
     response
 }
@@ -1069,7 +1200,7 @@ async fn list_events(State(shared): State<Arc<Shared>>, uri: Uri, headers: Heade
 async fn list_events_response(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> Response {
     let action = delay_then_action(shared.faults.fire(&FaultKey::Endpoint(Endpoint::Events))).await;
     if let FaultAction::Status(code) = action {
-        return error_response(shared, uri, code, None);
+        return error_response(shared, Endpoint::Events, uri, code, None);
     }
     if !shared.authorized(headers) {
         return shared.unauthorized(uri);
@@ -1105,7 +1236,10 @@ async fn show_event(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let response = show_event_response(&shared, &id, &uri, &headers).await;
+    let response = as_the_director_sends(
+        Endpoint::Events,
+        show_event_response(&shared, &id, &uri, &headers).await,
+    );
     shared.record(Endpoint::Events, &uri, &headers, response.status());
     response
 }
@@ -1118,7 +1252,7 @@ async fn show_event_response(
 ) -> Response {
     let action = delay_then_action(shared.faults.fire(&FaultKey::Endpoint(Endpoint::Events))).await;
     if let FaultAction::Status(code) = action {
-        return error_response(shared, uri, code, None);
+        return error_response(shared, Endpoint::Events, uri, code, None);
     }
     if !shared.authorized(headers) {
         return shared.unauthorized(uri);
@@ -1136,12 +1270,7 @@ async fn show_event_response(
 }
 
 async fn not_found(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
-    let response = json_response(
-        StatusCode::NOT_FOUND,
-        json!({"code": 404, "description": "Not found"})
-            .to_string()
-            .into_bytes(),
-    );
+    let response = no_route(&uri);
     shared.record(Endpoint::Other, &uri, &headers, response.status());
     response
 }

@@ -6,12 +6,15 @@
 //! - [`events`]: the director's event log, recorded and queried as the real one does it.
 //! - [`uaa`]: the UAA token endpoint (client-credentials grant, RSA-signed JWTs).
 //! - [`fault`]: fault rules shared by the director and the UAA.
+//! - [`captured`]: responses captured from the real director, and their file format's reader
+//!   (what the simulated director's answers are compared with).
 //! - [`churn`]: a background task that keeps adding and removing VMs (demo, soak).
 //! - [`nats`]: a real `nats-server` with `verify_and_map`, and probes of what a certificate
 //!   may publish or subscribe.
 //!
 //! Every server binds `127.0.0.1:0`, serves from a Tokio task and stops when dropped.
 
+pub mod captured;
 pub mod churn;
 pub mod director;
 pub mod events;

@@ -49,8 +49,18 @@ async fn basic_mode_endpoints() {
         info["user_authentication"],
         json!({"type": "basic", "options": {}})
     );
-    assert_eq!(info["version"], "280.0.0");
+    assert_eq!(info["version"], "280.0.0 (00000000)");
     assert_eq!(info["user"], Value::Null);
+    let as_admin: Value = http
+        .get(format!("{}/info", director.url()))
+        .basic_auth("admin", Some("pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(as_admin["user"], "admin", "valid credentials name the user");
 
     let unauth = http
         .get(format!("{}/deployments", director.url()))
@@ -148,7 +158,7 @@ async fn basic_mode_endpoints() {
     assert_eq!(director.request_count(Endpoint::Deployments), 4);
     assert_eq!(director.status_count(Endpoint::Deployments, 401), 2);
     assert_eq!(director.status_count(Endpoint::Vms, 404), 1);
-    assert_eq!(director.status_count(Endpoint::Info, 200), 1);
+    assert_eq!(director.status_count(Endpoint::Info, 200), 2);
 }
 
 #[tokio::test]
@@ -405,6 +415,11 @@ async fn uaa_mode() {
         .await
         .unwrap();
     assert_eq!(basic.status(), 401);
+    assert_eq!(
+        basic.headers()["www-authenticate"],
+        "Basic realm=\"BOSH Director\"",
+        "the director's challenge is basic in UAA mode too"
+    );
 
     uaa.set_algorithm(sim::uaa::Algorithm::RS512);
     let form_token: Value = http

@@ -1,14 +1,15 @@
-//! One request to the director or UAA: send, read the body under a size cap, classify the
-//! outcome, and record it in metrics and a tracing span.
+//! One request to the director or UAA: send, read the body under a size cap, classify
+//! transport failures, and record the outcome in metrics and a tracing span. What the status
+//! and body mean is the endpoint's reader's business (`answer`).
 
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::answer::Answer;
 use super::error::{Error, chain};
 
-/// How much of an error response's body goes into the error message: enough for UAA's
-/// `error_description` or the director's `description`, not enough to flood a log line.
-const ERROR_DETAIL_CHARS: usize = 200;
+/// How much of a non-2xx answer's body is read: its start is all its message shows.
+const ERROR_BODY_BYTES: usize = 800;
 
 /// A request about to be sent. `url` is the display form used in errors and spans.
 pub(crate) struct Request<'a> {
@@ -38,9 +39,9 @@ pub(crate) fn display_url(url: &url::Url) -> String {
     shown.into()
 }
 
-/// Sends the request and returns the body of a 2xx response. Any other status is an
-/// `Error::Status`; the caller decides whether one of them (a 404) means something else.
-pub(crate) async fn send(req: Request<'_>) -> Result<Vec<u8>, Error> {
+/// Sends the request and returns the answer, whatever its status. `Err` is a failure to
+/// get one: connection, timeout, TLS, or a 2xx body over `max_body_bytes`.
+pub(crate) async fn send(req: Request<'_>) -> Result<Answer, Error> {
     let Request {
         endpoint,
         url,
@@ -60,8 +61,7 @@ pub(crate) async fn send(req: Request<'_>) -> Result<Vec<u8>, Error> {
         let result = exchange(endpoint, &url, builder, max_body_bytes).await;
         let elapsed = start.elapsed();
         let label = match &result {
-            Ok((status, _)) => status.to_string(),
-            Err(Error::Status { status, .. }) => status.to_string(),
+            Ok(answer) => answer.status.to_string(),
             Err(e) => e.reason().to_string(),
         };
         metrics.director_request(endpoint, &label, elapsed);
@@ -72,7 +72,7 @@ pub(crate) async fn send(req: Request<'_>) -> Result<Vec<u8>, Error> {
             Ok(_) => tracing::debug!(status = %label, "director request done"),
             Err(e) => tracing::debug!(error = %e, "director request failed"),
         }
-        result.map(|(_, body)| body)
+        result
     }
     .instrument(span)
     .await
@@ -83,19 +83,38 @@ async fn exchange(
     url: &str,
     builder: reqwest::RequestBuilder,
     max_body_bytes: usize,
-) -> Result<(u16, Vec<u8>), Error> {
+) -> Result<Answer, Error> {
     let transport = |e| Error::from_transport(endpoint, url.to_string(), e);
     let mut response = builder.send().await.map_err(transport)?;
     let status = response.status();
-    if !status.is_success() {
-        let detail = error_detail(&mut response).await;
-        return Err(Error::Status {
-            endpoint,
-            url: url.to_string(),
-            status: status.as_u16(),
-            detail,
-        });
-    }
+    let header = |name: reqwest::header::HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let content_type = header(reqwest::header::CONTENT_TYPE);
+    let location = header(reqwest::header::LOCATION);
+    let body = if status.is_success() {
+        success_body(&mut response, endpoint, url, max_body_bytes).await?
+    } else {
+        error_body(&mut response).await
+    };
+    Ok(Answer {
+        status: status.as_u16(),
+        content_type,
+        location,
+        body,
+    })
+}
+
+/// The whole body, refused once it exceeds `max_body_bytes`.
+async fn success_body(
+    response: &mut reqwest::Response,
+    endpoint: &'static str,
+    url: &str,
+    max_body_bytes: usize,
+) -> Result<Vec<u8>, Error> {
     let too_large = || Error::BodyTooLarge {
         endpoint,
         url: url.to_string(),
@@ -108,20 +127,24 @@ async fn exchange(
     // Content-Length is only a hint (chunked bodies have none), so the cap is enforced on
     // what actually arrives.
     let mut body = Vec::with_capacity(announced as usize);
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::from_transport(endpoint, url.to_string(), e))?
+    {
         if body.len() + chunk.len() > max_body_bytes {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((status.as_u16(), body))
+    Ok(body)
 }
 
-/// The start of an error response's body, printable characters only. Best effort: a body
-/// that cannot be read leaves the detail empty rather than hiding the status.
-async fn error_detail(response: &mut reqwest::Response) -> String {
+/// The start of an error answer's body. Best effort: a body that cannot be read is left
+/// short rather than hiding the status.
+async fn error_body(response: &mut reqwest::Response) -> Vec<u8> {
     let mut raw = Vec::new();
-    while raw.len() < ERROR_DETAIL_CHARS * 4 {
+    while raw.len() < ERROR_BODY_BYTES {
         match response.chunk().await {
             Ok(Some(chunk)) => raw.extend_from_slice(&chunk),
             Ok(None) => break,
@@ -131,13 +154,8 @@ async fn error_detail(response: &mut reqwest::Response) -> String {
             }
         }
     }
-    let text = String::from_utf8_lossy(&raw);
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(ERROR_DETAIL_CHARS)
-        .collect();
-    cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
+    raw.truncate(ERROR_BODY_BYTES);
+    raw
 }
 
 #[cfg(test)]

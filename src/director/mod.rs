@@ -13,11 +13,15 @@
 //!
 //! - `tls`: which CA file (or the system store) each pool trusts.
 //! - `auth`: the mode `/info` announces, basic credentials, the UAA token cache and JWT checks.
-//! - `http`: one request with its size cap, error classification, span and metrics.
+//! - `http`: one request with its size cap, transport-error classification, span and metrics.
+//! - `answer`: what each endpoint's answer (status, body) means — a value or an [`Error`].
 //! - `events`: [`Event`], [`EventsQuery`] and [`decode_events`] (§2.5).
 //! - `error`: [`Error`] (per fetch) and [`SettingsError`] (construction or missing credentials).
 
+mod answer;
 mod auth;
+#[cfg(test)]
+mod captured;
 mod error;
 mod events;
 mod http;
@@ -236,8 +240,8 @@ impl Client {
         if !pairs.is_empty() {
             url.query_pairs_mut().extend_pairs(pairs);
         }
-        let body = self.send_authenticated("events", &url, &auth).await?;
-        decode_with("events", &display_url(&url), &body, decode_events)
+        let answer = self.send_authenticated("events", &url, &auth).await?;
+        answer::events(&display_url(&url), &answer)
     }
 
     /// The deployment names alone: `GET /deployments` (with the cached auth mode, as
@@ -309,14 +313,8 @@ impl Client {
 
     async fn info(&self) -> Result<Mode, Error> {
         let url = self.endpoint_url(&["info"]);
-        let shown = display_url(&url);
-        let body = self.send_director("info", &url, None).await?;
-        let info: auth::Info = decode("info", &shown, &body)?;
-        info.mode().map_err(|detail| Error::Decode {
-            endpoint: "info",
-            url: shown,
-            detail,
-        })
+        let answer = self.send_director("info", &url, None).await?;
+        answer::info(&display_url(&url), &answer)
     }
 
     fn auth(&self, mode: Mode) -> Result<Auth<'_>, Error> {
@@ -351,8 +349,8 @@ impl Client {
             .append_pair("exclude_releases", "true")
             .append_pair("exclude_stemcells", "true")
             .append_pair("exclude_lock", "true");
-        let body = self.send_authenticated("deployments", &url, auth).await?;
-        decode_with("deployments", &display_url(&url), &body, decode_deployments)
+        let answer = self.send_authenticated("deployments", &url, auth).await?;
+        answer::deployments(&display_url(&url), &answer)
     }
 
     async fn vms(
@@ -362,13 +360,8 @@ impl Client {
         source: &'static str,
     ) -> Result<Refetched, Error> {
         let url = vms_url(&self.settings.url, deployment, source)?;
-        match self.send_authenticated("vms", &url, auth).await {
-            Ok(body) => {
-                decode_with("vms", &display_url(&url), &body, decode_vms).map(Refetched::Vms)
-            }
-            Err(Error::Status { status: 404, .. }) => Ok(Refetched::Gone),
-            Err(e) => Err(e),
-        }
+        let answer = self.send_authenticated("vms", &url, auth).await?;
+        answer::vms(&display_url(&url), &answer)
     }
 
     async fn send_authenticated(
@@ -376,7 +369,7 @@ impl Client {
         endpoint: &'static str,
         url: &url::Url,
         auth: &Auth<'_>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<answer::Answer, Error> {
         let credentials = match auth {
             Auth::Basic { user, password } => Credentials::Basic {
                 user: (*user).to_string(),
@@ -394,15 +387,17 @@ impl Client {
                 Credentials::Bearer(token)
             }
         };
-        let result = self.send_director(endpoint, url, Some(&credentials)).await;
-        if let Err(Error::Status { status: 401, .. }) = &result {
+        let answer = self
+            .send_director(endpoint, url, Some(&credentials))
+            .await?;
+        if answer.status == 401 {
             // The director may have changed how it authenticates: the next read asks `/info`.
             *lock(&self.mode) = None;
             if let Auth::Uaa { .. } = auth {
                 self.token.invalidate().await;
             }
         }
-        result
+        Ok(answer)
     }
 
     async fn send_director(
@@ -410,7 +405,7 @@ impl Client {
         endpoint: &'static str,
         url: &url::Url,
         credentials: Option<&Credentials>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<answer::Answer, Error> {
         let mut builder = self
             .director
             .get(url.clone())
@@ -471,6 +466,7 @@ impl Client {
             metrics: &self.metrics,
         })
         .await
+        .and_then(|answer| answer.into_success("uaa_token", &shown))
         .map_err(|e| Error::Auth {
             detail: format!("token request failed: {e}"),
         })?;
@@ -568,27 +564,6 @@ pub fn decode_deployments(body: &[u8]) -> Result<Vec<String>, serde_json::Error>
 /// what the client runs.
 pub fn decode_vms(body: &[u8]) -> Result<Vec<Vm>, serde_json::Error> {
     serde_json::from_slice(body)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    endpoint: &'static str,
-    url: &str,
-    body: &[u8],
-) -> Result<T, Error> {
-    decode_with(endpoint, url, body, |b| serde_json::from_slice(b))
-}
-
-fn decode_with<T, E: std::fmt::Display>(
-    endpoint: &'static str,
-    url: &str,
-    body: &[u8],
-    decoder: fn(&[u8]) -> Result<T, E>,
-) -> Result<T, Error> {
-    decoder(body).map_err(|e| Error::Decode {
-        endpoint,
-        url: url.to_string(),
-        detail: e.to_string(),
-    })
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder was doing (a cached
