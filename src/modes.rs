@@ -53,9 +53,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
         )
 }
 
-/// The metrics registry and the loop's health record (which updates the same metrics).
+/// The metrics registry — every error reason a pass can fail with exported at 0 from the
+/// start (§8) — and the loop's health record (which updates the same metrics).
 fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
-    let metrics = Arc::new(Metrics::with_build_info(BUILD));
+    let metrics = Arc::new(Metrics::with_build_info(BUILD, &report::ERROR_REASONS));
     let limit = Health::liveness_limit(
         config.poll_interval,
         config.backoff_max,

@@ -67,6 +67,17 @@ pub enum ReloadError {
 }
 
 impl ReloadError {
+    /// Every reason [`ReloadError::reason`] returns: the metrics export each from start-up
+    /// (§8).
+    pub const ALL_REASONS: [&'static str; 6] = [
+        "reload_pid",
+        "reload_permission",
+        "reload_signal",
+        "reload_monitor",
+        "reload_rejected",
+        "reload_not_included",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             ReloadError::PidFile { .. }
@@ -432,6 +443,85 @@ mod tests {
                 && e.contains("unable to signal: --signal reload=")
                 && e.contains("nats.pid"),
             "{e}"
+        );
+    }
+    /// The index of `e`'s variant. Exhaustive on purpose: a new variant does not compile
+    /// until it has an arm here (the next index, with `VARIANTS` raised) and a sample below.
+    fn variant(e: &ReloadError) -> usize {
+        match e {
+            ReloadError::PidFile { .. } => 0,
+            ReloadError::BadPid { .. } => 1,
+            ReloadError::NotRunning { .. } => 2,
+            ReloadError::NotPermitted { .. } => 3,
+            ReloadError::PidFileNotPermitted { .. } => 4,
+            ReloadError::Spawn { .. } => 5,
+            ReloadError::Command { .. } => 6,
+            ReloadError::Monitor { .. } => 7,
+            ReloadError::NotApplied { .. } => 8,
+            ReloadError::NotIncluded { .. } => 9,
+        }
+    }
+    const VARIANTS: usize = 10;
+
+    #[test]
+    fn all_reasons_lists_the_reason_of_every_variant() {
+        use std::collections::BTreeSet;
+        let path = PathBuf::from("/var/vcap/sys/run/nats/nats.pid");
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let samples = [
+            ReloadError::PidFile {
+                path: path.clone(),
+                source: io(),
+            },
+            ReloadError::BadPid {
+                path: path.clone(),
+                content: "garbage".into(),
+            },
+            ReloadError::NotRunning {
+                pid: 7,
+                path: path.clone(),
+                source: nix::Error::ESRCH,
+            },
+            ReloadError::NotPermitted {
+                pid: 7,
+                path: path.clone(),
+            },
+            ReloadError::PidFileNotPermitted { path },
+            ReloadError::Spawn {
+                executable: PathBuf::from("/var/vcap/packages/nats/bin/nats-server"),
+                source: io(),
+            },
+            ReloadError::Command {
+                command: "nats-server --signal reload".into(),
+                status: "exit status: 1".into(),
+                output: "no such process".into(),
+            },
+            ReloadError::Monitor {
+                url: "http://127.0.0.1:8222/varz".into(),
+                message: "connection refused".into(),
+            },
+            ReloadError::NotApplied {
+                before: "2026-11-22T01:00:00Z".into(),
+                waited: Duration::from_secs(5),
+            },
+            ReloadError::NotIncluded {
+                digest: "sha256:abc".into(),
+                auth_file: PathBuf::from("/var/vcap/data/nats/auth.json"),
+            },
+        ];
+        let variants: BTreeSet<usize> = samples.iter().map(variant).collect();
+        assert_eq!(
+            variants,
+            (0..VARIANTS).collect(),
+            "a sample of every variant"
+        );
+        let reasons: BTreeSet<&str> = samples.iter().map(ReloadError::reason).collect();
+        let listed: BTreeSet<&str> = ReloadError::ALL_REASONS.into_iter().collect();
+        assert_eq!(reasons, listed);
+        assert_eq!(
+            listed.len(),
+            ReloadError::ALL_REASONS.len(),
+            "no reason twice"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Observability end to end (§7, §8, §9): the real binary against the simulated director
-//! and a real nats-server — metric values after real passes, `promtool check metrics`,
+//! and a real nats-server — every series known in advance exported from start-up, metric
+//! values after real passes, `promtool check metrics`,
 //! `/healthz` and `/readyz` through failures, no secret in any output, OTLP span export to
 //! an in-process collector, the log file under logrotate's copytruncate, JSON log lines.
 
@@ -345,6 +346,197 @@ async fn metrics_hold_the_values_of_real_passes() {
     );
     assert!(env.auth_text().contains(D), "{}", env.auth_text());
     promtool_check(&after.text);
+}
+
+// ---------------------------------------------------------------------------------------
+// Every series from start-up (§8).
+
+/// Every series a fresh process exports before its first pass has ended, with its value:
+/// every label value known in advance at 0 (the watch state's gauge at 1 for `off`). The one
+/// place this test lists them, built from the lists the program itself presets — the error
+/// enums' reasons, the metrics crate's label enums and constants — so neither can drift.
+fn series_from_start_up() -> Vec<(String, f64)> {
+    use bosh_nats_sync::pass::report::ERROR_REASONS;
+    use monitoring::{
+        Metrics, PassKind, PassResult, ReloadResult, SkipReason, SubjectKind, UserKind, WatchState,
+    };
+    let labelled = |name: &str, label: &str, values: Vec<&str>| -> Vec<(String, f64)> {
+        values
+            .into_iter()
+            .map(|v| (format!("bosh_nats_sync_{name}{{{label}=\"{v}\"}}"), 0.0))
+            .collect()
+    };
+    let mut all = Vec::new();
+    all.extend(labelled(
+        "passes_total",
+        "result",
+        PassResult::ALL.map(PassResult::as_str).to_vec(),
+    ));
+    all.extend(labelled("errors_total", "reason", ERROR_REASONS.to_vec()));
+    all.extend(labelled(
+        "desired_users",
+        "kind",
+        UserKind::ALL.map(UserKind::as_str).to_vec(),
+    ));
+    all.extend(labelled(
+        "skipped_vms_total",
+        "reason",
+        SkipReason::ALL.map(SkipReason::as_str).to_vec(),
+    ));
+    all.extend(labelled(
+        "subjects_rejected_total",
+        "kind",
+        SubjectKind::ALL.map(SubjectKind::as_str).to_vec(),
+    ));
+    all.extend(labelled(
+        "reloads_total",
+        "result",
+        ReloadResult::ALL.map(ReloadResult::as_str).to_vec(),
+    ));
+    all.extend(labelled(
+        "uaa_token_fetches_total",
+        "result",
+        Metrics::UAA_TOKEN_RESULTS.to_vec(),
+    ));
+    all.extend(labelled(
+        "watch_state_changes_total",
+        "state",
+        WatchState::ALL.map(WatchState::as_str).to_vec(),
+    ));
+    all.extend(labelled(
+        "watch_passes_total",
+        "kind",
+        PassKind::ALL.map(PassKind::as_str).to_vec(),
+    ));
+    all.extend(WatchState::ALL.map(|s| {
+        (
+            format!("bosh_nats_sync_watch_state{{state=\"{}\"}}", s.as_str()),
+            if s == WatchState::Off { 1.0 } else { 0.0 },
+        )
+    }));
+    all.extend(Metrics::DIRECTOR_ENDPOINTS.map(|e| {
+        (
+            format!(
+                "bosh_nats_sync_director_requests_total{{endpoint=\"{e}\",status=\"{}\"}}",
+                Metrics::DIRECTOR_SUCCESS_STATUS
+            ),
+            0.0,
+        )
+    }));
+    all.extend(
+        [
+            "auth_file_writes_total",
+            "held_passes_total",
+            "last_success_timestamp_seconds",
+            "consecutive_failures",
+            "observed_users",
+            "watch_events_read_total",
+            "watch_unannounced_changes_total",
+            "watch_admission_latency_seconds_count",
+        ]
+        .map(|name| (format!("bosh_nats_sync_{name}"), 0.0)),
+    );
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_known_series_is_exported_from_start_up() {
+    let expected = series_from_start_up();
+    // Built from the program's lists; these literal ones must be among them, so that an
+    // emptied list cannot pass unnoticed.
+    for literal in [
+        r#"bosh_nats_sync_errors_total{reason="connection"}"#,
+        r#"bosh_nats_sync_errors_total{reason="unauthorized"}"#,
+        r#"bosh_nats_sync_errors_total{reason="auth_file_write"}"#,
+        r#"bosh_nats_sync_errors_total{reason="reload_rejected"}"#,
+        r#"bosh_nats_sync_errors_total{reason="pass_timeout"}"#,
+        r#"bosh_nats_sync_passes_total{result="error"}"#,
+        r#"bosh_nats_sync_reloads_total{result="failed"}"#,
+        r#"bosh_nats_sync_skipped_vms_total{reason="invalid_agent_id"}"#,
+        r#"bosh_nats_sync_desired_users{kind="agent"}"#,
+        r#"bosh_nats_sync_director_requests_total{endpoint="vms",status="200"}"#,
+        r#"bosh_nats_sync_director_requests_total{endpoint="uaa_token",status="200"}"#,
+        r#"bosh_nats_sync_watch_state{state="failing"}"#,
+        r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
+    ] {
+        assert!(
+            expected.iter().any(|(series, _)| series == literal),
+            "{literal} is not among the series expected from start-up"
+        );
+    }
+
+    let env = Env::start(Auth::Uaa, vec![Vm::agent(A).permanent(true)]).await;
+    let base = env.write_config_http(60.0, &[], "");
+    // A converged auth file (one `once` before), so that the run writes and reloads nothing
+    // before it asks the director (no bootstrap users: the file holds users).
+    env.once(true).await;
+    // The director holds every `/info` longer than the test lasts: the run's first pass
+    // cannot end — neither succeed nor fail — while the test looks.
+    env.director
+        .set_fault(Endpoint::Info, Fault::delay(Duration::from_secs(600)));
+    let _running = env.spawn_run();
+    until(WITHIN, "the control loop to start", || async {
+        scrape(&base).await?;
+        ensure(env.log().contains("bosh-nats-sync starting"), || {
+            "no start-up line in the log yet".into()
+        })
+    })
+    .await;
+
+    let m = scrape(&base).await.unwrap();
+    // Taken before any pass or poll of the event log ended: /status, read after the scrape,
+    // has no last pass and a watch that has not reported.
+    let (_, body) = get(&base, "/status").await.unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["last_pass"].is_null()
+            && status["watch"]["state"] == "off"
+            && status["watch"]["events_read_at"].is_null(),
+        "the scrape must come before the first pass or poll ends: {status}\n{}",
+        env.diagnostics()
+    );
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter_map(|(series, want)| {
+            let got = m.text.lines().find_map(|l| {
+                l.strip_prefix(series.as_str())?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            });
+            (got != Some(*want)).then(|| format!("{series}: {got:?}, want {want}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "series not exported as expected from start-up:\n{}\n--- /metrics:\n{}",
+        wrong.join("\n"),
+        m.text
+    );
+    // Nothing more in the preset families: every reason and endpoint is a listed one.
+    for family in [
+        "bosh_nats_sync_errors_total{",
+        "bosh_nats_sync_director_requests_total{",
+    ] {
+        let extra: Vec<&str> = m
+            .text
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .filter(|l| {
+                !expected
+                    .iter()
+                    .any(|(s, _)| l.starts_with(&format!("{s} ")))
+            })
+            .collect();
+        assert!(extra.is_empty(), "unlisted series {extra:?}\n{}", m.text);
+    }
+    assert_eq!(
+        m.sum("bosh_nats_sync_build_info", &[]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    promtool_check(&m.text);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 //! package `prometheus`) scrapes the real binary every second while it runs against the
 //! simulated director (UAA) and a real nats-server, with the shipped alert rules loaded on a
 //! time scale where a minute of the rules is a second (see [`scaled_rules`]). Through
-//! Prometheus's HTTP API the test checks that the target is up, that every rule evaluates
-//! without error, that every query of the dashboard returns data, that the outage alerts fire
-//! while the director is down and resolve when it returns, and that the reload alert fires on
-//! a reload nats-server rejects.
+//! Prometheus's HTTP API the test checks that the target is up and every rule evaluates
+//! without error; that on the healthy process, before any failure, every query of the
+//! dashboard returns data (the error panel with every known reason at 0) and every rule has
+//! series to compare (§8: every label value known in advance exists from start-up); that the
+//! outage alerts fire while the director is down and resolve when it returns; that the reload
+//! alert fires on a reload nats-server rejects; and that the dashboard's queries still return
+//! data after those failures.
 //!
 //! The binary is found as `$PROMETHEUS`, else `prometheus` on `PATH`; without it the test
 //! fails (it never skips).
@@ -17,6 +20,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bosh_nats_sync::pass::report::ERROR_REASONS;
 use common::{Auth, Env, http};
 use serde_json::Value;
 use sim::director::Vm;
@@ -654,6 +658,212 @@ fn workspace_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// Every alert rule of a rules file: its name and expression.
+fn rule_exprs(rules: &str) -> Vec<(String, String)> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(rules).expect("the rules are YAML");
+    doc["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .filter_map(|r| {
+            Some((
+                r["alert"].as_str()?.to_owned(),
+                r["expr"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The expression with `bool` after every comparison operator (outside strings, label
+/// matchers and brackets) that has none: a filter (`x > 0`, which keeps only the series that
+/// hold) becomes a 0 or 1 for every series compared, so the result shows which series the
+/// rule has at all.
+fn with_bool(expr: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(expr.len() + 16);
+    let mut chars = expr.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    // Inside `{…}` (label matchers, where `!=` is no comparison) or `[…]` (durations).
+    let mut closing: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        out.push(c);
+        if let Some(q) = quote {
+            if c == '\\' && q != '`' {
+                if let Some((_, escaped)) = chars.next() {
+                    out.push(escaped);
+                }
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '{' if closing.is_none() => closing = Some('}'),
+            '[' if closing.is_none() => closing = Some(']'),
+            _ if Some(c) == closing => closing = None,
+            _ if closing.is_some() => {}
+            '=' | '!' | '<' | '>' => {
+                let next = chars.peek().map(|(_, n)| *n);
+                let operator = match (c, next) {
+                    ('=' | '!' | '<' | '>', Some('=')) => {
+                        out.push('=');
+                        chars.next();
+                        true
+                    }
+                    ('<' | '>', _) => true,
+                    _ => false,
+                };
+                if !operator {
+                    return Err(format!("a stray `{c}` at {i} in `{expr}`"));
+                }
+                let rest = &expr[chars.peek().map_or(expr.len(), |(j, _)| *j)..];
+                let has_bool = rest.trim_start().strip_prefix("bool").is_some_and(|after| {
+                    !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                });
+                if !has_bool {
+                    out.push_str(" bool");
+                    if !rest.starts_with(char::is_whitespace) {
+                        out.push(' ');
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() || closing.is_some() {
+        return Err(format!("an unclosed string, `{{` or `[` in `{expr}`"));
+    }
+    Ok(out)
+}
+
+#[test]
+fn with_bool_turns_every_comparison_into_a_value() {
+    let ok = |expr: &str| with_bool(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    assert_eq!(ok("x > 0"), "x > bool 0");
+    assert_eq!(ok("time() - t >= 15"), "time() - t >= bool 15");
+    assert_eq!(ok("x >= bool 5"), "x >= bool 5");
+    assert_eq!(ok("max(x) == 1"), "max(x) == bool 1");
+    assert_eq!(ok("x<1"), "x< bool 1");
+    assert_eq!(ok("x > boolean_y"), "x > bool boolean_y");
+    assert_eq!(
+        ok(r#"increase(x{a!="b",c=~"d|e>f"}[15s]) > 0 or rate(y{r="no"}[5s]) != 0"#),
+        r#"increase(x{a!="b",c=~"d|e>f"}[15s]) > bool 0 or rate(y{r="no"}[5s]) != bool 0"#
+    );
+    assert_eq!(
+        ok("min_over_time(rate(x[5s])[60s:5s]) <= 0"),
+        "min_over_time(rate(x[5s])[60s:5s]) <= bool 0"
+    );
+    for bad in ["x = 1", r#"x{a="b} > 0"#, "rate(x[5s) > 0"] {
+        assert!(with_bool(bad).is_err(), "{bad} must be refused");
+    }
+}
+
+/// The dashboard's query variables, as [`panels_return_data`] fills them in for this target.
+fn variables(target: &str) -> [(&'static str, String, String); 2] {
+    [
+        ("job", grafana_regex_escape(JOB), JOB.to_owned()),
+        ("instance", grafana_regex_escape(target), target.to_owned()),
+    ]
+}
+
+/// `text` with the dashboard's variables and `$__rate_interval` filled in.
+fn resolve(text: &str, target: &str) -> String {
+    let mut text = substitute(text, "__rate_interval", RATE_INTERVAL);
+    for (name, escaped, _) in &variables(target) {
+        text = substitute(&text, name, escaped);
+    }
+    text
+}
+
+/// The dashboard's query variables (`job`, `instance`) offer this target's values.
+async fn dashboard_variables_find_the_target(prom: &Prometheus, dashboard: &Value, target: &str) {
+    let variables = variables(target);
+    let mut checked_variables = BTreeSet::new();
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let name = variable["name"].as_str().expect("a variable has a name");
+        let definition = variable["definition"].as_str().unwrap_or_default();
+        let (selector, label) = label_values(definition).unwrap_or_else(|| {
+            panic!("variable {name}: want a definition label_values(SELECTOR, LABEL), got {definition:?}")
+        });
+        let (_, _, want) = variables
+            .iter()
+            .find(|(n, _, _)| *n == label)
+            .unwrap_or_else(|| panic!("variable {name} lists label {label}, not job or instance"));
+        let selector = resolve(selector, target);
+        let series = prom
+            .api("/api/v1/series", &[("match[]", selector.as_str())])
+            .await
+            .unwrap_or_else(|e| panic!("variable {name}: {e}"));
+        let values: BTreeSet<&str> = series
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s[label].as_str())
+            .collect();
+        assert!(
+            values.contains(want.as_str()),
+            "variable {name} ({definition}) offers {values:?}, not {want}"
+        );
+        checked_variables.insert(name.to_owned());
+    }
+    assert_eq!(
+        checked_variables,
+        BTreeSet::from(["instance".to_owned(), "job".to_owned()]),
+        "the dashboard's query variables"
+    );
+}
+
+/// Each panel's query returns data, every value a number (polling each, as a rate needs a
+/// second scrape); `when` names the moment in failure messages. Returns how many queries.
+async fn panels_return_data(
+    env: &Env,
+    prom: &Prometheus,
+    dashboard: &Value,
+    target: &str,
+    when: &str,
+) -> usize {
+    let mut queries = 0;
+    for panel in panels(dashboard) {
+        let title = panel["title"].as_str().unwrap_or("(untitled)");
+        for query in panel["targets"].as_array().into_iter().flatten() {
+            let expr = query["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {title:?}: a target without expr: {query}"));
+            let promql = resolve(expr, target);
+            assert!(
+                !promql.contains('$'),
+                "panel {title:?}: an unknown template variable in {promql}"
+            );
+            let what = format!(
+                "panel {title:?} query {} to return data {when}",
+                query["refId"]
+            );
+            wait_for(env, prom, WITHIN, &what, || async {
+                let samples = prom.query(&promql).await?;
+                ensure(!samples.is_empty(), || format!("no series for {promql}"))?;
+                ensure(all_finite(&samples), || {
+                    format!("a value that is not a number for {promql}: {samples:?}")
+                })
+            })
+            .await;
+            queries += 1;
+        }
+    }
+    assert!(
+        queries >= 20,
+        "only {queries} panel queries in the dashboard"
+    );
+    queries
+}
+
 // ---------------------------------------------------------------------------------------
 // The test.
 
@@ -785,6 +995,80 @@ async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
     )
     .await;
 
+    // --- Healthy, nothing failed yet: every series a panel or a rule reads is there (§8).
+    // The dashboard's variables find this job and instance, and every panel's query returns
+    // data — the error panel included, with every reason at 0.
+    dashboard_variables_find_the_target(prom, &dashboard, &target).await;
+    panels_return_data(env, prom, &dashboard, &target, "while healthy").await;
+    let errors_panel = panels(&dashboard)
+        .into_iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .find(|expr| expr.contains("bosh_nats_sync_errors_total"))
+        .map(|expr| resolve(expr, &target))
+        .expect("the dashboard has a panel of bosh_nats_sync_errors_total");
+    let reasons = prom
+        .query(&errors_panel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let by_reason: BTreeMap<&str, &str> = reasons
+        .iter()
+        .filter_map(|s| Some((s["metric"]["reason"].as_str()?, s["value"][1].as_str()?)))
+        .collect();
+    let want: BTreeMap<&str, &str> = ERROR_REASONS.iter().map(|r| (*r, "0")).collect();
+    assert_eq!(
+        by_reason, want,
+        "the error panel ({errors_panel}) while healthy: every reason the program knows, at 0"
+    );
+    for literal in [
+        "connection",
+        "unauthorized",
+        "reload_rejected",
+        "pass_timeout",
+    ] {
+        assert!(want.contains_key(literal), "{literal} is a known reason");
+    }
+    // Every endpoint the client used is a preset one: with UAA and the watch, all of them.
+    let endpoints = prom
+        .query(&format!(
+            "sum by (endpoint) (increase(bosh_nats_sync_director_requests_total{{job=\"{JOB}\"}}[{RATE_INTERVAL}])) > 0"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let used: BTreeSet<&str> = endpoints
+        .iter()
+        .filter_map(|s| s["metric"]["endpoint"].as_str())
+        .collect();
+    let listed: BTreeSet<&str> = monitoring::Metrics::DIRECTOR_ENDPOINTS
+        .into_iter()
+        .collect();
+    assert!(
+        used.is_subset(&listed) && used.contains("uaa_token") && used.contains("events"),
+        "endpoints requested {used:?}, preset {listed:?}"
+    );
+    // Every alert rule, its comparisons made `bool`: each has series to compare — its
+    // `increase(…)` and `rate(…)` over real zeros, not over nothing — and none holds.
+    wait_for(
+        env,
+        prom,
+        WITHIN,
+        "every rule to compare real series, none of them true",
+        || async {
+            for (name, expr) in rule_exprs(&rules) {
+                let promql = with_bool(&expr)?;
+                let samples = prom.query(&promql).await?;
+                ensure(!samples.is_empty(), || {
+                    format!("rule {name}: no series for {promql}")
+                })?;
+                ensure(samples.iter().all(|s| s["value"][1] == "0"), || {
+                    format!("rule {name} holds: {promql} = {samples:?}")
+                })?;
+            }
+            Ok(())
+        },
+    )
+    .await;
+
     // --- The director goes down: the outage alerts fire, with the target's labels.
     env.director.set_down(true);
     let active = wait_for(
@@ -893,87 +1177,9 @@ async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
         "nats-server rejected the file, so it still serves the previous users"
     );
 
-    // --- The dashboard: its variables find this job and instance, and each panel's query
-    // returns data, every value a number.
-    let variables = [
-        ("job", grafana_regex_escape(JOB), JOB.to_owned()),
-        ("instance", grafana_regex_escape(&target), target.clone()),
-    ];
-    let resolve = |text: &str| {
-        let mut text = substitute(text, "__rate_interval", RATE_INTERVAL);
-        for (name, escaped, _) in &variables {
-            text = substitute(&text, name, escaped);
-        }
-        text
-    };
-    let mut checked_variables = BTreeSet::new();
-    for variable in dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if variable["type"] != "query" {
-            continue;
-        }
-        let name = variable["name"].as_str().expect("a variable has a name");
-        let definition = variable["definition"].as_str().unwrap_or_default();
-        let (selector, label) = label_values(definition).unwrap_or_else(|| {
-            panic!("variable {name}: want a definition label_values(SELECTOR, LABEL), got {definition:?}")
-        });
-        let (_, _, want) = variables
-            .iter()
-            .find(|(n, _, _)| *n == label)
-            .unwrap_or_else(|| panic!("variable {name} lists label {label}, not job or instance"));
-        let selector = resolve(selector);
-        let series = prom
-            .api("/api/v1/series", &[("match[]", selector.as_str())])
-            .await
-            .unwrap_or_else(|e| panic!("variable {name}: {e}"));
-        let values: BTreeSet<&str> = series
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s[label].as_str())
-            .collect();
-        assert!(
-            values.contains(want.as_str()),
-            "variable {name} ({definition}) offers {values:?}, not {want}"
-        );
-        checked_variables.insert(name.to_owned());
-    }
-    assert_eq!(
-        checked_variables,
-        BTreeSet::from(["instance".to_owned(), "job".to_owned()]),
-        "the dashboard's query variables"
-    );
-    let mut queries = 0;
-    for panel in panels(&dashboard) {
-        let title = panel["title"].as_str().unwrap_or("(untitled)");
-        for query in panel["targets"].as_array().into_iter().flatten() {
-            let expr = query["expr"]
-                .as_str()
-                .unwrap_or_else(|| panic!("panel {title:?}: a target without expr: {query}"));
-            let promql = resolve(expr);
-            assert!(
-                !promql.contains('$'),
-                "panel {title:?}: an unknown template variable in {promql}"
-            );
-            let what = format!("panel {title:?} query {} to return data", query["refId"]);
-            wait_for(env, prom, WITHIN, &what, || async {
-                let samples = prom.query(&promql).await?;
-                ensure(!samples.is_empty(), || format!("no series for {promql}"))?;
-                ensure(all_finite(&samples), || {
-                    format!("a value that is not a number for {promql}: {samples:?}")
-                })
-            })
-            .await;
-            queries += 1;
-        }
-    }
-    assert!(
-        queries >= 20,
-        "only {queries} panel queries in the dashboard"
-    );
+    // --- After the failures, every panel still returns data (the error panel now with the
+    // reasons that occurred above 0).
+    let queries = panels_return_data(env, prom, &dashboard, &target, "after the failures").await;
 
     // Through all of that, every rule kept evaluating without error.
     rules_evaluate_cleanly(prom, &expected_rules)

@@ -5,6 +5,16 @@
 //! an agent id or anything else unbounded. The pass, write and reload metrics are recorded
 //! through [`crate::Health`], which keeps `/status` and the metrics in step; everything
 //! else is recorded here directly.
+//!
+//! Every counter and gauge whose label values are known in advance is exported with each of
+//! them from start-up, at 0 (§8): a healthy process already has the series that alert rules
+//! and dashboard panels query, so `rate(bosh_nats_sync_errors_total[5m])` is 0, not "no
+//! data". The enums below, [`Metrics::DIRECTOR_ENDPOINTS`], [`Metrics::UAA_TOKEN_RESULTS`]
+//! and the error reasons the program passes to [`Metrics::with_build_info`] are those
+//! values. Not known in advance, so absent until they occur: an HTTP status other than the
+//! success one (`200`) and the error classes of director requests. Histograms by label are
+//! not preset either: a zero-count histogram has no latency to show (its quantiles are NaN),
+//! and how often the thing happened is in the matching counter, which is.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -224,8 +234,9 @@ impl BuildInfo {
 }
 
 /// Every metric the program exports, each registered exactly once in `registry` (so
-/// [`Metrics::render`] shows them all). Counters whose label values form a closed set are
-/// created for every value at start, so a query sees `0` rather than no series.
+/// [`Metrics::render`] shows them all). Counters and gauges whose label values form a closed
+/// set are created for every value at start, so a query sees `0` rather than no series (see
+/// the module's documentation for what is not).
 pub struct Metrics {
     registry: Registry,
     passes: IntCounterVec,
@@ -311,13 +322,34 @@ fn register(registry: &Registry, c: impl Collector + 'static) {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric and [`BuildInfo::UNKNOWN`].
+    /// The `endpoint` label of `bosh_nats_sync_director_requests_total` and
+    /// `bosh_nats_sync_director_request_duration_seconds`: the requests the director client
+    /// makes (`events` is the watch's read of the event log, §6.6; `uaa_token` the
+    /// client-credentials grant at UAA).
+    pub const DIRECTOR_ENDPOINTS: [&'static str; 5] =
+        ["info", "deployments", "vms", "events", "uaa_token"];
+
+    /// The `status` of a request every endpoint answers when it succeeds, the one status
+    /// known in advance: `bosh_nats_sync_director_requests_total` has it for every endpoint
+    /// from start-up. Other statuses and the error classes appear when they first occur.
+    pub const DIRECTOR_SUCCESS_STATUS: &'static str = "200";
+
+    /// The `result` label of `bosh_nats_sync_uaa_token_fetches_total`.
+    pub const UAA_TOKEN_RESULTS: [&'static str; 2] = ["ok", "error"];
+
+    /// A fresh registry with every metric, [`BuildInfo::UNKNOWN`] and no error reason known
+    /// in advance (for tests and tools; the program names its own, see
+    /// [`Metrics::with_build_info`]).
     pub fn new() -> Self {
-        Self::with_build_info(BuildInfo::UNKNOWN)
+        Self::with_build_info(BuildInfo::UNKNOWN, &[])
     }
 
-    /// A fresh registry with every metric; `build` fills `bosh_nats_sync_build_info`.
-    pub fn with_build_info(build: BuildInfo) -> Self {
+    /// A fresh registry with every metric; `build` fills `bosh_nats_sync_build_info`, and
+    /// `bosh_nats_sync_errors_total` starts with each of `error_reasons` at 0. They must be
+    /// every reason a failed pass can be counted under (the program's error types list theirs),
+    /// so that no reason first appears when it first happens; this crate does not know the
+    /// program's errors.
+    pub fn with_build_info(build: BuildInfo, error_reasons: &[&'static str]) -> Self {
         let registry = Registry::new();
         let r = &registry;
 
@@ -459,8 +491,15 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         );
 
+        // Every label value known in advance, at 0 (§8); the watch state's gauge shows `off`.
         for result in PassResult::ALL {
             passes.with_label_values(&[result.as_str()]);
+        }
+        for reason in error_reasons {
+            errors.with_label_values(&[reason]);
+        }
+        for kind in UserKind::ALL {
+            desired_users.with_label_values(&[kind.as_str()]);
         }
         for reason in SkipReason::ALL {
             skipped_vms.with_label_values(&[reason.as_str()]);
@@ -471,7 +510,10 @@ impl Metrics {
         for result in ReloadResult::ALL {
             reloads.with_label_values(&[result.as_str()]);
         }
-        for result in ["ok", "error"] {
+        for endpoint in Self::DIRECTOR_ENDPOINTS {
+            director_requests.with_label_values(&[endpoint, Self::DIRECTOR_SUCCESS_STATUS]);
+        }
+        for result in Self::UAA_TOKEN_RESULTS {
             uaa_token_fetches.with_label_values(&[result]);
         }
         for state in WatchState::ALL {
@@ -511,10 +553,10 @@ impl Metrics {
         }
     }
 
-    /// One request to the director or UAA. `endpoint` is one of `info`, `deployments`, `vms`,
-    /// `uaa_token`; `status` is the HTTP status code ("200", "404") or an error class
-    /// ("connection", "tls", "timeout"). Both must come from a fixed set: never a URL or a
-    /// deployment name.
+    /// One request to the director or UAA. `endpoint` is one of
+    /// [`Metrics::DIRECTOR_ENDPOINTS`]; `status` is the HTTP status code ("200", "404") or an
+    /// error class ("connection", "tls", "timeout"). Both must come from a fixed set: never a
+    /// URL or a deployment name.
     pub fn director_request(&self, endpoint: &str, status: &str, elapsed: Duration) {
         self.director_requests
             .with_label_values(&[endpoint, status])
@@ -524,7 +566,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// One UAA token fetch; `result` is `ok` or `error`.
+    /// One UAA token fetch; `result` is one of [`Metrics::UAA_TOKEN_RESULTS`] (`ok`, `error`).
     pub fn uaa_token_fetch(&self, result: &str) {
         self.uaa_token_fetches.with_label_values(&[result]).inc();
     }
@@ -683,47 +725,147 @@ mod tests {
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
     }
 
+    /// Every series of a closed label set, as rendered (`name{label="value"}`), that a fresh
+    /// registry must export at 0.
+    fn preset_at_zero(error_reasons: &[&str]) -> Vec<String> {
+        let series = |name: &str, label: &str, values: &mut dyn Iterator<Item = &str>| {
+            values
+                .map(|v| format!(r#"bosh_nats_sync_{name}{{{label}="{v}"}}"#))
+                .collect::<Vec<_>>()
+        };
+        let mut all = Vec::new();
+        all.extend(series(
+            "passes_total",
+            "result",
+            &mut PassResult::ALL.iter().map(|r| r.as_str()),
+        ));
+        all.extend(series(
+            "errors_total",
+            "reason",
+            &mut error_reasons.iter().copied(),
+        ));
+        all.extend(series(
+            "desired_users",
+            "kind",
+            &mut UserKind::ALL.iter().map(|k| k.as_str()),
+        ));
+        all.extend(series(
+            "skipped_vms_total",
+            "reason",
+            &mut SkipReason::ALL.iter().map(|r| r.as_str()),
+        ));
+        all.extend(series(
+            "subjects_rejected_total",
+            "kind",
+            &mut SubjectKind::ALL.iter().map(|k| k.as_str()),
+        ));
+        all.extend(series(
+            "reloads_total",
+            "result",
+            &mut ReloadResult::ALL.iter().map(|r| r.as_str()),
+        ));
+        all.extend(series(
+            "uaa_token_fetches_total",
+            "result",
+            &mut Metrics::UAA_TOKEN_RESULTS.into_iter(),
+        ));
+        all.extend(series(
+            "watch_state_changes_total",
+            "state",
+            &mut WatchState::ALL.iter().map(|s| s.as_str()),
+        ));
+        all.extend(series(
+            "watch_passes_total",
+            "kind",
+            &mut PassKind::ALL.iter().map(|k| k.as_str()),
+        ));
+        all.extend(Metrics::DIRECTOR_ENDPOINTS.iter().map(|e| {
+            format!(
+                r#"bosh_nats_sync_director_requests_total{{endpoint="{e}",status="{}"}}"#,
+                Metrics::DIRECTOR_SUCCESS_STATUS
+            )
+        }));
+        all.extend(
+            [
+                "auth_file_writes_total",
+                "held_passes_total",
+                "last_success_timestamp_seconds",
+                "consecutive_failures",
+                "observed_users",
+                "watch_events_read_total",
+                "watch_unannounced_changes_total",
+                "watch_admission_latency_seconds_count",
+            ]
+            .map(|name| format!("bosh_nats_sync_{name}")),
+        );
+        all
+    }
+
     #[test]
     fn closed_label_sets_start_at_zero() {
-        let text = Metrics::new().render();
-        for (series, value) in [
-            (r#"bosh_nats_sync_passes_total{result="changed"}"#, "0"),
-            (r#"bosh_nats_sync_passes_total{result="error"}"#, "0"),
-            (r#"bosh_nats_sync_reloads_total{result="unverified"}"#, "0"),
-            (
-                r#"bosh_nats_sync_skipped_vms_total{reason="duplicate"}"#,
-                "0",
-            ),
-            (r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#, "0"),
-            (
-                r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
-                "0",
-            ),
-            ("bosh_nats_sync_auth_file_writes_total", "0"),
-            ("bosh_nats_sync_held_passes_total", "0"),
-            ("bosh_nats_sync_last_success_timestamp_seconds", "0"),
-            ("bosh_nats_sync_consecutive_failures", "0"),
-            (
-                r#"bosh_nats_sync_watch_state_changes_total{state="healthy"}"#,
-                "0",
-            ),
-            (r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#, "0"),
-            ("bosh_nats_sync_watch_events_read_total", "0"),
-            ("bosh_nats_sync_watch_unannounced_changes_total", "0"),
-            ("bosh_nats_sync_watch_admission_latency_seconds_count", "0"),
-        ] {
-            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        let reasons = ["connection", "reload_rejected", "pass_timeout"];
+        let text = Metrics::with_build_info(BuildInfo::UNKNOWN, &reasons).render();
+        let expected = preset_at_zero(&reasons);
+        for series in &expected {
+            assert_eq!(sample(&text, series), Some("0"), "{series} in\n{text}");
         }
-        // Gauges of values only a pass can know are absent rather than a misleading 0.
-        assert!(!text.contains("bosh_nats_sync_desired_users{"), "{text}");
+        // The list above is built from the enums; a few literal names, should they be emptied.
+        for series in [
+            r#"bosh_nats_sync_passes_total{result="error"}"#,
+            r#"bosh_nats_sync_errors_total{reason="pass_timeout"}"#,
+            r#"bosh_nats_sync_desired_users{kind="agent_bootstrap"}"#,
+            r#"bosh_nats_sync_reloads_total{result="unverified"}"#,
+            r#"bosh_nats_sync_skipped_vms_total{reason="duplicate"}"#,
+            r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#,
+            r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
+            r#"bosh_nats_sync_director_requests_total{endpoint="uaa_token",status="200"}"#,
+            r#"bosh_nats_sync_director_requests_total{endpoint="events",status="200"}"#,
+            r#"bosh_nats_sync_watch_state_changes_total{state="blind"}"#,
+            r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
+        ] {
+            assert!(expected.iter().any(|s| s == series), "{series} is preset");
+        }
+        // Exactly the reasons given: the registry invents none.
+        let errors = text
+            .lines()
+            .filter(|l| l.starts_with("bosh_nats_sync_errors_total{"))
+            .count();
+        assert_eq!(errors, reasons.len(), "{text}");
+        // No other status is known in advance; no latency before a request or a pass.
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("bosh_nats_sync_director_requests_total{"))
+                .count(),
+            Metrics::DIRECTOR_ENDPOINTS.len(),
+            "{text}"
+        );
+        for histogram in [
+            "bosh_nats_sync_pass_duration_seconds_count{",
+            "bosh_nats_sync_director_request_duration_seconds_count{",
+        ] {
+            assert!(!text.contains(histogram), "{histogram} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_reasons_no_error_series_is_made_up() {
+        let text = Metrics::new().render();
+        assert!(!text.contains("bosh_nats_sync_errors_total{"), "{text}");
+        assert_eq!(
+            sample(&text, r#"bosh_nats_sync_passes_total{result="error"}"#),
+            Some("0")
+        );
     }
 
     #[test]
     fn build_info_is_one_with_its_labels() {
-        let m = Metrics::with_build_info(BuildInfo {
-            version: "1.2.3",
-            revision: "abc123",
-        });
+        let m = Metrics::with_build_info(
+            BuildInfo {
+                version: "1.2.3",
+                revision: "abc123",
+            },
+            &[],
+        );
         let text = m.render();
         assert_eq!(
             sample(

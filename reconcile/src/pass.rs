@@ -117,11 +117,19 @@ pub enum Failure<E> {
 }
 
 impl<E> Failure<E> {
+    /// The reason of [`Failure::Failed`] (a caller with a finer one asks the inner error).
+    pub const FAILED_REASON: &'static str = "reconcile_failed";
+    /// The reason of [`Failure::Timeout`].
+    pub const TIMEOUT_REASON: &'static str = "pass_timeout";
+    /// Every reason [`Failure::reason`] returns, for metrics that export each label value
+    /// from start-up.
+    pub const ALL_REASONS: [&'static str; 2] = [Self::FAILED_REASON, Self::TIMEOUT_REASON];
+
     /// A short, fixed label for metrics. For `Failed`, ask the inner error for a finer one.
     pub fn reason(&self) -> &'static str {
         match self {
-            Failure::Failed(_) => "reconcile_failed",
-            Failure::Timeout(_) => "pass_timeout",
+            Failure::Failed(_) => Self::FAILED_REASON,
+            Failure::Timeout(_) => Self::TIMEOUT_REASON,
         }
     }
 }
@@ -208,5 +216,28 @@ mod tests {
         assert_eq!(failed.to_string(), "boom");
         let timeout: Failure<std::io::Error> = Failure::Timeout(Duration::from_secs(300));
         assert_eq!(timeout.reason(), "pass_timeout");
+    }
+
+    /// The index of `f`'s variant. Exhaustive on purpose: a new variant does not compile
+    /// until it has an arm here (the next index, with `VARIANTS` raised) and a sample below.
+    fn variant(f: &Failure<()>) -> usize {
+        match f {
+            Failure::Failed(()) => 0,
+            Failure::Timeout(_) => 1,
+        }
+    }
+    const VARIANTS: usize = 2;
+
+    #[test]
+    fn all_reasons_lists_the_reason_of_every_variant() {
+        let samples = [
+            Failure::Failed(()),
+            Failure::Timeout(Duration::from_secs(1)),
+        ];
+        let variants: Vec<usize> = samples.iter().map(variant).collect();
+        assert_eq!(variants, (0..VARIANTS).collect::<Vec<_>>());
+        let reasons: Vec<&str> = samples.iter().map(Failure::reason).collect();
+        assert_eq!(reasons, Failure::<()>::ALL_REASONS);
+        assert_eq!(reasons, ["reconcile_failed", "pass_timeout"]);
     }
 }

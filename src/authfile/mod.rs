@@ -105,6 +105,10 @@ pub enum AuthFileError {
 }
 
 impl AuthFileError {
+    /// Every reason [`AuthFileError::reason`] returns: the metrics export each from start-up
+    /// (§8).
+    pub const ALL_REASONS: [&'static str; 3] = ["auth_file_read", "auth_file_write", "disk_full"];
+
     pub fn reason(&self) -> &'static str {
         match self {
             AuthFileError::Read { .. } => "auth_file_read",
@@ -650,5 +654,50 @@ mod tests {
         assert_eq!(e.reason(), "auth_file_write");
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "old content");
+    }
+    /// The index of `e`'s variant. Exhaustive on purpose: a new variant does not compile
+    /// until it has an arm here (the next index, with `VARIANTS` raised) and a sample below.
+    fn variant(e: &AuthFileError) -> usize {
+        match e {
+            AuthFileError::Read { .. } => 0,
+            AuthFileError::Write { .. } => 1,
+        }
+    }
+    const VARIANTS: usize = 2;
+
+    #[test]
+    fn all_reasons_lists_the_reason_of_every_variant() {
+        use std::collections::BTreeSet;
+        let path = PathBuf::from("/var/vcap/data/nats/auth.json");
+        let samples = [
+            AuthFileError::Read {
+                path: path.clone(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            },
+            AuthFileError::Write {
+                path: path.clone(),
+                step: "write",
+                source: io::Error::from(io::ErrorKind::StorageFull),
+            },
+            AuthFileError::Write {
+                path,
+                step: "rename",
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            },
+        ];
+        let variants: BTreeSet<usize> = samples.iter().map(variant).collect();
+        assert_eq!(
+            variants,
+            (0..VARIANTS).collect(),
+            "a sample of every variant"
+        );
+        let reasons: BTreeSet<&str> = samples.iter().map(AuthFileError::reason).collect();
+        let listed: BTreeSet<&str> = AuthFileError::ALL_REASONS.into_iter().collect();
+        assert_eq!(reasons, listed);
+        assert_eq!(
+            listed.len(),
+            AuthFileError::ALL_REASONS.len(),
+            "no reason twice"
+        );
     }
 }

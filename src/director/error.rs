@@ -44,6 +44,9 @@ pub enum SettingsError {
 }
 
 impl SettingsError {
+    /// Every reason [`SettingsError::reason`] returns: the metrics export each from start-up.
+    pub const ALL_REASONS: [&'static str; 1] = ["config"];
+
     pub fn reason(&self) -> &'static str {
         "config"
     }
@@ -117,6 +120,21 @@ fn fmt_detail(detail: &str) -> String {
 }
 
 impl Error {
+    /// Every reason [`Error::reason`] returns (a settings error's included): the metrics
+    /// export each from start-up (§8).
+    pub const ALL_REASONS: [&'static str; 10] = [
+        "connection",
+        "timeout",
+        "unauthorized",
+        "status",
+        "tls",
+        "decode",
+        "body_too_large",
+        "auth",
+        "token_invalid",
+        SettingsError::ALL_REASONS[0],
+    ];
+
     /// A short, fixed label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -208,6 +226,8 @@ fn has_tls_cause(err: &(dyn StdError + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn sample(kind: &str) -> Error {
@@ -283,6 +303,44 @@ mod tests {
             sample("status"),
             Error::Status { status: 500, .. }
         ));
+    }
+
+    /// The index of `e`'s variant. Exhaustive on purpose: a new variant does not compile
+    /// until it has an arm here (the next index, with [`VARIANTS`] raised) and a sample in
+    /// the test below, which then checks its reason is listed.
+    fn variant(e: &Error) -> usize {
+        match e {
+            Error::Connection { .. } => 0,
+            Error::Timeout { .. } => 1,
+            Error::Status { .. } => 2,
+            Error::Tls { .. } => 3,
+            Error::Decode { .. } => 4,
+            Error::BodyTooLarge { .. } => 5,
+            Error::Auth { .. } => 6,
+            Error::TokenInvalid { .. } => 7,
+            Error::Config(_) => 8,
+        }
+    }
+    const VARIANTS: usize = 9;
+
+    #[test]
+    fn all_reasons_lists_the_reason_of_every_variant() {
+        let samples: Vec<Error> = Error::ALL_REASONS.iter().map(|r| sample(r)).collect();
+        let variants: BTreeSet<usize> = samples.iter().map(variant).collect();
+        assert_eq!(
+            variants,
+            (0..VARIANTS).collect(),
+            "a sample of every variant"
+        );
+        // Every variant's reason is listed, and every listed reason is one a variant has.
+        let reasons: BTreeSet<&str> = samples.iter().map(Error::reason).collect();
+        let listed: BTreeSet<&str> = Error::ALL_REASONS.into_iter().collect();
+        assert_eq!(reasons, listed);
+        assert_eq!(listed.len(), Error::ALL_REASONS.len(), "no reason twice");
+        // A settings error of any variant is `config`, which is listed.
+        let settings = SettingsError::UaaPublicKey { detail: "x".into() };
+        assert_eq!(SettingsError::ALL_REASONS, [settings.reason()]);
+        assert!(Error::ALL_REASONS.contains(&Error::Config(settings).reason()));
     }
 
     #[test]

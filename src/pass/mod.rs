@@ -58,6 +58,13 @@ pub enum PassError {
 }
 
 impl PassError {
+    /// Every reason [`PassError::reason`] returns: those of the errors it wraps.
+    pub const ALL_REASONS: [&'static str; 19] = report::concat(&[
+        &director::Error::ALL_REASONS,
+        &AuthFileError::ALL_REASONS,
+        &ReloadError::ALL_REASONS,
+    ]);
+
     /// A short, fixed label for metrics and `/status`.
     pub fn reason(&self) -> &'static str {
         match self {

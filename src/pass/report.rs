@@ -170,6 +170,34 @@ impl Reporter {
     }
 }
 
+/// Every reason [`reason`] returns: a pass error's, or the loop's timeout (a `Failed`
+/// failure is always counted under its inner error's reason). The program's metrics export
+/// `bosh_nats_sync_errors_total` with each of them at 0 from start-up (§8).
+pub const ERROR_REASONS: [&str; 20] = concat(&[
+    &PassError::ALL_REASONS,
+    &[Failure::<PassError>::TIMEOUT_REASON],
+]);
+
+/// `parts` one after another in one array. `N` must be their total length: a const that
+/// gets it wrong does not compile.
+pub(crate) const fn concat<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut filled = 0;
+    let mut part = 0;
+    while part < parts.len() {
+        let mut i = 0;
+        while i < parts[part].len() {
+            assert!(filled < N, "more labels than the array holds");
+            out[filled] = parts[part][i];
+            filled += 1;
+            i += 1;
+        }
+        part += 1;
+    }
+    assert!(filled == N, "fewer labels than the array holds");
+    out
+}
+
 /// A pass's metric label for its failure: the reconciler's own reason, or the loop's.
 pub fn reason(failure: &Failure<PassError>) -> &'static str {
     match failure {
@@ -444,5 +472,86 @@ mod tests {
         assert_eq!(attribute(span, "reason"), Some(Value::from(error.reason())));
         assert_eq!(span.status, Status::error(error.reason()));
         assert_eq!(attribute(span, "written"), None);
+    }
+    /// The index of `e`'s variant. Exhaustive on purpose: a new variant does not compile
+    /// until it has an arm here (the next index, with `VARIANTS` raised) and a sample below.
+    fn variant(e: &PassError) -> usize {
+        match e {
+            PassError::Director(_) => 0,
+            PassError::AuthFile(_) => 1,
+            PassError::Reload(_) => 2,
+        }
+    }
+    const VARIANTS: usize = 3;
+
+    #[test]
+    fn error_reasons_are_every_reason_a_failed_pass_is_counted_under() {
+        use std::collections::BTreeSet;
+        let samples = [
+            PassError::Director(crate::director::Error::Auth {
+                detail: "UAA answered 401".into(),
+            }),
+            PassError::AuthFile(crate::authfile::AuthFileError::Read {
+                path: PathBuf::from("/var/vcap/data/nats/auth.json"),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+            PassError::Reload(crate::reload::ReloadError::NotPermitted {
+                pid: 7,
+                path: PathBuf::from("/var/vcap/sys/run/bpm/nats/nats.pid"),
+            }),
+        ];
+        let variants: BTreeSet<usize> = samples.iter().map(variant).collect();
+        assert_eq!(
+            variants,
+            (0..VARIANTS).collect(),
+            "a sample of every variant"
+        );
+        // A pass error's reason is its wrapped error's, whose own test covers its variants:
+        // the list holds every wrapped list, in full.
+        for e in &samples {
+            assert!(
+                PassError::ALL_REASONS.contains(&e.reason()),
+                "{}",
+                e.reason()
+            );
+        }
+        for inner in [
+            &crate::director::Error::ALL_REASONS[..],
+            &crate::authfile::AuthFileError::ALL_REASONS,
+            &crate::reload::ReloadError::ALL_REASONS,
+        ] {
+            for r in inner {
+                assert!(PassError::ALL_REASONS.contains(r), "{r}");
+            }
+        }
+        // What `reason` returns for every failure of the loop is listed.
+        let [director, ..] = samples;
+        for failure in [
+            Failure::Failed(director),
+            Failure::Timeout(Duration::from_secs(300)),
+        ] {
+            assert!(ERROR_REASONS.contains(&reason(&failure)), "{failure}");
+        }
+        // `reconcile_failed` never is: a Failed failure is counted under its inner reason.
+        assert!(!ERROR_REASONS.contains(&Failure::<PassError>::FAILED_REASON));
+        let unique: BTreeSet<&str> = ERROR_REASONS.into_iter().collect();
+        assert_eq!(unique.len(), ERROR_REASONS.len(), "no reason twice");
+        // Literal names, should the lists be emptied.
+        for r in [
+            "connection",
+            "unauthorized",
+            "config",
+            "disk_full",
+            "reload_rejected",
+            "pass_timeout",
+        ] {
+            assert!(ERROR_REASONS.contains(&r), "{r}");
+        }
+    }
+
+    #[test]
+    fn concat_joins_in_order() {
+        const JOINED: [&str; 3] = concat(&[&["a"], &[], &["b", "c"]]);
+        assert_eq!(JOINED, ["a", "b", "c"]);
     }
 }

@@ -70,7 +70,9 @@ pub fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
 /// Records at least one sample of every metric the crate defines, through the same calls
 /// the program makes.
 pub fn record_everything(metrics: &Metrics, health: &Health) {
-    metrics.director_request("info", "200", Duration::from_millis(4));
+    for endpoint in Metrics::DIRECTOR_ENDPOINTS {
+        metrics.director_request(endpoint, "200", Duration::from_millis(4));
+    }
     metrics.director_request("deployments", "connection", Duration::from_secs(2));
     metrics.uaa_token_fetch("ok");
     metrics.uaa_token_fetch("error");
