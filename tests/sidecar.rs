@@ -101,11 +101,7 @@ impl Rooted {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    sim::ports::free_port()
 }
 
 /// `chown -R uid:uid root`.

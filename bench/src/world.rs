@@ -159,7 +159,7 @@ impl World {
     /// The configuration the BOSH job template writes, plus the new keys a benchmark sets:
     /// concurrency, JSON logs, the HTTP server on a free port, generous timeouts.
     pub fn write_config(&self, files: &CellFiles, c: &CellConfig<'_>) -> anyhow::Result<()> {
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], sim::ports::free_port()));
         let (pid_file, monitoring) = match c.nats {
             Some((pid, url)) => (
                 pid.to_path_buf(),

@@ -1,7 +1,7 @@
 //! The simulated director's event log: what `GET /events` serves, recorded the way the real
 //! director's `EventManager` records it and queried the way its `EventsController` queries it.
 //!
-//! Facts followed (SPEC §2.5, the director's `events_controller.rb`, `event_manager.rb` and
+//! Facts followed (§2.5, the director's `events_controller.rb`, `event_manager.rb` and
 //! `scheduled_events_cleanup`): ids start at 1 and only grow (until a restore); a response is
 //! newest first and at most 200 long; `before_id` is read with Ruby's `to_i` (so `abc` means 0
 //! and matches nothing); `before_time` / `after_time` are epoch seconds or a time string, and

@@ -9,6 +9,7 @@
 //! - [`captured`]: responses captured from the real director, and their file format's reader
 //!   (what the simulated director's answers are compared with).
 //! - [`churn`]: a background task that keeps adding and removing VMs (demo, soak).
+//! - [`ports`]: ports for servers another process binds, outside the ephemeral range.
 //! - [`nats`]: a real `nats-server` with `verify_and_map`, and probes of what a certificate
 //!   may publish or subscribe.
 //!
@@ -21,6 +22,7 @@ pub mod events;
 pub mod fault;
 pub mod nats;
 pub mod pki;
+pub mod ports;
 mod server;
 pub mod stage;
 pub mod uaa;

@@ -14,11 +14,13 @@ use axum::routing::post;
 use base64::Engine as _;
 /// The JWT signing algorithms ([`UaaHandle::set_algorithm`]), re-exported from `jsonwebtoken`.
 pub use jsonwebtoken::Algorithm;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{EncodingKey, Header};
 use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::director::DirectorAuth;
+#[cfg(test)]
+use crate::director::verify_token;
 use crate::fault::{
     Fault, FaultAction, FaultTable, delay_then_action, json_response, lock, mangle,
 };
@@ -36,47 +38,6 @@ pub const WRONG_PUBLIC_KEY_PEM: &str = include_str!("keys/wrong_signing.pub.pem"
 
 /// The scope every issued token carries.
 pub const SCOPE: &str = "bosh.admin";
-
-/// Why [`verify_token`] rejected a token.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// Signature, expiry, algorithm or format check failed.
-    #[error("invalid token: {0}")]
-    Invalid(#[from] jsonwebtoken::errors::Error),
-    /// The token verified but does not grant a BOSH scope.
-    #[error("token lacks a bosh.admin or bosh.read scope")]
-    Scope,
-}
-
-impl TokenError {
-    /// A short, stable label for metrics and assertions.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::Invalid(_) => "invalid",
-            TokenError::Scope => "scope",
-        }
-    }
-}
-
-/// Verifies a bearer token the way the director does: RS256/384/512 signature by
-/// `public_key_pem`, not expired (no leeway), and a `bosh.admin` or `bosh.read` scope.
-/// Returns the claims.
-pub fn verify_token(token: &str, public_key_pem: &str) -> Result<Value, TokenError> {
-    let key = DecodingKey::from_rsa_pem(public_key_pem.as_bytes())?;
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.algorithms = vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
-    validation.leeway = 0;
-    validation.validate_aud = false;
-    let data = jsonwebtoken::decode::<Value>(token, &key, &validation)?;
-    let scoped = data.claims["scope"]
-        .as_array()
-        .is_some_and(|scopes| scopes.iter().any(|s| s == "bosh.admin" || s == "bosh.read"));
-    if scoped {
-        Ok(data.claims)
-    } else {
-        Err(TokenError::Scope)
-    }
-}
 
 /// How to start a [`UaaSim`].
 #[derive(Clone)]

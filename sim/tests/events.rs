@@ -1,4 +1,4 @@
-//! The simulated director's `GET /events` answers like the real one (SPEC §2.5), over HTTPS,
+//! The simulated director's `GET /events` answers like the real one (§2.5), over HTTPS,
 //! and its event-recording changes record what the real director records.
 
 use std::time::Duration;

@@ -563,7 +563,10 @@ async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<Counters> {
 }
 
 fn free_port() -> anyhow::Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        sim::ports::free_port(),
+    )))
 }
 
 /// Polls `condition` about every 200 ms until it holds or `limit` passes.

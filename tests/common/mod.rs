@@ -421,14 +421,9 @@ impl Running {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel does not hand the same
-/// ephemeral port out again right away).
+/// A TCP port on 127.0.0.1 for a process the test starts ([`sim::ports::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    sim::ports::free_port()
 }
 
 impl Env {
