@@ -14,6 +14,22 @@ use sim::fault::Fault;
 use sim::pki::{Pki, PkiFiles};
 use sim::uaa::{ClientAuth, UaaConfig, UaaSim};
 
+/// Every VM of one full read, in deployment order: what these tests look at.
+trait EveryVm {
+    async fn fetch_vms(&self) -> Result<Vec<Vm>, Error>;
+}
+
+impl EveryVm for Client {
+    async fn fetch_vms(&self) -> Result<Vec<Vm>, Error> {
+        Ok(self
+            .fetch_view()
+            .await?
+            .into_iter()
+            .flat_map(|(_, vms)| vms)
+            .collect())
+    }
+}
+
 const USER: &str = "admin";
 const PASSWORD: &str = "basic-pass-7d1e";
 const CLIENT_ID: &str = "nats_sync";

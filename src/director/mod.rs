@@ -220,16 +220,6 @@ impl Client {
         .await
     }
 
-    /// [`Client::fetch_view`] flattened: every VM, in deployment order.
-    pub async fn fetch_vms(&self) -> Result<Vec<Vm>, Error> {
-        Ok(self
-            .fetch_view()
-            .await?
-            .into_iter()
-            .flat_map(|(_, vms)| vms)
-            .collect())
-    }
-
     /// One page of the event log (§2.5): `GET /events` with the query's parameters, newest
     /// first, at most 200. One request when the auth mode is cached (see the type's
     /// invariant), else `/info` first (once: an event poll never waits for the director).
