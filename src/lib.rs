@@ -9,9 +9,11 @@
 //! - [`users`]: NATS users, the agent user's format, the compact set a pass compares.
 //! - [`authfile`]: the auth file — compare, read, atomically write (§4).
 //! - [`reload`]: making nats-server load it, verified (§5).
+//! - [`callout`]: callout mode's answers to nats-server's authorization requests (§12).
 //! - [`config`]: the YAML file (§1); [`telemetry`]: logs and span export (§9).
 
 pub mod authfile;
+pub mod callout;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

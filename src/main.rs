@@ -31,6 +31,13 @@ enum Command {
     Diff,
     /// Validate the configuration file (keys, values, CA files) and exit: 0 valid, 2 not.
     CheckConfig,
+    /// Print a new issuer key for callout mode, one NAME=value a line: ISSUER_SEED, ISSUER
+    /// (and a curve pair, XKEY_SEED and XKEY, with --xkey). Needs no configuration.
+    CalloutKeys {
+        /// Also print a curve key pair, for nats-server to seal requests with.
+        #[arg(long)]
+        xkey: bool,
+    },
     /// Run against a built-in simulated director (no configuration needed): see the README.
     #[cfg(feature = "demo")]
     Demo(bosh_nats_sync::demo::DemoArgs),
@@ -82,6 +89,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if let Command::CalloutKeys { xkey } = command {
+        return modes::callout_keys(xkey);
+    }
     let Some(path) = cli.config else {
         eprintln!("bosh-nats-sync: a configuration file is required: bosh-nats-sync -c FILE");
         return ExitCode::from(2);
@@ -111,7 +121,9 @@ fn main() -> ExitCode {
         Command::Run => modes::run(config),
         Command::Once => modes::once(config),
         Command::Diff => modes::diff(config),
-        Command::CheckConfig | Command::Demo { .. } => unreachable!("handled above"),
+        Command::CheckConfig | Command::CalloutKeys { .. } | Command::Demo { .. } => {
+            unreachable!("handled above")
+        }
     };
     // After the runtime is gone: the last pass's spans reach the collector before exit.
     telemetry::shutdown();

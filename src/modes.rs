@@ -1,5 +1,6 @@
 //! The program's modes — run, once, diff, check-config — each a function from a validated
-//! configuration to an exit status. `main` only parses arguments and calls these.
+//! configuration to an exit status, and callout-keys, which needs none. `main` only parses
+//! arguments and calls these.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -114,6 +115,21 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// `callout-keys`: prints a new issuer key pair, and a curve pair with `xkey` (§12). The
+/// seeds go to stdout only, for the operator or init container that asked.
+pub fn callout_keys(xkey: bool) -> ExitCode {
+    use std::io::Write;
+    let text = crate::callout::new_keys_text(xkey);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bosh-nats-sync: cannot write the keys: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 /// `check-config`: the file parses and validates, and the CA files hold certificates.

@@ -42,9 +42,16 @@ fn help_and_version() {
     assert!(out.status.success());
     // `demo` is only in a build with the `demo` feature (`scripts/test` tests both builds).
     let words: &[&str] = if cfg!(feature = "demo") {
-        &["once", "diff", "check-config", "demo", "--config"]
+        &[
+            "once",
+            "diff",
+            "check-config",
+            "callout-keys",
+            "demo",
+            "--config",
+        ]
     } else {
-        &["once", "diff", "check-config", "--config"]
+        &["once", "diff", "check-config", "callout-keys", "--config"]
     };
     for word in words {
         assert!(
@@ -52,6 +59,54 @@ fn help_and_version() {
             "--help mentions {word}"
         );
     }
+}
+
+/// `callout-keys` (§12) needs no configuration and prints `NAME=value` lines whose seeds are
+/// the printed public keys' — new ones on every run.
+#[test]
+fn callout_keys_print_seeds_that_parse_back_to_their_public_keys() {
+    let lines = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(out.stderr.is_empty(), "{}", stderr(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let (name, value) = line.split_once('=').unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let names =
+        |lines: &[(String, String)]| lines.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+
+    let issuer_only = lines(&["callout-keys"]);
+    assert_eq!(names(&issuer_only), ["ISSUER_SEED", "ISSUER"]);
+    let with_xkey = lines(&["callout-keys", "--xkey"]);
+    assert_eq!(
+        names(&with_xkey),
+        ["ISSUER_SEED", "ISSUER", "XKEY_SEED", "XKEY"]
+    );
+
+    for keys in [&issuer_only, &with_xkey] {
+        let (seed, public) = (&keys[0].1, &keys[1].1);
+        assert!(
+            seed.starts_with("SA") && public.starts_with('A'),
+            "{public}"
+        );
+        let pair = nkeys::KeyPair::from_seed(seed).unwrap();
+        assert_eq!(pair.key_pair_type(), nkeys::KeyPairType::Account);
+        assert_eq!(&pair.public_key(), public);
+    }
+    let (seed, public) = (&with_xkey[2].1, &with_xkey[3].1);
+    assert!(
+        seed.starts_with("SX") && public.starts_with('X'),
+        "{public}"
+    );
+    assert_eq!(&nkeys::XKey::from_seed(seed).unwrap().public_key(), public);
+
+    assert_ne!(issuer_only[0], with_xkey[0], "a new issuer on every run");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The agent user, in one place (§3.1, §3.3): the [`AgentId`] type, the DN and permission
-//! templates, recognising an agent user in a file, writing one as the file's bytes, and
-//! merging several reports of one agent.
+//! templates, recognising an agent user in a file (and an agent's certificate name, for
+//! callout mode), writing one as the file's bytes, and merging several reports of one agent.
 //!
 //! Every other module goes through these functions; none spells a DN or a permission
 //! pattern of its own, so the value ([`user`]), the recognition ([`recognise`]) and the
@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use crate::users::User;
+use crate::users::{Permissions, User};
 
 /// An agent id that is safe inside a NATS subject and a DN: `[A-Za-z0-9_-]{1,128}`.
 /// A boxed `str` (16 bytes, no spare capacity): a big director has 100 000 of them.
@@ -78,6 +78,10 @@ const ALLOWED: [bool; 256] = {
     table
 };
 
+/// The country and organisation of every agent certificate's subject (callout mode compares a
+/// certificate's attributes with them, §12); the DN prefix spells them for the auth file.
+pub const COUNTRY: &str = "USA";
+pub const ORGANIZATION: &str = "Cloud Foundry";
 const DN_PREFIX: &str = "C=USA, O=Cloud Foundry, CN=";
 const BOOTSTRAP_CN_SUFFIX: &str = ".bootstrap.agent.bosh-internal";
 const CN_SUFFIX: &str = ".agent.bosh-internal";
@@ -107,18 +111,31 @@ pub fn dn(id: &str, bootstrap: bool) -> String {
 
 /// The user of an agent: the one with permanent credentials, or its bootstrap user.
 pub fn user(id: &AgentId, bootstrap: bool) -> User {
+    User {
+        user: dn(id.as_str(), bootstrap),
+        permissions: Some(permissions(id)),
+    }
+}
+
+/// What agent `id` may publish and subscribe to — its bootstrap user and its user alike. The
+/// auth file's entries and callout mode's user JWTs (§12) both take them from here.
+pub fn permissions(id: &AgentId) -> Permissions {
     let around = |(prefix, suffix): (&str, &str)| format!("{prefix}{id}{suffix}");
-    User::new(
-        dn(id.as_str(), bootstrap),
-        PUBLISH.into_iter().map(around).collect(),
-        vec![around(SUBSCRIBE)],
-    )
+    Permissions {
+        publish: Some(PUBLISH.into_iter().map(around).collect()),
+        subscribe: Some(vec![around(SUBSCRIBE)]),
+    }
 }
 
 /// The agent a DN names, if it is an agent DN with a valid id: `(id, is the bootstrap
 /// user's DN)`. Borrowed from `dn`; permissions are not looked at.
 pub fn parse_dn(dn: &str) -> Option<(&str, bool)> {
-    let cn = dn.strip_prefix(DN_PREFIX)?;
+    parse_cn(dn.strip_prefix(DN_PREFIX)?)
+}
+
+/// The agent a certificate's common name names, if it is `A.agent.bosh-internal` or
+/// `A.bootstrap.agent.bosh-internal` with a valid id A: `(A, is the bootstrap name)`.
+pub fn parse_cn(cn: &str) -> Option<(&str, bool)> {
     let (id, bootstrap) = match cn.strip_suffix(BOOTSTRAP_CN_SUFFIX) {
         Some(id) => (id, true),
         None => (cn.strip_suffix(CN_SUFFIX)?, false),
@@ -259,12 +276,31 @@ mod tests {
                 );
                 assert_eq!(p.subscribe.as_deref().unwrap(), [format!("agent.{raw}")]);
                 assert_eq!(parse_dn(&value.user), Some((raw, bootstrap)));
+                assert_eq!(
+                    parse_cn(&format!("{raw}{kind}.agent.bosh-internal")),
+                    Some((raw, bootstrap))
+                );
+                assert_eq!(value.permissions.as_ref(), Some(&permissions(&id)));
                 assert_eq!(recognise(&value), Some((id.clone(), bootstrap)));
                 let mut bytes = Vec::new();
                 write_json(&mut bytes, &id, bootstrap).unwrap();
                 assert_eq!(bytes, serde_json::to_vec(&value).unwrap());
                 assert!(!String::from_utf8(bytes).unwrap().contains("\\u"));
             }
+        }
+    }
+
+    #[test]
+    fn dn_prefix_spells_the_country_and_organization() {
+        assert_eq!(DN_PREFIX, format!("C={COUNTRY}, O={ORGANIZATION}, CN="));
+        for cn in [
+            "a.agent.bosh-internal.x",
+            "a.Agent.bosh-internal",
+            ".agent.bosh-internal",
+            "x.>.agent.bosh-internal",
+            "a",
+        ] {
+            assert_eq!(parse_cn(cn), None, "{cn}");
         }
     }
 
