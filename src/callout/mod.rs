@@ -15,12 +15,14 @@
 //! [`keys`] reads the issuer's account seed and the optional curve seed from owner-only
 //! files; [`jwt`] is the nkey JWT encoding all of them share, as nats-io/jwt v2 writes it.
 
+pub mod admitted;
 pub mod answer;
 pub mod decide;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod request;
+pub mod responder;
 
 pub use answer::{UserTtl, reply};
 pub use decide::{Admission, Refusal, Verdict, decide};

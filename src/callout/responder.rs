@@ -1,0 +1,294 @@
+//! The responder (§12): subscribed to nats-server's authorization requests in the queue group
+//! `bosh-nats-sync`, over TLS with the service's own client certificate, it answers each one
+//! from the admitted set in memory — no file, no reload.
+//!
+//! Every request is answered in a task of its own, so a reconnect storm never queues behind
+//! one signature. An agent the set does not know may simply be new (its VM booted before the
+//! watch's next read of the event log): the responder then asks for an event poll at once
+//! ([`Poller`], at most one per [`POLL_SPACING`] whatever arrives) and waits for a pass that
+//! began after the request arrived — bounded below nats-server's authorization timeout —
+//! before it answers, so an agent whose VM exists is admitted on its first try.
+//!
+//! The connection reconnects by itself (async-nats resubscribes after a reconnect); while it
+//! is down, nats-server keeps the connections it already admitted and new agents retry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admitted::Subscriber;
+use super::answer::{UserTtl, reply};
+use super::decide::{Refusal, Verdict, decide};
+use super::keys::Keys;
+use super::request::{self, SERVER_XKEY_HEADER};
+
+/// The subject nats-server publishes authorization requests on.
+pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+/// The queue group every sidecar of a cluster answers in (§12.4): nats-server hands each
+/// request to one of them, its local one first.
+pub const QUEUE_GROUP: &str = "bosh-nats-sync";
+/// Event polls asked for by unknown agents come at most this often.
+pub const POLL_SPACING: Duration = Duration::from_millis(250);
+
+/// Where and how the responder connects.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The local nats-server, `tls://127.0.0.1:4222` by default.
+    pub url: String,
+    /// The service's client certificate and key (its subject is one of the static users).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA that signed the server's certificate.
+    pub ca_file: PathBuf,
+}
+
+/// What the responder tells the rest of the program: one call per answer, and the state of
+/// its connection. The program's implementation feeds the metrics, `/status` and `/readyz`.
+pub trait Observer: Send + Sync + 'static {
+    /// A request was answered (`refusal` `None`: admitted) after `latency`; `polled` when
+    /// the answer waited for an event poll.
+    fn answered(&self, refusal: Option<&Refusal>, latency: Duration, polled: bool);
+    /// A request could not be answered at all (it did not verify, or the reply could not be
+    /// made): `reason` is its metric label.
+    fn unanswerable(&self, reason: &'static str, message: &str);
+    /// The connection to nats-server is up, with the subscription in place, or down.
+    fn connected(&self, up: bool);
+}
+
+/// Asks the control loop for an event poll, at most once per [`POLL_SPACING`]: asks that
+/// arrive meanwhile are folded into one made when the spacing has passed.
+#[derive(Clone)]
+pub struct Poller {
+    asked: Arc<Notify>,
+}
+
+impl Poller {
+    /// Starts the task that turns asks into calls of `poll` (the loop's manual trigger),
+    /// until `cancel`.
+    pub fn start(poll: impl Fn() + Send + 'static, cancel: CancellationToken) -> Self {
+        let asked = Arc::new(Notify::new());
+        let waiting = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = waiting.notified() => {}
+                }
+                poll();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(POLL_SPACING) => {}
+                }
+            }
+        });
+        Self { asked }
+    }
+
+    /// Asks for a poll (coalesced with any ask not yet served).
+    pub fn ask(&self) {
+        self.asked.notify_one();
+    }
+}
+
+/// Everything an answer needs, shared by the answering tasks.
+pub struct Responder<O> {
+    pub keys: Arc<Keys>,
+    pub user_ttl: UserTtl,
+    pub admitted: Subscriber,
+    pub poller: Poller,
+    /// How long an answer for an unknown agent waits for a pass (below nats-server's
+    /// authorization timeout, so the answer still counts).
+    pub wait_for_pass: Duration,
+    pub observer: O,
+}
+
+impl<O: Observer> Responder<O> {
+    /// Connects, subscribes and answers until `cancel`. A failed connection is retried with
+    /// backoff (1 s doubling to 30 s); the error is logged each time.
+    pub async fn run(self, connection: Connection, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let attempt = this.clone().serve(&connection, cancel.clone());
+            match tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = attempt => r,
+            } {
+                Ok(()) => return,
+                Err(e) => {
+                    this.observer.connected(false);
+                    tracing::warn!(url = %connection.url, error = %e, retry_in = ?delay, "the callout responder cannot reach nats-server");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One connection's life: connect, subscribe, answer every request in a task of its own.
+    async fn serve(
+        self: Arc<Self>,
+        connection: &Connection,
+        cancel: CancellationToken,
+    ) -> Result<(), ServeError> {
+        let events = self.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("bosh-nats-sync")
+            .require_tls(true)
+            .add_root_certificates(connection.ca_file.clone())
+            .add_client_certificate(connection.cert_file.clone(), connection.key_file.clone())
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => events.observer.connected(true),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("the callout responder lost its connection to nats-server; reconnecting");
+                            events.observer.connected(false);
+                        }
+                        other => tracing::debug!(event = %other, "nats connection event"),
+                    }
+                }
+            })
+            .connect(connection.url.as_str())
+            .await
+            .map_err(|e| ServeError(e.to_string()))?;
+        let mut requests = client
+            .queue_subscribe(SUBJECT, QUEUE_GROUP.to_owned())
+            .await
+            .map_err(|e| ServeError(e.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| ServeError(e.to_string()))?;
+        self.observer.connected(true);
+        tracing::info!(url = %connection.url, subject = SUBJECT, queue = QUEUE_GROUP, "answering nats-server's authorization requests");
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                m = requests.next() => m,
+            };
+            let Some(message) = message else {
+                return Err(ServeError("the subscription ended".to_owned()));
+            };
+            let this = self.clone();
+            let client = client.clone();
+            tokio::spawn(async move { this.answer(&client, message).await });
+        }
+    }
+
+    /// Answers one request.
+    async fn answer(&self, client: &async_nats::Client, message: async_nats::Message) {
+        let arrived = Instant::now();
+        let Some(reply_to) = message.reply.clone() else {
+            self.observer
+                .unanswerable("bad_request", "an authorization request without a reply subject");
+            return;
+        };
+        let server_xkey = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SERVER_XKEY_HEADER))
+            .map(|v| v.as_str().to_owned());
+        let now = super::unix_now();
+        let request = match request::open(&self.keys, &message.payload, server_xkey.as_deref(), now)
+        {
+            Ok(request) => request,
+            Err(e) => {
+                // Unverifiable: answering would sign whatever was sent. nats-server times the
+                // client out instead.
+                self.observer.unanswerable(e.reason(), &e.to_string());
+                return;
+            }
+        };
+        let mut polled = false;
+        let mut verdict = self.decide(&request);
+        if matches!(verdict, Verdict::Refuse(Refusal::UnknownAgent(_))) {
+            polled = true;
+            self.wait_for_a_pass_after(arrived).await;
+            verdict = self.decide(&request);
+        }
+        let answer = match reply(&self.keys, &request, &verdict, self.user_ttl, super::unix_now())
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.observer.unanswerable("error", &e.to_string());
+                return;
+            }
+        };
+        if let Err(e) = client.publish(reply_to, answer.into()).await {
+            self.observer.unanswerable("error", &e.to_string());
+            return;
+        }
+        let refusal = match &verdict {
+            Verdict::Allow(_) => None,
+            Verdict::Refuse(refusal) => Some(refusal),
+        };
+        self.observer.answered(refusal, arrived.elapsed(), polled);
+    }
+
+    fn decide(&self, request: &request::Request) -> Verdict {
+        let published = self.admitted.borrow().set.clone();
+        decide(&request.claims.nats, |id| published.lookup(id))
+    }
+
+    /// Asks for an event poll and waits until a pass that began after `arrived` has
+    /// finished, or [`Responder::wait_for_pass`] has passed.
+    async fn wait_for_a_pass_after(&self, arrived: Instant) {
+        self.poller.ask();
+        let mut admitted = self.admitted.clone();
+        let after = |p: &super::admitted::Published| p.pass_began.is_some_and(|b| b >= arrived);
+        let _ = tokio::time::timeout(self.wait_for_pass, admitted.wait_for(after)).await;
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ServeError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn asks_for_polls_are_spaced_and_folded() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = polls.clone();
+        let cancel = CancellationToken::new();
+        let poller = Poller::start(
+            move || {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+            cancel.clone(),
+        );
+        let polled = || polls.load(std::sync::atomic::Ordering::SeqCst);
+        poller.ask();
+        tokio::task::yield_now().await;
+        assert_eq!(polled(), 1, "the first ask polls at once");
+        for _ in 0..50 {
+            poller.ask();
+        }
+        tokio::time::advance(POLL_SPACING / 2).await;
+        tokio::task::yield_now().await;
+        assert_eq!(polled(), 1, "asks within the spacing wait");
+        tokio::time::advance(POLL_SPACING / 2).await;
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(polled(), 2, "and are folded into one poll when it has passed");
+        tokio::time::advance(POLL_SPACING * 4).await;
+        tokio::task::yield_now().await;
+        assert_eq!(polled(), 2, "no ask, no poll");
+        cancel.cancel();
+    }
+}
