@@ -223,6 +223,61 @@ fn secrets_may_come_from_the_environment() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("from-a-kubernetes-secret"));
 }
 
+/// Unknown keys are warned about, one line each naming the file and the key, and ignored: the
+/// file is still valid (the BOSH template may grow keys before this program knows them).
+#[test]
+fn check_config_warns_about_unknown_keys_in_the_files_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    std::fs::write(
+        &path,
+        "future: 1\ndirector:\n  url: https://10.0.0.6:25555\n  user: u\n  password: p\n  shiny: true\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n",
+    )
+    .unwrap();
+    let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    let file = path.display();
+    assert_eq!(
+        warnings,
+        [
+            format!("warning: {file}: unknown key future (ignored)"),
+            format!("warning: {file}: unknown key director.shiny (ignored)"),
+        ],
+        "{stdout}"
+    );
+}
+
+/// A secret of the wrong type is refused like any other value, and the message names the key,
+/// never the value.
+#[test]
+fn a_malformed_secret_is_named_but_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    for secret in ["password: [hunter2]", "client_secret: {hunter2: 1}"] {
+        std::fs::write(
+            &path,
+            format!("director:\n  url: https://10.0.0.6:25555\n  user: u\n  client_id: c\n  {secret}\nintervals:\n  poll_user_sync: 5\nnats:\n  config_file_path: /a\n  nats_server_pid_file: /p\n"),
+        )
+        .unwrap();
+        let out = run(&["-c", path.to_str().unwrap(), "check-config"]);
+        assert_eq!(out.status.code(), Some(2));
+        let key = secret.split(':').next().unwrap();
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "bosh-nats-sync: invalid configuration: {}: director.{key}: must be a string\n",
+                path.display()
+            )
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_prints_the_changes_and_writes_nothing() {
     let env = Env::start(

@@ -24,7 +24,9 @@ pub struct BackoffConfig {
 }
 
 impl Default for BackoffConfig {
-    /// 1 s doubling up to 60 s, with jitter (§6.3).
+    /// 1 s doubling up to 60 s, with jitter: a passing hiccup is retried almost at once, a
+    /// dependency that stays down is asked about once a minute, and many controllers that
+    /// failed together do not retry in step.
     fn default() -> Self {
         Self {
             min: Duration::from_secs(1),

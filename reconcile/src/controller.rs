@@ -15,12 +15,13 @@ use crate::observe::{EndedPass, Observer};
 use crate::pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 use crate::watch::{FileWatch, SelfWrites};
 
-/// Default bound on one pass (§6.4).
+/// Default bound on one pass: five minutes is far longer than a healthy pass should take, yet
+/// a pass stuck on an unresponsive dependency is abandoned and retried rather than left to
+/// stall the loop for good.
 pub const DEFAULT_PASS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// Default window that gathers a burst of file events into one trigger.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
-
-type ErrorPolicy<E> = Box<dyn Fn(&E) -> Option<Duration> + Send + Sync>;
+/// The window that gathers a burst of file events into one trigger: an editor's or an atomic
+/// writer's several events for one change make one pass, and a pass starts soon after.
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// A level-triggered control loop around one reconciler; configure it, then [`run`](Self::run).
 ///
@@ -31,19 +32,17 @@ type ErrorPolicy<E> = Box<dyn Fn(&E) -> Option<Duration> + Send + Sync>;
 /// - After a success, the next pass runs at the earliest of: the requeue delay
 ///   ([`Action::Requeue`]), the interval (measured from the end of the pass), or any file
 ///   change / manual trigger.
-/// - After a failure (error or timeout), the next pass runs at the retry deadline (the
-///   error policy's delay, else the next backoff step) — not sooner: triggers arriving
-///   meanwhile are merged into that pass instead. A storm of file changes during a director
+/// - After a failure (error or timeout), the next pass runs at the retry deadline (the next
+///   backoff step) — not sooner: triggers arriving meanwhile are merged into that pass
+///   instead. A storm of file changes during a director
 ///   outage thus cannot bypass the backoff.
 pub struct Controller<R: Reconcile> {
     reconciler: R,
     interval: Option<Duration>,
     watch_paths: Vec<PathBuf>,
     self_writes: SelfWrites,
-    debounce: Duration,
     backoff: BackoffConfig,
     pass_timeout: Duration,
-    error_policy: Option<ErrorPolicy<R::Error>>,
     observer: Box<dyn Observer<R::Output, R::Error>>,
     manual: Arc<Notify>,
 }
@@ -53,10 +52,8 @@ impl<R: Reconcile> fmt::Debug for Controller<R> {
         f.debug_struct("Controller")
             .field("interval", &self.interval)
             .field("watch_paths", &self.watch_paths)
-            .field("debounce", &self.debounce)
             .field("backoff", &self.backoff)
             .field("pass_timeout", &self.pass_timeout)
-            .field("error_policy", &self.error_policy.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -74,10 +71,8 @@ where
             interval: None,
             watch_paths: Vec::new(),
             self_writes: SelfWrites::new(),
-            debounce: DEFAULT_DEBOUNCE,
             backoff: BackoffConfig::default(),
             pass_timeout: DEFAULT_PASS_TIMEOUT,
-            error_policy: None,
             observer: Box::new(()),
             manual: Arc::new(Notify::new()),
         }
@@ -94,7 +89,7 @@ where
     /// The loop watches the files' parent directories (inotify, non-recursive) so that writes,
     /// truncations, atomic renames over the file, deletions and re-creations are all seen;
     /// events for other names in those directories and mere reads are ignored. A burst of
-    /// events within the debounce window (default 200 ms) makes one trigger, carrying every
+    /// events within 200 ms makes one trigger, carrying every
     /// changed path. A file whose directory does not exist when the loop starts is skipped
     /// with a warning (its changes then wait for the interval). For a symlink whose relative
     /// target runs through another entry of the same directory (a Kubernetes ConfigMap volume),
@@ -117,12 +112,6 @@ where
         self
     }
 
-    /// Gather file events for this long into one trigger (default 200 ms).
-    pub fn debounce(mut self, debounce: Duration) -> Self {
-        self.debounce = debounce;
-        self
-    }
-
     /// How retry delays grow after failures.
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.backoff = backoff;
@@ -132,17 +121,6 @@ where
     /// Cancel (drop) a pass that runs longer than this; it counts as a failure.
     pub fn pass_timeout(mut self, timeout: Duration) -> Self {
         self.pass_timeout = timeout;
-        self
-    }
-
-    /// Choose the retry delay for an error: `Some(delay)` overrides, `None` takes the next
-    /// backoff step. The backoff only advances when its step is taken. Timeouts always use the
-    /// backoff.
-    pub fn error_policy(
-        mut self,
-        policy: impl Fn(&R::Error) -> Option<Duration> + Send + Sync + 'static,
-    ) -> Self {
-        self.error_policy = Some(Box::new(policy));
         self
     }
 
@@ -166,17 +144,15 @@ where
             interval,
             watch_paths,
             self_writes,
-            debounce,
             backoff,
             pass_timeout,
-            error_policy,
             observer,
             manual,
         } = self;
         let mut watch = if watch_paths.is_empty() {
             None
         } else {
-            FileWatch::start(&watch_paths, self_writes, debounce)
+            FileWatch::start(&watch_paths, self_writes, DEBOUNCE)
         };
         let mut backoff = Backoff::new(backoff);
         let mut schedule = Schedule::starting();
@@ -247,11 +223,7 @@ where
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
-                    let delay = match err {
-                        Failure::Failed(e) => error_policy.as_ref().and_then(|policy| policy(e)),
-                        Failure::Timeout(_) => None,
-                    }
-                    .unwrap_or_else(|| backoff.next_delay());
+                    let delay = backoff.next_delay();
                     if let Failure::Timeout(limit) = err {
                         tracing::warn!(%ctx, ?limit, retry_in = ?delay, "pass timed out and was cancelled");
                     } else {
@@ -719,22 +691,6 @@ mod tests {
             third.ctx.triggers,
             [Trigger::Interval, Trigger::Manual, Trigger::Retry]
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn error_policy_overrides_the_delay() {
-        let (mut h, c) = harness();
-        h.probe
-            .then(Step::Return(Err(())))
-            .then(Step::Return(Err(())));
-        let c = c.error_policy(|_: &Boom| Some(SEC * 7));
-        let (_cancel, _run) = spawn(c);
-
-        h.next_start().await;
-        let second = h.next_start().await;
-        assert_eq!(h.since_t0(&second), SEC * 7);
-        let third = h.next_start().await;
-        assert_eq!(h.since_t0(&third), SEC * 14);
     }
 
     #[tokio::test(start_paused = true)]

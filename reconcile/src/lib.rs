@@ -65,7 +65,7 @@ mod pass;
 mod watch;
 
 pub use backoff::BackoffConfig;
-pub use controller::{Controller, DEFAULT_DEBOUNCE, DEFAULT_PASS_TIMEOUT};
+pub use controller::{Controller, DEFAULT_PASS_TIMEOUT};
 pub use observe::{EndedPass, Observer};
 pub use pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 pub use tokio_util::sync::CancellationToken;
