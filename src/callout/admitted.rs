@@ -130,7 +130,11 @@ mod tests {
             },
         ];
         let admitted = Admitted::of(&compute(&subjects, vms).users);
-        assert_eq!(admitted.len(), 2, "the director and the health monitor are no agents");
+        assert_eq!(
+            admitted.len(),
+            2,
+            "the director and the health monitor are no agents"
+        );
         assert_eq!(admitted.lookup(&id("new")), Some(true));
         assert_eq!(admitted.lookup(&id("old")), Some(false));
         assert_eq!(admitted.lookup(&id("gone")), None);

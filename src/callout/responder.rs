@@ -191,8 +191,10 @@ impl<O: Observer> Responder<O> {
     async fn answer(&self, client: &async_nats::Client, message: async_nats::Message) {
         let arrived = Instant::now();
         let Some(reply_to) = message.reply.clone() else {
-            self.observer
-                .unanswerable("bad_request", "an authorization request without a reply subject");
+            self.observer.unanswerable(
+                "bad_request",
+                "an authorization request without a reply subject",
+            );
             return;
         };
         let server_xkey = message
@@ -218,8 +220,13 @@ impl<O: Observer> Responder<O> {
             self.wait_for_a_pass_after(arrived).await;
             verdict = self.decide(&request);
         }
-        let answer = match reply(&self.keys, &request, &verdict, self.user_ttl, super::unix_now())
-        {
+        let answer = match reply(
+            &self.keys,
+            &request,
+            &verdict,
+            self.user_ttl,
+            super::unix_now(),
+        ) {
             Ok(answer) => answer,
             Err(e) => {
                 self.observer.unanswerable("error", &e.to_string());
@@ -285,7 +292,11 @@ mod tests {
         tokio::time::advance(POLL_SPACING / 2).await;
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert_eq!(polled(), 2, "and are folded into one poll when it has passed");
+        assert_eq!(
+            polled(),
+            2,
+            "and are folded into one poll when it has passed"
+        );
         tokio::time::advance(POLL_SPACING * 4).await;
         tokio::task::yield_now().await;
         assert_eq!(polled(), 2, "no ask, no poll");

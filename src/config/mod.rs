@@ -60,6 +60,40 @@ pub struct NatsSettings {
     pub reload_verify_timeout: Duration,
 }
 
+/// How agents are admitted (§12.2): by the auth file and a reload (the default), or by
+/// answering nats-server's auth callout from memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    File,
+    Callout(CalloutSettings),
+}
+
+/// `nats.callout` (§12.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutSettings {
+    /// The local nats-server the responder connects to.
+    pub url: String,
+    /// The service's client certificate and key; its subject is one of the static users.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA that signed nats-server's certificate.
+    pub ca_file: PathBuf,
+    /// The account seed (`SA…`) that signs the answers.
+    pub issuer_seed_file: PathBuf,
+    /// The curve seed (`SX…`) when nats-server seals its requests (`auth_callout.xkey`).
+    pub xkey_seed_file: Option<PathBuf>,
+    /// How long an admitted connection lives before it must be admitted again; zero: for
+    /// ever.
+    pub user_ttl: Duration,
+    /// The admitted set, persisted.
+    pub state_file: PathBuf,
+    /// `authorization.timeout`: how long nats-server lets a connect wait for its answer.
+    pub timeout: Duration,
+}
+
+/// The default `nats.callout.url`.
+pub const DEFAULT_CALLOUT_URL: &str = "tls://127.0.0.1:4222";
+
 /// Mass-removal damping (§6.5): when a pass's removals are held back. Invariant (checked by
 /// [`Config::parse`]): `max_removal_fraction` is within 0..=1 and `confirmations` ≥ 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,6 +149,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// Mass-removal damping (§6.5).
     pub damping: DampingSettings,
+    /// `nats.admission` and `nats.callout` (§12.2).
+    pub admission: Admission,
     /// Keys the file has that this program does not know (warned about, then ignored).
     pub unknown_keys: Vec<String>,
 }
@@ -213,6 +249,22 @@ struct RawNats {
     nats_server_pid_file: Field<String>,
     monitoring_url: Field<String>,
     reload_verify_timeout: Field<f64>,
+    admission: Field<String>,
+    callout: Field<Section<RawCallout>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawCallout {
+    url: Field<String>,
+    cert_file: Field<String>,
+    key_file: Field<String>,
+    ca_file: Field<String>,
+    issuer_seed_file: Field<String>,
+    xkey_seed_file: Field<String>,
+    user_ttl: Field<f64>,
+    state_file: Field<String>,
+    timeout: Field<f64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -347,6 +399,17 @@ impl RawFile {
             reload_verify_timeout: (n.reload_verify_timeout)
                 .seconds("nats.reload_verify_timeout", 5.0)?,
         };
+        let admission = match n.admission.get("nats.admission")?.as_deref() {
+            None | Some("file") => {
+                // Keys of a mode not chosen are not read, but a typo of the mode is caught.
+                Admission::File
+            }
+            Some("callout") => Admission::Callout(callout(n.callout, &nats.auth_file, dir)?),
+            Some(other) => {
+                let message = format!("{other:?} is neither \"file\" nor \"callout\"");
+                return Err(invalid("nats.admission", message));
+            }
+        };
 
         let logfile = self.logfile.path("logfile", dir)?;
         let log = self.log.keys("log")?;
@@ -424,9 +487,73 @@ impl RawFile {
             log_level,
             http_listen: http_enabled.then_some(listen),
             damping,
+            admission,
             unknown_keys,
         })
     }
+}
+
+/// `nats.callout`, for `nats.admission: callout`: the certificate, key, CA and seed files
+/// are required and must be readable (the seeds' modes are checked where they are read).
+fn callout(
+    section: Field<Section<RawCallout>>,
+    auth_file: &Path,
+    dir: &Path,
+) -> Result<CalloutSettings, Invalid> {
+    let c = section.keys("nats.callout")?;
+    let file = |field: Field<String>, key: &str| -> Result<PathBuf, Invalid> {
+        let path = field.required_path(key, dir)?;
+        std::fs::metadata(&path)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        Ok(path)
+    };
+    let url = c
+        .url
+        .text("nats.callout.url")?
+        .unwrap_or_else(|| DEFAULT_CALLOUT_URL.to_owned());
+    if !(url.starts_with("tls://") || url.starts_with("nats://")) {
+        let message = format!("{url:?} is not a nats:// or tls:// URL");
+        return Err(invalid("nats.callout.url", message));
+    }
+    let xkey_seed_file = match c.xkey_seed_file.path("nats.callout.xkey_seed_file", dir)? {
+        None => None,
+        Some(path) => {
+            std::fs::metadata(&path).map_err(|e| {
+                let message = format!("cannot read {}: {e}", path.display());
+                invalid("nats.callout.xkey_seed_file", message)
+            })?;
+            Some(path)
+        }
+    };
+    let state_file = c
+        .state_file
+        .path("nats.callout.state_file", dir)?
+        .unwrap_or_else(|| {
+            let mut name = auth_file.as_os_str().to_owned();
+            name.push(".agents.json");
+            PathBuf::from(name)
+        });
+    let timeout = c.timeout.seconds("nats.callout.timeout", 1.0)?;
+    if timeout > Duration::from_secs(60) {
+        let message = format!(
+            "{} seconds is longer than a connecting client waits",
+            timeout.as_secs_f64()
+        );
+        return Err(invalid("nats.callout.timeout", message));
+    }
+    Ok(CalloutSettings {
+        url,
+        cert_file: file(c.cert_file, "nats.callout.cert_file")?,
+        key_file: file(c.key_file, "nats.callout.key_file")?,
+        ca_file: file(c.ca_file, "nats.callout.ca_file")?,
+        issuer_seed_file: file(c.issuer_seed_file, "nats.callout.issuer_seed_file")?,
+        xkey_seed_file,
+        user_ttl: c
+            .user_ttl
+            .seconds_or_zero("nats.callout.user_ttl", 3600.0)?,
+        state_file,
+        timeout,
+    })
 }
 
 impl Section<RawFile> {
@@ -455,11 +582,24 @@ impl Section<RawFile> {
             let (Some(section), Value::Mapping(keys)) = (section, value) else {
                 continue;
             };
-            for key in keys.keys().filter_map(Value::as_str) {
+            for (key, value) in keys {
+                let Some(key) = key.as_str() else { continue };
                 if section.contains_key(key)
                     || (alias_ignored && name == "director" && key == "ca_cert")
                 {
                     unknown.push(format!("{name}.{key}"));
+                }
+                // The one section within a section.
+                if name == "nats"
+                    && key == "callout"
+                    && let Field::Given(nats) = &file.nats
+                    && let Some(callout) = nats.keys.callout.unknown()
+                    && let Value::Mapping(keys) = value
+                {
+                    let names = keys.keys().filter_map(Value::as_str);
+                    for key in names.filter(|k| callout.contains_key(*k)) {
+                        unknown.push(format!("nats.callout.{key}"));
+                    }
                 }
             }
         }

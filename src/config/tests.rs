@@ -786,3 +786,125 @@ fn yaml_syntax_errors_name_the_line() {
     assert!(got.starts_with("/etc/sync.yml: invalid YAML: "), "{got}");
     assert!(got.contains("line 3") || got.contains("line 4"), "{got}");
 }
+
+/// The BOSH template in callout mode, with the files of `nats.callout` in `dir`.
+fn callout_config(dir: &Path, extra: &str) -> String {
+    for name in ["service.pem", "service.key", "ca.pem", "issuer.nk"] {
+        std::fs::write(dir.join(name), "x").unwrap();
+    }
+    format!(
+        "{BOSH_TEMPLATE}  admission: callout\n  callout:\n    cert_file: service.pem\n    key_file: service.key\n    ca_file: ca.pem\n    issuer_seed_file: issuer.nk\n{extra}"
+    )
+    .replace("logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"\n", "")
+}
+
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    Config::parse(&dir.join("sync.yml"), text, no_env)
+}
+
+#[test]
+fn file_mode_is_the_default_and_reads_no_callout_key() {
+    assert_eq!(parse(BOSH_TEMPLATE).unwrap().admission, Admission::File);
+    let text = format!("{BOSH_TEMPLATE}  admission: file\n  callout:\n    cert_file: /nowhere\n");
+    let text = text.replace(
+        "logfile: \"/var/vcap/sys/log/nats/bosh-nats-sync.log\"\n",
+        "",
+    );
+    assert_eq!(parse(&text).unwrap().admission, Admission::File);
+}
+
+#[test]
+fn callout_mode_takes_its_files_relative_to_the_config_and_has_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), &callout_config(dir.path(), "")).unwrap();
+    let Admission::Callout(callout) = c.admission else {
+        panic!("callout mode")
+    };
+    assert_eq!(callout.url, "tls://127.0.0.1:4222");
+    assert_eq!(callout.cert_file, dir.path().join("service.pem"));
+    assert_eq!(callout.issuer_seed_file, dir.path().join("issuer.nk"));
+    assert_eq!(callout.xkey_seed_file, None);
+    assert_eq!(callout.user_ttl, Duration::from_secs(3600));
+    assert_eq!(callout.timeout, Duration::from_secs(1));
+    assert_eq!(
+        callout.state_file,
+        Path::new("/var/vcap/data/nats/auth.json.agents.json")
+    );
+    let text = callout_config(
+        dir.path(),
+        "    url: nats://10.0.0.5:4222\n    user_ttl: 0\n    timeout: 2.5\n    state_file: state.json\n    xkey_seed_file: issuer.nk\n",
+    );
+    let Admission::Callout(callout) = parse_in(dir.path(), &text).unwrap().admission else {
+        panic!("callout mode")
+    };
+    assert_eq!(callout.url, "nats://10.0.0.5:4222");
+    assert_eq!(
+        callout.user_ttl,
+        Duration::ZERO,
+        "0: connections never expire"
+    );
+    assert_eq!(callout.timeout, Duration::from_millis(2500));
+    assert_eq!(callout.state_file, dir.path().join("state.json"));
+    assert_eq!(callout.xkey_seed_file, Some(dir.path().join("issuer.nk")));
+}
+
+#[test]
+fn callout_mode_names_the_key_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |extra: &str| {
+        parse_in(dir.path(), &callout_config(dir.path(), extra))
+            .unwrap_err()
+            .to_string()
+    };
+    let text = callout_config(dir.path(), "").replace("    ca_file: ca.pem\n", "");
+    let e = parse_in(dir.path(), &text).unwrap_err().to_string();
+    assert!(
+        e.ends_with("nats.callout.ca_file: required key is missing"),
+        "{e}"
+    );
+    std::fs::remove_file(dir.path().join("issuer.nk")).unwrap();
+    let text = callout_config(dir.path(), "");
+    std::fs::remove_file(dir.path().join("issuer.nk")).unwrap();
+    let e = parse_in(dir.path(), &text).unwrap_err().to_string();
+    assert!(
+        e.contains("nats.callout.issuer_seed_file: cannot read") && e.contains("issuer.nk"),
+        "{e}"
+    );
+    let e = with("    url: https://x\n");
+    assert!(
+        e.contains("nats.callout.url: \"https://x\" is not a nats:// or tls:// URL"),
+        "{e}"
+    );
+    let e = with("    user_ttl: -1\n");
+    assert!(
+        e.contains("nats.callout.user_ttl: must be zero or more seconds"),
+        "{e}"
+    );
+    let e = with("    timeout: 0\n");
+    assert!(
+        e.contains("nats.callout.timeout: must be greater than zero"),
+        "{e}"
+    );
+    let e = with("    xkey_seed_file: missing.xk\n");
+    assert!(
+        e.contains("nats.callout.xkey_seed_file: cannot read"),
+        "{e}"
+    );
+    let text = BOSH_TEMPLATE.replace(
+        "  nats_server_pid_file:",
+        "  admission: callouts\n  nats_server_pid_file:",
+    );
+    let e = err(&text);
+    assert!(
+        e.ends_with("nats.admission: \"callouts\" is neither \"file\" nor \"callout\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_of_nats_callout_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = callout_config(dir.path(), "    colour: blue\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.unknown_keys, ["nats.callout.colour"]);
+}
