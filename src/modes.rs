@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use monitoring::{BuildInfo, Health, Metrics};
+use metrics::{BuildInfo, Health, Metrics};
 use reconcile::{BackoffConfig, Failure, PassContext, SelfWrites};
 use tokio_util::sync::CancellationToken;
 
@@ -292,10 +292,10 @@ pub fn run(config: Config) -> ExitCode {
 pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> ExitCode {
     let (metrics, health) = observability(&config);
     let server = match config.http_listen {
-        Some(addr) => match monitoring::bind(addr).await {
+        Some(addr) => match metrics::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(address = %addr, "serving /metrics, /healthz, /readyz and /status");
-                Some(tokio::spawn(monitoring::serve(
+                Some(tokio::spawn(metrics::serve(
                     listener,
                     metrics.clone(),
                     health.clone(),

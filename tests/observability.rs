@@ -357,7 +357,7 @@ async fn metrics_hold_the_values_of_real_passes() {
 /// enums' reasons, the metrics crate's label enums and constants — so neither can drift.
 fn series_from_start_up() -> Vec<(String, f64)> {
     use bosh_nats_sync::pass::report::ERROR_REASONS;
-    use monitoring::{
+    use metrics::{
         Metrics, PassKind, PassResult, ReloadResult, SkipReason, SubjectKind, UserKind, WatchState,
     };
     let labelled = |name: &str, label: &str, values: Vec<&str>| -> Vec<(String, f64)> {

@@ -88,7 +88,7 @@ pub struct Client {
     jwt_key: Option<jsonwebtoken::DecodingKey>,
     token: TokenCache,
     mode: std::sync::Mutex<Option<Mode>>,
-    metrics: Arc<monitoring::Metrics>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// What [`Client::refetch`] found for one deployment.
@@ -141,7 +141,7 @@ impl Client {
     /// is a `SettingsError` naming the file.
     pub fn new(
         settings: Settings,
-        metrics: Arc<monitoring::Metrics>,
+        metrics: Arc<metrics::Metrics>,
     ) -> Result<Client, SettingsError> {
         if !is_http_base(&settings.url) {
             return Err(SettingsError::DirectorUrl {
@@ -780,7 +780,7 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_refused_at_construction() {
-        let metrics = Arc::new(monitoring::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::new());
         let dir = tempfile::tempdir().expect("tempdir");
         let garbage = dir.path().join("uaa_ca.pem");
         std::fs::write(&garbage, "garbage").expect("write");

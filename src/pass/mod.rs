@@ -26,7 +26,7 @@ pub mod watch;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use monitoring::{Health, Metrics, PassKind};
+use metrics::{Health, Metrics, PassKind};
 use reconcile::PassContext;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
@@ -475,7 +475,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         Ok(())
     }
 
-    fn subjects(&self) -> (Subjects, Vec<monitoring::SubjectKind>) {
+    fn subjects(&self) -> (Subjects, Vec<metrics::SubjectKind>) {
         observe::subjects(
             self.paths.director_subject.as_deref(),
             self.paths.hm_subject.as_deref(),

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 
-use monitoring::SubjectKind;
+use metrics::SubjectKind;
 use tokio::time::Instant;
 
 use crate::authfile::Observed;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{
+use metrics::{
     DesiredCounts, Health, Metrics, PassKind, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
     SubjectKind,
 };

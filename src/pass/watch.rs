@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use monitoring::{WatchState, WatchStatus};
+use metrics::{WatchState, WatchStatus};
 use tokio::time::Instant;
 
 use crate::director::{Event, EventsQuery};

@@ -6,7 +6,7 @@
 //! in the root crate runs every query against a real Prometheus scraping the real binary.
 //!
 //! The file is the chart's `dashboards/bosh-nats-sync.json` (Helm reads only files inside
-//! the chart); `monitoring/grafana-dashboard.json` is a symlink to it.
+//! the chart); `metrics/grafana-dashboard.json` is a symlink to it.
 
 mod common;
 
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{Health, Metrics};
+use metrics::{Health, Metrics};
 use serde_json::{Value, json};
 
 /// Units a panel may show: seconds, operations and requests per second, plain numbers,
@@ -122,7 +122,7 @@ fn exported() -> BTreeSet<String> {
 }
 
 #[test]
-fn the_monitoring_file_is_the_charts_file() {
+fn the_metrics_crates_file_is_the_charts_file() {
     let link = crate_dir().join("grafana-dashboard.json");
     let meta =
         std::fs::symlink_metadata(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use monitoring::{
+use metrics::{
     DesiredCounts, Health, Metrics, PassKind, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
     SubjectKind, WatchState, WatchStatus,
 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{get, sample};
-use monitoring::{
+use metrics::{
     DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SHUTDOWN_GRACE,
     WatchState, WatchStatus,
 };
@@ -27,14 +27,14 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let listener = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
+    let listener = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = listener.local_addr().expect("bound address");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone(), LIMIT));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitoring::serve(
+    let task = tokio::spawn(metrics::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -359,11 +359,11 @@ async fn shutdown_does_not_wait_forever_for_a_stuck_client() {
 
 #[tokio::test]
 async fn bind_errors_name_the_address() {
-    let first = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
+    let first = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = first.local_addr().expect("bound address");
-    let err = monitoring::bind(addr).await.expect_err("the port is taken");
+    let err = metrics::bind(addr).await.expect_err("the port is taken");
     assert_eq!(err.addr, addr);
     assert_eq!(err.reason(), "bind");
     let msg = err.to_string();

@@ -1,4 +1,4 @@
-//! Monitoring for bosh-nats-sync: Prometheus metrics (§8), the control loop's health and
+//! Metrics for bosh-nats-sync: Prometheus metrics (§8), the control loop's health and
 //! status (§7), and the axum server that exposes them.
 //!
 //! Who records what:

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{Health, Metrics};
+use metrics::{Health, Metrics};
 
 /// `$PROMTOOL`, or `promtool` from `PATH`.
 fn promtool() -> PathBuf {
