@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::director;
-use crate::pass::watch::WatchSettings;
+use crate::pass::watch::{Watch, WatchSettings};
 use crate::pass::{FileAdmission, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
 use crate::users::{AgentId, agent};
@@ -53,16 +53,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         )
 }
 
-/// The metrics registry — every error reason a pass can fail with exported at 0 from the
-/// start (§8) — and the loop's health record (which updates the same metrics).
+/// The metrics registry — every label value known in advance, every error reason a pass can
+/// fail with among them, exported at 0 from the start (§8) — and the loop's health record
+/// (which updates the same metrics; the watch off until it reports).
 fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
-    let metrics = Arc::new(Metrics::with_build_info(BUILD, &report::ERROR_REASONS));
+    let metrics = Arc::new(Metrics::with_labels(BUILD, &report::labels()));
     let limit = Health::liveness_limit(
         config.poll_interval,
         config.backoff_max,
         config.pass_timeout,
     );
-    (metrics.clone(), Arc::new(Health::new(metrics, limit)))
+    let health = Health::new(metrics.clone(), limit, Watch::unreported());
+    (metrics, Arc::new(health))
 }
 
 /// Builds the reconciler — the director client checks its CA files and key here — or says

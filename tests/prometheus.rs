@@ -1039,7 +1039,7 @@ async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
         .iter()
         .filter_map(|s| s["metric"]["endpoint"].as_str())
         .collect();
-    let listed: BTreeSet<&str> = metrics::Metrics::DIRECTOR_ENDPOINTS.into_iter().collect();
+    let listed: BTreeSet<&str> = bosh_nats_sync::director::ENDPOINTS.into_iter().collect();
     assert!(
         used.is_subset(&listed) && used.contains("uaa_token") && used.contains("events"),
         "endpoints requested {used:?}, preset {listed:?}"

@@ -12,10 +12,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Health, Metrics};
 use serde_json::{Value, json};
 
 /// Units a panel may show: seconds, operations and requests per second, plain numbers,
@@ -109,8 +107,8 @@ fn families_read(panel: &Value) -> BTreeSet<String> {
 
 /// The families the program exports (from `# TYPE` lines, after recording everything).
 fn exported() -> BTreeSet<String> {
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::new(metrics.clone(), Duration::from_secs(600));
+    let metrics = common::metrics();
+    let health = common::health(metrics.clone(), Duration::from_secs(600));
     common::record_everything(&metrics, &health);
     metrics
         .render()
