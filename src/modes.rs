@@ -5,13 +5,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use monitoring::{BuildInfo, Health, Metrics};
+use metrics::{BuildInfo, Health, Metrics};
 use reconcile::{BackoffConfig, Failure, PassContext, SelfWrites};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::director;
-use crate::pass::watch::WatchSettings;
+use crate::pass::watch::{Watch, WatchSettings};
 use crate::pass::{FileAdmission, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
 use crate::users::{AgentId, agent};
@@ -54,16 +54,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         )
 }
 
-/// The metrics registry — every error reason a pass can fail with exported at 0 from the
-/// start (§8) — and the loop's health record (which updates the same metrics).
+/// The metrics registry — every label value known in advance, every error reason a pass can
+/// fail with among them, exported at 0 from the start (§8) — and the loop's health record
+/// (which updates the same metrics; the watch off until it reports).
 fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
-    let metrics = Arc::new(Metrics::with_build_info(BUILD, &report::ERROR_REASONS));
+    let metrics = Arc::new(Metrics::with_labels(BUILD, &report::labels()));
     let limit = Health::liveness_limit(
         config.poll_interval,
         config.backoff_max,
         config.pass_timeout,
     );
-    (metrics.clone(), Arc::new(Health::new(metrics, limit)))
+    let health = Health::new(metrics.clone(), limit, Watch::unreported());
+    (metrics, Arc::new(health))
 }
 
 /// Builds the reconciler — the director client checks its CA files and key here — or says
@@ -308,10 +310,10 @@ pub fn run(config: Config) -> ExitCode {
 pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> ExitCode {
     let (metrics, health) = observability(&config);
     let server = match config.http_listen {
-        Some(addr) => match monitoring::bind(addr).await {
+        Some(addr) => match metrics::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(address = %addr, "serving /metrics, /healthz, /readyz and /status");
-                Some(tokio::spawn(monitoring::serve(
+                Some(tokio::spawn(metrics::serve(
                     listener,
                     metrics.clone(),
                     health.clone(),

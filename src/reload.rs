@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics::Label;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -104,10 +105,51 @@ pub enum Reloaded {
 }
 
 impl Reloaded {
+    /// The [`ReloadResult`] label of a reload that ended so.
     pub fn label(self) -> &'static str {
+        ReloadResult::from(self).as_str()
+    }
+}
+
+/// How a reload ended, successful or not: the `result` label of
+/// `bosh_nats_sync_reloads_total` and of `/status`'s `last_reload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// Signalled, and nats-server's `config_load_time` advanced ([`Reloaded::Verified`]).
+    Ok,
+    /// Signalling failed, or the server did not load the new file (a [`ReloadError`]).
+    Failed,
+    /// Signalled without a monitoring endpoint to confirm the load ([`Reloaded::Unverified`]).
+    Unverified,
+}
+
+impl ReloadResult {
+    /// How a reload that returned `outcome` ended.
+    pub fn of(outcome: &Result<Reloaded, ReloadError>) -> Self {
+        match outcome {
+            Ok(how) => Self::from(*how),
+            Err(_) => Self::Failed,
+        }
+    }
+}
+
+impl From<Reloaded> for ReloadResult {
+    fn from(how: Reloaded) -> Self {
+        match how {
+            Reloaded::Verified => Self::Ok,
+            Reloaded::Unverified => Self::Unverified,
+        }
+    }
+}
+
+impl Label for ReloadResult {
+    const ALL: &'static [Self] = &[Self::Ok, Self::Failed, Self::Unverified];
+
+    fn as_str(self) -> &'static str {
         match self {
-            Reloaded::Verified => "ok",
-            Reloaded::Unverified => "unverified",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Unverified => "unverified",
         }
     }
 }
@@ -462,6 +504,25 @@ mod tests {
         }
     }
     const VARIANTS: usize = 10;
+
+    #[test]
+    fn the_result_label_says_how_a_reload_ended() {
+        let failed = Err(ReloadError::BadPid {
+            path: PathBuf::from("/var/vcap/sys/run/nats/nats.pid"),
+            content: "garbage".into(),
+        });
+        for (outcome, label) in [
+            (Ok(Reloaded::Verified), "ok"),
+            (Ok(Reloaded::Unverified), "unverified"),
+            (failed, "failed"),
+        ] {
+            assert_eq!(ReloadResult::of(&outcome).as_str(), label);
+            assert!(ReloadResult::values().contains(&label), "{label}");
+            if let Ok(how) = outcome {
+                assert_eq!(how.label(), label);
+            }
+        }
+    }
 
     #[test]
     fn all_reasons_lists_the_reason_of_every_variant() {

@@ -91,11 +91,11 @@ impl Env {
 
 struct Harness {
     client: Client,
-    metrics: Arc<monitoring::Metrics>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 fn client(settings: Settings) -> Harness {
-    let metrics = Arc::new(monitoring::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::new());
     let client = Client::new(settings, metrics.clone()).expect("client");
     Harness { client, metrics }
 }
@@ -844,8 +844,8 @@ async fn garbage_ca_file_is_refused_at_construction() {
     std::fs::write(&path, "not a certificate").expect("write");
     let mut settings = env.settings("https://127.0.0.1:1");
     settings.director_ca = Some(path);
-    let err = Client::new(settings, Arc::new(monitoring::Metrics::new()))
-        .expect_err("garbage CA accepted");
+    let err =
+        Client::new(settings, Arc::new(metrics::Metrics::new())).expect_err("garbage CA accepted");
     assert!(err.to_string().contains("garbage.crt"), "{err}");
 }
 

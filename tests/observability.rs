@@ -353,76 +353,60 @@ async fn metrics_hold_the_values_of_real_passes() {
 
 /// Every series a fresh process exports before its first pass has ended, with its value:
 /// every label value known in advance at 0 (the watch state's gauge at 1 for `off`). The one
-/// place this test lists them, built from the lists the program itself presets — the error
-/// enums' reasons, the metrics crate's label enums and constants — so neither can drift.
+/// place this test lists them, built from the lists the program itself hands its metrics
+/// (`report::labels()`: its label enums, its error enums' reasons, the director client's
+/// endpoints), so neither can drift.
 fn series_from_start_up() -> Vec<(String, f64)> {
-    use bosh_nats_sync::pass::report::ERROR_REASONS;
-    use monitoring::{
-        Metrics, PassKind, PassResult, ReloadResult, SkipReason, SubjectKind, UserKind, WatchState,
-    };
-    let labelled = |name: &str, label: &str, values: Vec<&str>| -> Vec<(String, f64)> {
+    use bosh_nats_sync::pass::report;
+    let labels = report::labels();
+    let labelled = |name: &str, label: &str, values: &[&str]| -> Vec<(String, f64)> {
         values
-            .into_iter()
+            .iter()
             .map(|v| (format!("bosh_nats_sync_{name}{{{label}=\"{v}\"}}"), 0.0))
             .collect()
     };
     let mut all = Vec::new();
-    all.extend(labelled(
-        "passes_total",
-        "result",
-        PassResult::ALL.map(PassResult::as_str).to_vec(),
-    ));
-    all.extend(labelled("errors_total", "reason", ERROR_REASONS.to_vec()));
-    all.extend(labelled(
-        "desired_users",
-        "kind",
-        UserKind::ALL.map(UserKind::as_str).to_vec(),
-    ));
+    all.extend(labelled("passes_total", "result", &labels.pass_results));
+    all.extend(labelled("errors_total", "reason", &labels.error_reasons));
+    all.extend(labelled("desired_users", "kind", &labels.user_kinds));
     all.extend(labelled(
         "skipped_vms_total",
         "reason",
-        SkipReason::ALL.map(SkipReason::as_str).to_vec(),
+        &labels.skip_reasons,
     ));
     all.extend(labelled(
         "subjects_rejected_total",
         "kind",
-        SubjectKind::ALL.map(SubjectKind::as_str).to_vec(),
+        &labels.subject_kinds,
     ));
-    all.extend(labelled(
-        "reloads_total",
-        "result",
-        ReloadResult::ALL.map(ReloadResult::as_str).to_vec(),
-    ));
+    all.extend(labelled("reloads_total", "result", &labels.reload_results));
     all.extend(labelled(
         "uaa_token_fetches_total",
         "result",
-        Metrics::UAA_TOKEN_RESULTS.to_vec(),
+        &labels.uaa_token_results,
     ));
     all.extend(labelled(
         "watch_state_changes_total",
         "state",
-        WatchState::ALL.map(WatchState::as_str).to_vec(),
+        &labels.watch_states,
     ));
-    all.extend(labelled(
-        "watch_passes_total",
-        "kind",
-        PassKind::ALL.map(PassKind::as_str).to_vec(),
-    ));
-    all.extend(WatchState::ALL.map(|s| {
+    all.extend(labelled("watch_passes_total", "kind", &labels.pass_kinds));
+    all.extend(labels.watch_states.iter().map(|s| {
         (
-            format!("bosh_nats_sync_watch_state{{state=\"{}\"}}", s.as_str()),
-            if s == WatchState::Off { 1.0 } else { 0.0 },
+            format!("bosh_nats_sync_watch_state{{state=\"{s}\"}}"),
+            if *s == "off" { 1.0 } else { 0.0 },
         )
     }));
-    all.extend(Metrics::DIRECTOR_ENDPOINTS.map(|e| {
-        (
-            format!(
-                "bosh_nats_sync_director_requests_total{{endpoint=\"{e}\",status=\"{}\"}}",
-                Metrics::DIRECTOR_SUCCESS_STATUS
-            ),
-            0.0,
-        )
-    }));
+    for e in &labels.director_endpoints {
+        for s in &labels.director_statuses {
+            all.push((
+                format!(
+                    "bosh_nats_sync_director_requests_total{{endpoint=\"{e}\",status=\"{s}\"}}"
+                ),
+                0.0,
+            ));
+        }
+    }
     all.extend(
         [
             "auth_file_writes_total",
@@ -457,7 +441,10 @@ async fn every_known_series_is_exported_from_start_up() {
         r#"bosh_nats_sync_director_requests_total{endpoint="vms",status="200"}"#,
         r#"bosh_nats_sync_director_requests_total{endpoint="uaa_token",status="200"}"#,
         r#"bosh_nats_sync_watch_state{state="failing"}"#,
+        r#"bosh_nats_sync_watch_state{state="off"}"#,
         r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
+        r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#,
+        r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
     ] {
         assert!(
             expected.iter().any(|(series, _)| series == literal),

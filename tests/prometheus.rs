@@ -31,7 +31,7 @@ use sim::pki::bootstrap_agent_cn;
 const JOB: &str = "bosh-nats-sync-under-test";
 
 /// How much faster than the shipped rules' clock the test runs: one minute of
-/// `monitoring/alerts.yml` is one second here.
+/// `metrics/alerts.yml` is one second here.
 const TIME_SCALE: u64 = 60;
 
 /// What the dashboard's `$__rate_interval` becomes. Grafana derives it from the scrape
@@ -63,7 +63,7 @@ const RELOAD_ALERT: &str = "BoshNatsSyncReloadFailing";
 // ---------------------------------------------------------------------------------------
 // The shipped rules on the test's time scale.
 
-/// `monitoring/alerts.yml` (the text `shipped`) with every time divided by [`TIME_SCALE`],
+/// `metrics/alerts.yml` (the text `shipped`) with every time divided by [`TIME_SCALE`],
 /// and nothing else changed — names, labels, annotations and the shape of every expression
 /// are the shipped ones:
 ///
@@ -870,8 +870,8 @@ async fn panels_return_data(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
     let started = Instant::now();
-    let shipped = std::fs::read_to_string(workspace_file("monitoring/alerts.yml"))
-        .expect("read monitoring/alerts.yml");
+    let shipped = std::fs::read_to_string(workspace_file("metrics/alerts.yml"))
+        .expect("read metrics/alerts.yml");
     let rules = scaled_rules(&shipped).unwrap_or_else(|e| panic!("{e}"));
     let expected_rules = alert_names(&shipped);
     assert_eq!(
@@ -882,10 +882,10 @@ async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
     for name in OUTAGE_ALERTS.iter().chain([&RELOAD_ALERT]) {
         assert!(
             expected_rules.contains(*name),
-            "monitoring/alerts.yml has no alert {name}, which this test drives"
+            "metrics/alerts.yml has no alert {name}, which this test drives"
         );
     }
-    let dashboard_path = workspace_file("monitoring/grafana-dashboard.json");
+    let dashboard_path = workspace_file("metrics/grafana-dashboard.json");
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(&dashboard_path)
             .unwrap_or_else(|e| panic!("read {}: {e}", dashboard_path.display())),
@@ -1039,9 +1039,7 @@ async fn the_dashboard_and_the_alert_rules_work_on_a_real_prometheus() {
         .iter()
         .filter_map(|s| s["metric"]["endpoint"].as_str())
         .collect();
-    let listed: BTreeSet<&str> = monitoring::Metrics::DIRECTOR_ENDPOINTS
-        .into_iter()
-        .collect();
+    let listed: BTreeSet<&str> = bosh_nats_sync::director::ENDPOINTS.into_iter().collect();
     assert!(
         used.is_subset(&listed) && used.contains("uaa_token") && used.contains("events"),
         "endpoints requested {used:?}, preset {listed:?}"

@@ -17,7 +17,7 @@ pub(crate) struct Request<'a> {
     pub url: String,
     pub builder: reqwest::RequestBuilder,
     pub max_body_bytes: usize,
-    pub metrics: &'a monitoring::Metrics,
+    pub metrics: &'a metrics::Metrics,
 }
 
 /// A URL as it may appear in a message: no user info, no query, no fragment.

@@ -70,6 +70,21 @@ pub struct Settings {
     pub connection_wait_timeout: Duration,
 }
 
+/// The `endpoint` label of every request the client makes, in
+/// `bosh_nats_sync_director_requests_total` and
+/// `bosh_nats_sync_director_request_duration_seconds` (`events` is the watch's read of the
+/// event log, §6.6; `uaa_token` the client-credentials grant at UAA). The metrics export each
+/// from start-up (§8).
+pub const ENDPOINTS: [&str; 5] = ["info", "deployments", "vms", "events", "uaa_token"];
+
+/// The `status` every endpoint answers when it succeeds, the one status known in advance:
+/// `bosh_nats_sync_director_requests_total` has it for every endpoint from start-up. Other
+/// statuses and the error classes appear when they first occur.
+pub const SUCCESS_STATUS: &str = "200";
+
+/// The `result` label of `bosh_nats_sync_uaa_token_fetches_total`, exported from start-up.
+pub const UAA_TOKEN_RESULTS: [&str; 2] = ["ok", "error"];
+
 /// How often `/info` is retried while the director is unreachable (§6.4).
 const INFO_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -88,7 +103,7 @@ pub struct Client {
     jwt_key: Option<jsonwebtoken::DecodingKey>,
     token: TokenCache,
     mode: std::sync::Mutex<Option<Mode>>,
-    metrics: Arc<monitoring::Metrics>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// What [`Client::refetch`] found for one deployment.
@@ -141,7 +156,7 @@ impl Client {
     /// is a `SettingsError` naming the file.
     pub fn new(
         settings: Settings,
-        metrics: Arc<monitoring::Metrics>,
+        metrics: Arc<metrics::Metrics>,
     ) -> Result<Client, SettingsError> {
         if !is_http_base(&settings.url) {
             return Err(SettingsError::DirectorUrl {
@@ -422,8 +437,9 @@ impl Client {
         client_secret: &Secret,
     ) -> Result<FetchedToken, Error> {
         let result = self.request_token(uaa, client_id, client_secret).await;
+        let [ok, error] = UAA_TOKEN_RESULTS;
         self.metrics
-            .uaa_token_fetch(if result.is_ok() { "ok" } else { "error" });
+            .uaa_token_fetch(if result.is_ok() { ok } else { error });
         if let Err(e) = &result {
             tracing::warn!(error = %e, "UAA token fetch failed");
         }
@@ -770,7 +786,7 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_refused_at_construction() {
-        let metrics = Arc::new(monitoring::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::new());
         let dir = tempfile::tempdir().expect("tempdir");
         let garbage = dir.path().join("uaa_ca.pem");
         std::fs::write(&garbage, "garbage").expect("write");

@@ -1,5 +1,7 @@
 //! The director's VMs + the two subjects → the desired NATS users (§3). Pure: no I/O.
 
+use metrics::Label;
+
 use crate::users::agent::{self, AgentId};
 use crate::users::{User, UserSet};
 use crate::vm::Vm;
@@ -44,12 +46,80 @@ pub struct Subjects {
     pub hm: Option<Subject>,
 }
 
+/// Why a VM was left out of the desired users (§3.3): the `reason` label of
+/// `bosh_nats_sync_skipped_vms_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// `agent_id` null or empty: normal for a moment while a VM is being created.
+    NoAgentId,
+    /// `agent_id` outside `[A-Za-z0-9_-]{1,128}`.
+    InvalidAgentId,
+    /// The same agent id reported a second time.
+    Duplicate,
+}
+
+impl Label for SkipReason {
+    const ALL: &'static [Self] = &[Self::NoAgentId, Self::InvalidAgentId, Self::Duplicate];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAgentId => "no_agent_id",
+            Self::InvalidAgentId => "invalid_agent_id",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// VMs left out of the desired users, by reason (§3.3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Skipped {
     pub no_agent_id: usize,
     pub invalid_agent_id: usize,
     pub duplicate: usize,
+}
+
+impl Skipped {
+    /// The counts by their reason.
+    pub fn by_reason(&self) -> [(SkipReason, usize); 3] {
+        [
+            (SkipReason::NoAgentId, self.no_agent_id),
+            (SkipReason::InvalidAgentId, self.invalid_agent_id),
+            (SkipReason::Duplicate, self.duplicate),
+        ]
+    }
+
+    /// Every VM left out.
+    pub fn total(&self) -> usize {
+        self.no_agent_id + self.invalid_agent_id + self.duplicate
+    }
+}
+
+/// Which rule of §3.1 made a user: the `kind` label of `bosh_nats_sync_desired_users` (and
+/// a field of `/status`'s `desired_users`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UserKind {
+    Director,
+    HealthMonitor,
+    Agent,
+    AgentBootstrap,
+}
+
+impl Label for UserKind {
+    const ALL: &'static [Self] = &[
+        Self::Director,
+        Self::HealthMonitor,
+        Self::Agent,
+        Self::AgentBootstrap,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Director => "director",
+            Self::HealthMonitor => "hm",
+            Self::Agent => "agent",
+            Self::AgentBootstrap => "agent_bootstrap",
+        }
+    }
 }
 
 /// Desired users by kind, for metrics and the pass summary.
@@ -59,6 +129,23 @@ pub struct Counts {
     pub hm: usize,
     pub agent: usize,
     pub agent_bootstrap: usize,
+}
+
+impl Counts {
+    /// The counts by their kind, in the order `/status` lists them.
+    pub fn by_kind(&self) -> [(UserKind, usize); 4] {
+        [
+            (UserKind::Director, self.director),
+            (UserKind::HealthMonitor, self.hm),
+            (UserKind::Agent, self.agent),
+            (UserKind::AgentBootstrap, self.agent_bootstrap),
+        ]
+    }
+
+    /// Every desired user.
+    pub fn total(&self) -> usize {
+        self.director + self.hm + self.agent + self.agent_bootstrap
+    }
 }
 
 /// The outcome of computing desired state: the users (compact: the two component users plus

@@ -26,7 +26,7 @@ pub mod watch;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use monitoring::{Health, Metrics, PassKind};
+use metrics::{Health, Label, Metrics};
 use reconcile::PassContext;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
@@ -334,14 +334,10 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         span: Span,
     ) -> Result<Report, PassError> {
         self.report.started();
-        let kind = match scope {
-            Scope::Full => PassKind::Full,
-            Scope::Partial => PassKind::Partial,
-        };
-        span.record("kind", kind.as_str());
+        span.record("kind", scope.as_str());
         let result = self.steps(carried, scope).instrument(span.clone()).await;
         if carried.following.is_some() {
-            self.report.kind(kind);
+            self.report.kind(scope);
         }
         report::record(&span, result.as_ref());
         result
@@ -475,7 +471,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         Ok(())
     }
 
-    fn subjects(&self) -> (Subjects, Vec<monitoring::SubjectKind>) {
+    fn subjects(&self) -> (Subjects, Vec<observe::SubjectKind>) {
         observe::subjects(
             self.paths.director_subject.as_deref(),
             self.paths.hm_subject.as_deref(),

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 
-use monitoring::SubjectKind;
+use metrics::Label;
 use tokio::time::Instant;
 
 use crate::authfile::Observed;
@@ -104,6 +104,25 @@ impl FileState {
     }
 }
 
+/// Whose subject file a subject was read from (§3.2): the `kind` label of
+/// `bosh_nats_sync_subjects_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubjectKind {
+    Director,
+    HealthMonitor,
+}
+
+impl Label for SubjectKind {
+    const ALL: &'static [Self] = &[Self::Director, Self::HealthMonitor];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Director => "director",
+            Self::HealthMonitor => "hm",
+        }
+    }
+}
+
 /// Reads both subject files (§3.2). Missing, unreadable or blank = unknown; a subject with
 /// control characters is refused and logged, and its kind returned with the refusals.
 pub fn subjects(director: Option<&Path>, hm: Option<&Path>) -> (Subjects, Vec<SubjectKind>) {
@@ -147,7 +166,9 @@ pub struct Following {
     pub view: Option<View>,
 }
 
-/// How much of the director a pass looks at; everything after that is the same (§6.6).
+/// How much of the director a pass looks at; everything after that is the same (§6.6). The
+/// kind of a pass: the `kind` label of `bosh_nats_sync_watch_passes_total` and the `kind` of
+/// its span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Every deployment: `/info`, `/deployments`, every `/vms`.
@@ -155,6 +176,17 @@ pub enum Scope {
     /// The deployments the event log named since they were last fetched, over the view the
     /// passes keep; none, when only the auth file or a subject file changed.
     Partial,
+}
+
+impl Label for Scope {
+    const ALL: &'static [Self] = &[Self::Full, Self::Partial];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Partial => "partial",
+        }
+    }
 }
 
 /// What a pass found of the director.

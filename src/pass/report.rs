@@ -7,18 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{
-    DesiredCounts, Health, Metrics, PassKind, PassOutcome, PassSummary, ReloadOutcome, SkipReason,
-    SubjectKind,
-};
+use metrics::{ErrorInfo, Health, Label, Labels, Metrics, PassSummary, ReloadSummary};
 use reconcile::{Failure, PassContext};
 use tokio::time::Instant;
 use tracing::Span;
 
+use crate::director;
 use crate::pass::PassError;
-use crate::pass::desired::{Counts, Skipped};
-use crate::pass::watch::{Absorbed, Watch};
-use crate::reload::{ReloadError, Reloaded};
+use crate::pass::desired::{Counts, SkipReason, Skipped, UserKind};
+use crate::pass::observe::{Scope, SubjectKind};
+use crate::pass::watch::{Absorbed, Watch, WatchState};
+use crate::reload::{ReloadError, ReloadResult, Reloaded};
 use crate::users::Changes;
 
 /// What a successful pass did.
@@ -43,11 +42,65 @@ pub struct Report {
 
 impl Report {
     pub fn users_total(&self) -> usize {
-        self.counts.director + self.counts.hm + self.counts.agent + self.counts.agent_bootstrap
+        self.counts.total()
     }
 
     fn skipped_vms(&self) -> usize {
-        self.skipped.no_agent_id + self.skipped.invalid_agent_id + self.skipped.duplicate
+        self.skipped.total()
+    }
+}
+
+/// How a pass ended: the `result` label of `bosh_nats_sync_passes_total`, of
+/// `/status`'s `last_pass` and of the pass's span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassResult {
+    /// The auth file differed from the desired users and was rewritten.
+    Changed,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// The pass failed (its reason is counted in `bosh_nats_sync_errors_total`).
+    Error,
+}
+
+impl PassResult {
+    /// How a pass that returned `result` ended.
+    pub fn of<E>(result: Result<&Report, E>) -> Self {
+        match result {
+            Ok(r) if r.written => Self::Changed,
+            Ok(_) => Self::Unchanged,
+            Err(_) => Self::Error,
+        }
+    }
+}
+
+impl Label for PassResult {
+    const ALL: &'static [Self] = &[Self::Changed, Self::Unchanged, Self::Error];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::Unchanged => "unchanged",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Every label value the program's metrics know in advance, each exported at 0 from
+/// start-up (§8): the metrics crate has none of its own.
+pub fn labels() -> Labels {
+    Labels {
+        pass_results: PassResult::values(),
+        error_reasons: ERROR_REASONS.to_vec(),
+        user_kinds: UserKind::values(),
+        skip_reasons: SkipReason::values(),
+        subject_kinds: SubjectKind::values(),
+        reload_results: ReloadResult::values(),
+        director_endpoints: director::ENDPOINTS.to_vec(),
+        director_statuses: vec![director::SUCCESS_STATUS],
+        uaa_token_results: director::UAA_TOKEN_RESULTS.to_vec(),
+        // `Off` first: the state the gauge starts in, which `Watch::unreported` shows.
+        watch_states: WatchState::values(),
+        pass_kinds: Scope::values(),
     }
 }
 
@@ -69,26 +122,22 @@ impl Reporter {
     }
 
     /// A pass of `kind` ran with the watch on, whatever its result.
-    pub fn kind(&self, kind: PassKind) {
-        self.metrics.pass_kind(kind);
+    pub fn kind(&self, kind: Scope) {
+        self.metrics.pass_kind(kind.as_str());
     }
 
     /// Subject files whose content was refused (§3.2).
     pub fn subjects_refused(&self, kinds: &[SubjectKind]) {
         for kind in kinds {
-            self.metrics.subject_rejected(*kind);
+            self.metrics.subject_rejected(kind.as_str());
         }
     }
 
     /// VMs left out of the desired users (§3.3).
     pub fn skipped(&self, skipped: &Skipped) {
-        for (reason, n) in [
-            (SkipReason::NoAgentId, skipped.no_agent_id),
-            (SkipReason::InvalidAgentId, skipped.invalid_agent_id),
-            (SkipReason::Duplicate, skipped.duplicate),
-        ] {
+        for (reason, n) in skipped.by_reason() {
             if n > 0 {
-                self.metrics.vms_skipped(reason, n as u64);
+                self.metrics.vms_skipped(reason.as_str(), n as u64);
             }
         }
     }
@@ -101,18 +150,16 @@ impl Reporter {
     /// nats-server was asked to load the file; `usable` when it holds users that let the
     /// director in (§7: readiness comes with the first verified load of such a file).
     pub fn loaded(&self, result: &Result<Reloaded, ReloadError>, usable: bool) {
-        match result {
-            Ok(how) => {
-                self.health.reload_finished(match how {
-                    Reloaded::Verified => ReloadOutcome::Verified,
-                    Reloaded::Unverified => ReloadOutcome::Unverified,
-                });
-                self.ready(usable);
-            }
-            Err(e) => self.health.reload_finished(ReloadOutcome::Failed {
+        self.health.reload_finished(ReloadSummary {
+            result: ReloadResult::of(result).as_str(),
+            verified: matches!(result, Ok(Reloaded::Verified)),
+            error: result.as_ref().err().map(|e| ErrorInfo {
                 reason: e.reason(),
                 message: e.to_string(),
             }),
+        });
+        if result.is_ok() {
+            self.ready(usable);
         }
     }
 
@@ -215,6 +262,7 @@ pub fn finished(
     duration: Duration,
 ) {
     let duration_ms = duration.as_millis() as u64;
+    let ended = PassResult::of(result).as_str();
     match result {
         Ok(r) => {
             tracing::info!(
@@ -243,17 +291,14 @@ pub fn finished(
                 }
             );
             health.pass_finished(PassSummary {
-                outcome: if r.written {
-                    PassOutcome::Changed
-                } else {
-                    PassOutcome::Unchanged
-                },
-                desired: Some(DesiredCounts {
-                    director: r.counts.director,
-                    hm: r.counts.hm,
-                    agent: r.counts.agent,
-                    agent_bootstrap: r.counts.agent_bootstrap,
-                }),
+                result: ended,
+                error: None,
+                desired: Some(
+                    r.counts
+                        .by_kind()
+                        .map(|(kind, n)| (kind.as_str(), n))
+                        .to_vec(),
+                ),
                 observed_users: Some(if r.written {
                     r.users_total()
                 } else {
@@ -265,7 +310,16 @@ pub fn finished(
         Err(e) => {
             let reason = reason(e);
             tracing::error!(pass, reason, error = %e, duration_ms, "pass failed");
-            health.pass_finished(PassSummary::failed(reason, e.to_string()));
+            health.pass_finished(PassSummary {
+                result: ended,
+                error: Some(ErrorInfo {
+                    reason,
+                    message: e.to_string(),
+                }),
+                desired: None,
+                observed_users: None,
+                held: false,
+            });
         }
     }
 }
@@ -313,7 +367,7 @@ pub fn span_because(ctx: &PassContext, triggers: &str) -> Span {
 pub fn record(span: &Span, result: Result<&Report, &PassError>) {
     match result {
         Ok(r) => {
-            span.record("result", if r.written { "changed" } else { "unchanged" });
+            span.record("result", PassResult::of(result).as_str());
             span.record("desired", count(r.users_total()));
             span.record("agents", count(r.counts.agent));
             span.record("added", count(r.changes.added.len()));
@@ -325,7 +379,7 @@ pub fn record(span: &Span, result: Result<&Report, &PassError>) {
             span.record("otel.status_code", "OK");
         }
         Err(e) => {
-            span.record("result", "error");
+            span.record("result", PassResult::of(result).as_str());
             span.record("reason", e.reason());
             span.record("otel.status_code", "ERROR");
             // The reason, not the message: messages carry URLs and server output, and a
@@ -547,6 +601,34 @@ mod tests {
         ] {
             assert!(ERROR_REASONS.contains(&r), "{r}");
         }
+    }
+
+    #[test]
+    fn the_metrics_start_in_the_state_an_unreported_watch_shows() {
+        let labels = labels();
+        assert_eq!(
+            labels.watch_states.first(),
+            Some(&Watch::unreported().state)
+        );
+        assert_eq!(Watch::unreported().state, "off");
+    }
+
+    #[test]
+    fn the_pass_result_is_what_the_pass_did() {
+        let mut report = Report {
+            written: true,
+            reloaded: None,
+            counts: Counts::default(),
+            skipped: Skipped::default(),
+            observed_users: 0,
+            changes: Changes::default(),
+            held: None,
+            refetched: None,
+        };
+        assert_eq!(PassResult::of::<()>(Ok(&report)).as_str(), "changed");
+        report.written = false;
+        assert_eq!(PassResult::of::<()>(Ok(&report)).as_str(), "unchanged");
+        assert_eq!(PassResult::of(Err(())).as_str(), "error");
     }
 
     #[test]

@@ -147,8 +147,15 @@ fn setup_with<D: Director>(
     let (director_subject, hm_subject) = (dir.path().join("director"), dir.path().join("hm"));
     std::fs::write(&director_subject, format!("subject={DIRECTOR_DN}\n")).unwrap();
     std::fs::write(&hm_subject, HM_DN).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(metrics.clone(), Duration::from_secs(600)));
+    let metrics = Arc::new(Metrics::with_labels(
+        metrics::BuildInfo::UNKNOWN,
+        &report::labels(),
+    ));
+    let health = Arc::new(Health::new(
+        metrics.clone(),
+        Duration::from_secs(600),
+        Watch::unreported(),
+    ));
     let writes = Arc::new(AtomicUsize::new(0));
     let counter = writes.clone();
     let paths = Paths {

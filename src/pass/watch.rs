@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use monitoring::{WatchState, WatchStatus};
+use metrics::{Label, WatchStatus};
 use tokio::time::Instant;
 
 use crate::director::{Event, EventsQuery};
@@ -272,6 +272,46 @@ struct Suspects {
     /// The watch was blind and its proof had been read before this listing: a listing that
     /// finds every change announced then ends the blindness.
     after_proof: bool,
+}
+
+/// The state of the watch (§6.6), as [`Watch::state`] decides it: what the full-pass
+/// schedule follows, and the `state` label of `bosh_nats_sync_watch_state` and
+/// `bosh_nats_sync_watch_state_changes_total` (and of `/status`'s `watch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchState {
+    /// `intervals.watch: 0`, or the watch has not reported yet: full passes every
+    /// `poll_user_sync`, no event polls.
+    Off,
+    /// The event log answers but holds no event yet: it may not be written at all
+    /// (`record_events: false`), so full passes keep running every `poll_user_sync`.
+    Unproven,
+    /// The log answers and is being written: full passes only every `intervals.resync`.
+    Healthy,
+    /// Reading the log fails (HTTP error, 401/403, no such endpoint).
+    Failing,
+    /// A full pass found a change that no event announced.
+    Blind,
+}
+
+impl Label for WatchState {
+    /// `Off` first: the state before the watch reports, which the metrics start in.
+    const ALL: &'static [Self] = &[
+        Self::Off,
+        Self::Unproven,
+        Self::Healthy,
+        Self::Failing,
+        Self::Blind,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Unproven => "unproven",
+            Self::Healthy => "healthy",
+            Self::Failing => "failing",
+            Self::Blind => "blind",
+        }
+    }
 }
 
 /// The watch's memory between ticks. Invariant: `dirty` holds deployments named by an event
@@ -572,6 +612,21 @@ impl Watch {
         }
     }
 
+    /// What `/status` shows of a watch that has not reported: `intervals.watch` is 0, or
+    /// the loop has not started it yet.
+    pub fn unreported() -> WatchStatus {
+        WatchStatus {
+            state: WatchState::Off.as_str(),
+            reason: "the watch has not reported: intervals.watch is 0, or it has not started yet"
+                .to_owned(),
+            cursor: None,
+            events_read_at: None,
+            last_event_id: None,
+            last_full_pass_at: None,
+            next_full_pass_at: None,
+        }
+    }
+
     /// What `/status` shows.
     pub fn status(&self) -> WatchStatus {
         let (state, reason) = self.state();
@@ -580,7 +635,7 @@ impl Watch {
             Some(at) => Some(SystemTime::now() + at.saturating_duration_since(Instant::now())),
         };
         WatchStatus {
-            state,
+            state: state.as_str(),
             reason,
             cursor: match self.position {
                 Position::At(c) => Some(c.id),

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "bosh-nats-sync"
-# The Grafana dashboard: the chart's file, which monitoring/grafana-dashboard.json links to.
+# The Grafana dashboard: the chart's file, which metrics/grafana-dashboard.json links to.
 DASHBOARD = CHART / "dashboards" / "bosh-nats-sync.json"
 FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "sidecar"
 # The cluster mode's rendered files, which tests/cluster.rs starts three servers from.

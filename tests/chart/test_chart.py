@@ -302,7 +302,7 @@ def test_metrics_wiring(variant):
 
 def test_grafana_dashboard(variant):
     """Off by default; on, a ConfigMap for Grafana's dashboard sidecar holding the chart's
-    dashboards/bosh-nats-sync.json byte for byte (the file monitoring/grafana-dashboard.json
+    dashboards/bosh-nats-sync.json byte for byte (the file metrics/grafana-dashboard.json
     links to), with the sidecar's label and the configured labels, annotations and namespace."""
     name, values, _, objects = variant
     wanted = values.get("grafanaDashboard", {})
@@ -330,10 +330,10 @@ def test_grafana_dashboard(variant):
     assert len(embedded.encode()) < 512 * 1024, len(embedded)
 
 
-def test_the_monitoring_dashboard_is_the_charts_file():
-    """monitoring/grafana-dashboard.json is a link to the chart's file, so there is one
+def test_the_metrics_dashboard_is_the_charts_file():
+    """metrics/grafana-dashboard.json is a link to the chart's file, so there is one
     dashboard (Helm reads only files inside the chart)."""
-    link = chartlib.ROOT / "monitoring" / "grafana-dashboard.json"
+    link = chartlib.ROOT / "metrics" / "grafana-dashboard.json"
     assert link.is_symlink(), f"{link} must be a symlink to {chartlib.DASHBOARD}"
     assert link.resolve() == chartlib.DASHBOARD.resolve()
 

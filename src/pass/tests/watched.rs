@@ -7,7 +7,7 @@ use reconcile::{PassContext, Trigger};
 
 use super::*;
 use crate::director::{Event, EventsQuery};
-use crate::pass::watch::PAGE_CAP;
+use crate::pass::watch::{PAGE_CAP, WatchState};
 
 /// What one deployment's `/vms` answers.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ impl Setup<LogDirector> {
     async fn tick(&self, n: u64) -> Result<Tick, PassError> {
         self.reconciler.tick(&ctx(n, 0)).await
     }
-    async fn watch_state(&self) -> monitoring::WatchState {
+    async fn watch_state(&self) -> WatchState {
         let carried = self.reconciler.carried.lock().await;
         carried
             .following
@@ -365,7 +365,7 @@ async fn a_failing_event_log_falls_back_to_full_passes_every_poll_interval() {
     }
     assert_eq!(full, 4, "at 0, 10, 20 and 30 s");
     assert_eq!(s.director().state().views_read, 4);
-    assert_eq!(s.watch_state().await, monitoring::WatchState::Failing);
+    assert_eq!(s.watch_state().await, WatchState::Failing);
 }
 
 #[tokio::test(start_paused = true)]
@@ -387,7 +387,7 @@ async fn an_unannounced_change_makes_the_watch_blind_and_it_polls() {
     tokio::time::advance(SETTINGS.interval).await;
     let tick = s.tick(3).await.unwrap();
     assert!(tick.report.is_none());
-    assert_eq!(s.watch_state().await, monitoring::WatchState::Blind);
+    assert_eq!(s.watch_state().await, WatchState::Blind);
     // Blind: full passes every poll interval.
     tokio::time::advance(SETTINGS.poll - SETTINGS.interval).await;
     let report = s.tick(4).await.unwrap().report.expect("a full pass");

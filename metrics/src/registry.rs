@@ -1,20 +1,19 @@
-//! The Prometheus registry: every metric of §8 and typed methods that record them.
+//! The Prometheus registry: every metric of §8 and the methods that record them.
 //!
-//! Label values are either small enums defined here or `&'static str` reasons taken from the
-//! program's error enums (`Error::reason()`), so a label can never carry a deployment name,
-//! an agent id or anything else unbounded. The pass, write and reload metrics are recorded
-//! through [`crate::Health`], which keeps `/status` and the metrics in step; everything
-//! else is recorded here directly.
+//! Label values are the program's, not this crate's: short `&'static str`s from closed sets
+//! it defines (its [`Label`](crate::Label) enums, its error enums' reasons), so a label can
+//! never carry a deployment name, an agent id or anything else unbounded. The pass, write and
+//! reload metrics are recorded through [`crate::Health`], which keeps `/status` and the
+//! metrics in step; everything else is recorded here directly.
 //!
 //! Every counter and gauge whose label values are known in advance is exported with each of
 //! them from start-up, at 0 (§8): a healthy process already has the series that alert rules
 //! and dashboard panels query, so `rate(bosh_nats_sync_errors_total[5m])` is 0, not "no
-//! data". The enums below, [`Metrics::DIRECTOR_ENDPOINTS`], [`Metrics::UAA_TOKEN_RESULTS`]
-//! and the error reasons the program passes to [`Metrics::with_build_info`] are those
-//! values. Not known in advance, so absent until they occur: an HTTP status other than the
-//! success one (`200`) and the error classes of director requests. Histograms by label are
-//! not preset either: a zero-count histogram has no latency to show (its quantiles are NaN),
-//! and how often the thing happened is in the matching counter, which is.
+//! data". The program hands those values to [`Metrics::with_labels`] ([`Labels`]). Not known
+//! in advance, so absent until they occur: an HTTP status other than the success one and the
+//! error classes of director requests. Histograms by label are not preset either: a
+//! zero-count histogram has no latency to show (its quantiles are NaN), and how often the
+//! thing happened is in the matching counter, which is.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +23,8 @@ use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::labels::Labels;
 
 /// Buckets of the pass duration histogram: a pass with nothing to do on a small director
 /// takes tens of milliseconds; the default pass timeout is 5 minutes.
@@ -42,179 +43,6 @@ const REQUEST_DURATION_BUCKETS: &[f64] = &[
 const ADMISSION_LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0,
 ];
-
-/// The `result` label of `bosh_nats_sync_passes_total`: what a finished pass did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PassResult {
-    /// The auth file differed from the desired users and was rewritten.
-    Changed,
-    /// Nothing differed; nothing was written.
-    Unchanged,
-    /// The pass failed (its reason is counted in `bosh_nats_sync_errors_total`).
-    Error,
-}
-
-impl PassResult {
-    pub const ALL: [PassResult; 3] = [Self::Changed, Self::Unchanged, Self::Error];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Changed => "changed",
-            Self::Unchanged => "unchanged",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// The `kind` label of `bosh_nats_sync_desired_users`: which rule of §3.1 made a user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UserKind {
-    Director,
-    HealthMonitor,
-    Agent,
-    AgentBootstrap,
-}
-
-impl UserKind {
-    pub const ALL: [UserKind; 4] = [
-        Self::Director,
-        Self::HealthMonitor,
-        Self::Agent,
-        Self::AgentBootstrap,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Director => "director",
-            Self::HealthMonitor => "hm",
-            Self::Agent => "agent",
-            Self::AgentBootstrap => "agent_bootstrap",
-        }
-    }
-}
-
-/// The `reason` label of `bosh_nats_sync_skipped_vms_total` (§3.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SkipReason {
-    /// `agent_id` null or empty: normal for a moment while a VM is being created.
-    NoAgentId,
-    /// `agent_id` outside `[A-Za-z0-9_-]{1,128}`.
-    InvalidAgentId,
-    /// The same agent id reported a second time.
-    Duplicate,
-}
-
-impl SkipReason {
-    pub const ALL: [SkipReason; 3] = [Self::NoAgentId, Self::InvalidAgentId, Self::Duplicate];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoAgentId => "no_agent_id",
-            Self::InvalidAgentId => "invalid_agent_id",
-            Self::Duplicate => "duplicate",
-        }
-    }
-}
-
-/// The `kind` label of `bosh_nats_sync_subjects_rejected_total`: whose subject file held a
-/// subject that was rejected (§3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SubjectKind {
-    Director,
-    HealthMonitor,
-}
-
-impl SubjectKind {
-    pub const ALL: [SubjectKind; 2] = [Self::Director, Self::HealthMonitor];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Director => "director",
-            Self::HealthMonitor => "hm",
-        }
-    }
-}
-
-/// The `result` label of `bosh_nats_sync_reloads_total` (§5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReloadResult {
-    /// Signalled, and nats-server's `config_load_time` advanced.
-    Ok,
-    /// Signalling failed, or the server did not load the new file.
-    Failed,
-    /// Signalled without a monitoring endpoint to confirm the load.
-    Unverified,
-}
-
-impl ReloadResult {
-    pub const ALL: [ReloadResult; 3] = [Self::Ok, Self::Failed, Self::Unverified];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Failed => "failed",
-            Self::Unverified => "unverified",
-        }
-    }
-}
-
-/// The state of the watch of the director's event log (§6.6): the `state` label of
-/// `bosh_nats_sync_watch_state` and `bosh_nats_sync_watch_state_changes_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WatchState {
-    /// `intervals.watch: 0`, or the watch has not reported yet: full passes every
-    /// `poll_user_sync`, no event polls.
-    Off,
-    /// The event log answers but holds no event yet: it may not be written at all
-    /// (`record_events: false`), so full passes keep running every `poll_user_sync`.
-    Unproven,
-    /// The log answers and is being written: full passes only every `intervals.resync`.
-    Healthy,
-    /// Reading the log fails (HTTP error, 401/403, no such endpoint).
-    Failing,
-    /// A full pass found a change that no event announced.
-    Blind,
-}
-
-impl WatchState {
-    pub const ALL: [WatchState; 5] = [
-        Self::Off,
-        Self::Unproven,
-        Self::Healthy,
-        Self::Failing,
-        Self::Blind,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Unproven => "unproven",
-            Self::Healthy => "healthy",
-            Self::Failing => "failing",
-            Self::Blind => "blind",
-        }
-    }
-}
-
-/// The `kind` label of `bosh_nats_sync_watch_passes_total` (§6.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PassKind {
-    /// The whole director was listed.
-    Full,
-    /// Only the deployments the event log named were read again.
-    Partial,
-}
-
-impl PassKind {
-    pub const ALL: [PassKind; 2] = [Self::Full, Self::Partial];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Partial => "partial",
-        }
-    }
-}
 
 /// What `bosh_nats_sync_build_info` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,8 +84,9 @@ pub struct Metrics {
     uaa_token_fetches: IntCounterVec,
     watch_state: IntGaugeVec,
     watch_state_changes: IntCounterVec,
-    /// The state `watch_state` shows as 1; a report of the same state again changes nothing.
-    watch_current: Mutex<WatchState>,
+    /// The state `watch_state` shows as 1 (none while no state is known); a report of the
+    /// same state again changes nothing.
+    watch_current: Mutex<Option<&'static str>>,
     watch_events_read: IntCounter,
     watch_passes: IntCounterVec,
     watch_unannounced_changes: IntCounter,
@@ -322,34 +151,18 @@ fn register(registry: &Registry, c: impl Collector + 'static) {
 }
 
 impl Metrics {
-    /// The `endpoint` label of `bosh_nats_sync_director_requests_total` and
-    /// `bosh_nats_sync_director_request_duration_seconds`: the requests the director client
-    /// makes (`events` is the watch's read of the event log, §6.6; `uaa_token` the
-    /// client-credentials grant at UAA).
-    pub const DIRECTOR_ENDPOINTS: [&'static str; 5] =
-        ["info", "deployments", "vms", "events", "uaa_token"];
-
-    /// The `status` of a request every endpoint answers when it succeeds, the one status
-    /// known in advance: `bosh_nats_sync_director_requests_total` has it for every endpoint
-    /// from start-up. Other statuses and the error classes appear when they first occur.
-    pub const DIRECTOR_SUCCESS_STATUS: &'static str = "200";
-
-    /// The `result` label of `bosh_nats_sync_uaa_token_fetches_total`.
-    pub const UAA_TOKEN_RESULTS: [&'static str; 2] = ["ok", "error"];
-
-    /// A fresh registry with every metric, [`BuildInfo::UNKNOWN`] and no error reason known
-    /// in advance (for tests and tools; the program names its own, see
-    /// [`Metrics::with_build_info`]).
+    /// A fresh registry with every metric, [`BuildInfo::UNKNOWN`] and no label value known
+    /// in advance, so no labelled series before it is recorded (for tests and tools; the
+    /// program names its own build and values, see [`Metrics::with_labels`]).
     pub fn new() -> Self {
-        Self::with_build_info(BuildInfo::UNKNOWN, &[])
+        Self::with_labels(BuildInfo::UNKNOWN, &Labels::default())
     }
 
     /// A fresh registry with every metric; `build` fills `bosh_nats_sync_build_info`, and
-    /// `bosh_nats_sync_errors_total` starts with each of `error_reasons` at 0. They must be
-    /// every reason a failed pass can be counted under (the program's error types list theirs),
-    /// so that no reason first appears when it first happens; this crate does not know the
-    /// program's errors.
-    pub fn with_build_info(build: BuildInfo, error_reasons: &[&'static str]) -> Self {
+    /// every series of `labels` starts at 0 (the watch state's gauge at 1 for the first of
+    /// `labels.watch_states`). They must be every value known in advance, so that no series
+    /// first appears when it first happens; this crate does not know the program's values.
+    pub fn with_labels(build: BuildInfo, labels: &Labels) -> Self {
         let registry = Registry::new();
         let r = &registry;
 
@@ -491,39 +304,34 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         );
 
-        // Every label value known in advance, at 0 (§8); the watch state's gauge shows `off`.
-        for result in PassResult::ALL {
-            passes.with_label_values(&[result.as_str()]);
+        // Every label value known in advance, at 0 (§8); the watch state's gauge shows the
+        // first state.
+        let preset = |family: &IntCounterVec, values: &[&'static str]| {
+            for value in values {
+                family.with_label_values(&[value]);
+            }
+        };
+        preset(&passes, &labels.pass_results);
+        preset(&errors, &labels.error_reasons);
+        preset(&skipped_vms, &labels.skip_reasons);
+        preset(&subjects_rejected, &labels.subject_kinds);
+        preset(&reloads, &labels.reload_results);
+        preset(&uaa_token_fetches, &labels.uaa_token_results);
+        preset(&watch_state_changes, &labels.watch_states);
+        preset(&watch_passes, &labels.pass_kinds);
+        for kind in &labels.user_kinds {
+            desired_users.with_label_values(&[kind]);
         }
-        for reason in error_reasons {
-            errors.with_label_values(&[reason]);
+        for endpoint in &labels.director_endpoints {
+            for status in &labels.director_statuses {
+                director_requests.with_label_values(&[endpoint, status]);
+            }
         }
-        for kind in UserKind::ALL {
-            desired_users.with_label_values(&[kind.as_str()]);
-        }
-        for reason in SkipReason::ALL {
-            skipped_vms.with_label_values(&[reason.as_str()]);
-        }
-        for kind in SubjectKind::ALL {
-            subjects_rejected.with_label_values(&[kind.as_str()]);
-        }
-        for result in ReloadResult::ALL {
-            reloads.with_label_values(&[result.as_str()]);
-        }
-        for endpoint in Self::DIRECTOR_ENDPOINTS {
-            director_requests.with_label_values(&[endpoint, Self::DIRECTOR_SUCCESS_STATUS]);
-        }
-        for result in Self::UAA_TOKEN_RESULTS {
-            uaa_token_fetches.with_label_values(&[result]);
-        }
-        for state in WatchState::ALL {
+        let watch_initial = labels.watch_states.first().copied();
+        for state in &labels.watch_states {
             watch_state
-                .with_label_values(&[state.as_str()])
-                .set(i64::from(state == WatchState::Off));
-            watch_state_changes.with_label_values(&[state.as_str()]);
-        }
-        for kind in PassKind::ALL {
-            watch_passes.with_label_values(&[kind.as_str()]);
+                .with_label_values(&[state])
+                .set(i64::from(Some(*state) == watch_initial));
         }
 
         Self {
@@ -545,7 +353,7 @@ impl Metrics {
             uaa_token_fetches,
             watch_state,
             watch_state_changes,
-            watch_current: Mutex::new(WatchState::Off),
+            watch_current: Mutex::new(watch_initial),
             watch_events_read,
             watch_passes,
             watch_unannounced_changes,
@@ -553,8 +361,8 @@ impl Metrics {
         }
     }
 
-    /// One request to the director or UAA. `endpoint` is one of
-    /// [`Metrics::DIRECTOR_ENDPOINTS`]; `status` is the HTTP status code ("200", "404") or an
+    /// One request to the director or UAA. `endpoint` is one of the program's
+    /// [`Labels::director_endpoints`]; `status` is the HTTP status code ("200", "404") or an
     /// error class ("connection", "tls", "timeout"). Both must come from a fixed set: never a
     /// URL or a deployment name.
     pub fn director_request(&self, endpoint: &str, status: &str, elapsed: Duration) {
@@ -566,46 +374,43 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// One UAA token fetch; `result` is one of [`Metrics::UAA_TOKEN_RESULTS`] (`ok`, `error`).
+    /// One UAA token fetch; `result` is one of [`Labels::uaa_token_results`].
     pub fn uaa_token_fetch(&self, result: &str) {
         self.uaa_token_fetches.with_label_values(&[result]).inc();
     }
 
-    /// `count` VMs left out of the desired users for the same reason.
-    pub fn vms_skipped(&self, reason: SkipReason, count: u64) {
-        self.skipped_vms
-            .with_label_values(&[reason.as_str()])
-            .inc_by(count);
+    /// `count` VMs left out of the desired users for the same `reason` (one of
+    /// [`Labels::skip_reasons`]).
+    pub fn vms_skipped(&self, reason: &str, count: u64) {
+        self.skipped_vms.with_label_values(&[reason]).inc_by(count);
     }
 
-    /// A subject file held a subject that was rejected and treated as unknown.
-    pub fn subject_rejected(&self, kind: SubjectKind) {
-        self.subjects_rejected
-            .with_label_values(&[kind.as_str()])
-            .inc();
+    /// A subject file held a subject that was rejected and treated as unknown; `kind` (one of
+    /// [`Labels::subject_kinds`]) says whose.
+    pub fn subject_rejected(&self, kind: &str) {
+        self.subjects_rejected.with_label_values(&[kind]).inc();
     }
 
-    /// The watch is in `state` (§6.6). A change of state moves the 1 of
-    /// `bosh_nats_sync_watch_state` and counts one change into `state`; reporting the
-    /// current state again changes nothing. Before any report the state is `off`.
-    /// [`crate::Health::watch`] calls this, so a caller reporting to `/status` need not.
-    pub fn watch_state(&self, state: WatchState) {
+    /// The watch is in `state` (§6.6; one of [`Labels::watch_states`]). A change of state
+    /// moves the 1 of `bosh_nats_sync_watch_state` and counts one change into `state`;
+    /// reporting the current state again changes nothing. Before any report the state is the
+    /// first of [`Labels::watch_states`]. [`crate::Health::watch`] calls this, so a caller
+    /// reporting to `/status` need not.
+    pub fn watch_state(&self, state: &'static str) {
         // Held while both metrics change, so concurrent reports cannot leave two states at 1.
         let mut current = self
             .watch_current
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if *current == state {
+        if *current == Some(state) {
             return;
         }
-        self.watch_state
-            .with_label_values(&[current.as_str()])
-            .set(0);
-        self.watch_state.with_label_values(&[state.as_str()]).set(1);
-        self.watch_state_changes
-            .with_label_values(&[state.as_str()])
-            .inc();
-        *current = state;
+        if let Some(before) = *current {
+            self.watch_state.with_label_values(&[before]).set(0);
+        }
+        self.watch_state.with_label_values(&[state]).set(1);
+        self.watch_state_changes.with_label_values(&[state]).inc();
+        *current = Some(state);
     }
 
     /// `count` new events were read from the director's event log.
@@ -613,9 +418,9 @@ impl Metrics {
         self.watch_events_read.inc_by(count);
     }
 
-    /// A pass of `kind` ran with the watch on.
-    pub fn pass_kind(&self, kind: PassKind) {
-        self.watch_passes.with_label_values(&[kind.as_str()]).inc();
+    /// A pass of `kind` (one of [`Labels::pass_kinds`]) ran with the watch on.
+    pub fn pass_kind(&self, kind: &str) {
+        self.watch_passes.with_label_values(&[kind]).inc();
     }
 
     /// A full pass found `deployments` deployments changed that no event had announced.
@@ -653,14 +458,14 @@ impl Metrics {
 
     pub(crate) fn pass_finished(
         &self,
-        result: PassResult,
-        error_reason: Option<&'static str>,
+        result: &str,
+        error_reason: Option<&str>,
         duration: Option<Duration>,
     ) {
-        self.passes.with_label_values(&[result.as_str()]).inc();
+        self.passes.with_label_values(&[result]).inc();
         if let Some(duration) = duration {
             self.pass_duration
-                .with_label_values(&[result.as_str()])
+                .with_label_values(&[result])
                 .observe(duration.as_secs_f64());
         }
         if let Some(reason) = error_reason {
@@ -680,9 +485,9 @@ impl Metrics {
         self.consecutive_failures.set(saturating_i64(n));
     }
 
-    pub(crate) fn set_desired_users(&self, kind: UserKind, n: usize) {
+    pub(crate) fn set_desired_users(&self, kind: &str, n: usize) {
         self.desired_users
-            .with_label_values(&[kind.as_str()])
+            .with_label_values(&[kind])
             .set(saturating_i64(n as u64));
     }
 
@@ -694,8 +499,8 @@ impl Metrics {
         self.auth_file_writes.inc();
     }
 
-    pub(crate) fn reload(&self, result: ReloadResult) {
-        self.reloads.with_label_values(&[result.as_str()]).inc();
+    pub(crate) fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
     }
 }
 
@@ -718,6 +523,58 @@ fn saturating_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::Label;
+
+    /// A state of a watch, as a program might define one: a [`Label`] enum.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum WatchState {
+        Off,
+        Unproven,
+        Healthy,
+        Failing,
+        Blind,
+    }
+
+    impl Label for WatchState {
+        const ALL: &'static [Self] = &[
+            Self::Off,
+            Self::Unproven,
+            Self::Healthy,
+            Self::Failing,
+            Self::Blind,
+        ];
+
+        fn as_str(self) -> &'static str {
+            match self {
+                Self::Off => "off",
+                Self::Unproven => "unproven",
+                Self::Healthy => "healthy",
+                Self::Failing => "failing",
+                Self::Blind => "blind",
+            }
+        }
+    }
+
+    /// The label values these tests hand the registry, in the program's style.
+    fn labels(error_reasons: &[&'static str]) -> Labels {
+        Labels {
+            pass_results: vec!["changed", "unchanged", "error"],
+            error_reasons: error_reasons.to_vec(),
+            user_kinds: vec!["director", "hm", "agent", "agent_bootstrap"],
+            skip_reasons: vec!["no_agent_id", "invalid_agent_id", "duplicate"],
+            subject_kinds: vec!["director", "hm"],
+            reload_results: vec!["ok", "failed", "unverified"],
+            director_endpoints: vec!["info", "deployments", "vms", "events", "uaa_token"],
+            director_statuses: vec!["200"],
+            uaa_token_results: vec!["ok", "error"],
+            watch_states: WatchState::values(),
+            pass_kinds: vec!["full", "partial"],
+        }
+    }
+
+    fn watching() -> Metrics {
+        Metrics::with_labels(BuildInfo::UNKNOWN, &labels(&[]))
+    }
 
     /// The sample line for `name_and_labels`, e.g. `x_total{a="b"} 1`, if present.
     fn sample<'a>(text: &'a str, name_and_labels: &str) -> Option<&'a str> {
@@ -725,66 +582,44 @@ mod tests {
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
     }
 
-    /// Every series of a closed label set, as rendered (`name{label="value"}`), that a fresh
-    /// registry must export at 0.
-    fn preset_at_zero(error_reasons: &[&str]) -> Vec<String> {
-        let series = |name: &str, label: &str, values: &mut dyn Iterator<Item = &str>| {
+    /// Every series of `labels`, as rendered (`name{label="value"}`), that a fresh registry
+    /// must export at 0.
+    fn preset_at_zero(labels: &Labels) -> Vec<String> {
+        let series = |name: &str, label: &str, values: &[&str]| {
             values
+                .iter()
                 .map(|v| format!(r#"bosh_nats_sync_{name}{{{label}="{v}"}}"#))
                 .collect::<Vec<_>>()
         };
         let mut all = Vec::new();
-        all.extend(series(
-            "passes_total",
-            "result",
-            &mut PassResult::ALL.iter().map(|r| r.as_str()),
-        ));
-        all.extend(series(
-            "errors_total",
-            "reason",
-            &mut error_reasons.iter().copied(),
-        ));
-        all.extend(series(
-            "desired_users",
-            "kind",
-            &mut UserKind::ALL.iter().map(|k| k.as_str()),
-        ));
-        all.extend(series(
-            "skipped_vms_total",
-            "reason",
-            &mut SkipReason::ALL.iter().map(|r| r.as_str()),
-        ));
+        all.extend(series("passes_total", "result", &labels.pass_results));
+        all.extend(series("errors_total", "reason", &labels.error_reasons));
+        all.extend(series("desired_users", "kind", &labels.user_kinds));
+        all.extend(series("skipped_vms_total", "reason", &labels.skip_reasons));
         all.extend(series(
             "subjects_rejected_total",
             "kind",
-            &mut SubjectKind::ALL.iter().map(|k| k.as_str()),
+            &labels.subject_kinds,
         ));
-        all.extend(series(
-            "reloads_total",
-            "result",
-            &mut ReloadResult::ALL.iter().map(|r| r.as_str()),
-        ));
+        all.extend(series("reloads_total", "result", &labels.reload_results));
         all.extend(series(
             "uaa_token_fetches_total",
             "result",
-            &mut Metrics::UAA_TOKEN_RESULTS.into_iter(),
+            &labels.uaa_token_results,
         ));
         all.extend(series(
             "watch_state_changes_total",
             "state",
-            &mut WatchState::ALL.iter().map(|s| s.as_str()),
+            &labels.watch_states,
         ));
-        all.extend(series(
-            "watch_passes_total",
-            "kind",
-            &mut PassKind::ALL.iter().map(|k| k.as_str()),
-        ));
-        all.extend(Metrics::DIRECTOR_ENDPOINTS.iter().map(|e| {
-            format!(
-                r#"bosh_nats_sync_director_requests_total{{endpoint="{e}",status="{}"}}"#,
-                Metrics::DIRECTOR_SUCCESS_STATUS
-            )
-        }));
+        all.extend(series("watch_passes_total", "kind", &labels.pass_kinds));
+        for e in &labels.director_endpoints {
+            for s in &labels.director_statuses {
+                all.push(format!(
+                    r#"bosh_nats_sync_director_requests_total{{endpoint="{e}",status="{s}"}}"#
+                ));
+            }
+        }
         all.extend(
             [
                 "auth_file_writes_total",
@@ -801,15 +636,24 @@ mod tests {
         all
     }
 
+    /// The labelled series of `text`, but for the build's and the histograms' buckets.
+    fn labelled_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("bosh_nats_sync_") && l.contains('{'))
+            .filter(|l| !l.starts_with("bosh_nats_sync_build_info{") && !l.contains("_bucket{"))
+            .collect()
+    }
+
     #[test]
     fn closed_label_sets_start_at_zero() {
         let reasons = ["connection", "reload_rejected", "pass_timeout"];
-        let text = Metrics::with_build_info(BuildInfo::UNKNOWN, &reasons).render();
-        let expected = preset_at_zero(&reasons);
+        let labels = labels(&reasons);
+        let text = Metrics::with_labels(BuildInfo::UNKNOWN, &labels).render();
+        let expected = preset_at_zero(&labels);
         for series in &expected {
             assert_eq!(sample(&text, series), Some("0"), "{series} in\n{text}");
         }
-        // The list above is built from the enums; a few literal names, should they be emptied.
+        // The list above is built from the labels; a few literal names, should they be emptied.
         for series in [
             r#"bosh_nats_sync_passes_total{result="error"}"#,
             r#"bosh_nats_sync_errors_total{reason="pass_timeout"}"#,
@@ -825,20 +669,16 @@ mod tests {
         ] {
             assert!(expected.iter().any(|s| s == series), "{series} is preset");
         }
-        // Exactly the reasons given: the registry invents none.
-        let errors = text
-            .lines()
-            .filter(|l| l.starts_with("bosh_nats_sync_errors_total{"))
-            .count();
-        assert_eq!(errors, reasons.len(), "{text}");
-        // No other status is known in advance; no latency before a request or a pass.
+        // Exactly the values given: the registry invents none (the state gauge has one
+        // series per state, like the changes counter).
+        let labelled = labelled_series(&text);
+        let unlabelled = expected.iter().filter(|s| !s.contains('{')).count();
         assert_eq!(
-            text.lines()
-                .filter(|l| l.starts_with("bosh_nats_sync_director_requests_total{"))
-                .count(),
-            Metrics::DIRECTOR_ENDPOINTS.len(),
-            "{text}"
+            labelled.len(),
+            expected.len() - unlabelled + labels.watch_states.len(),
+            "{labelled:#?}"
         );
+        // No latency before a request or a pass.
         for histogram in [
             "bosh_nats_sync_pass_duration_seconds_count{",
             "bosh_nats_sync_director_request_duration_seconds_count{",
@@ -848,23 +688,37 @@ mod tests {
     }
 
     #[test]
-    fn without_reasons_no_error_series_is_made_up() {
+    fn without_labels_no_labelled_series_is_made_up() {
         let text = Metrics::new().render();
-        assert!(!text.contains("bosh_nats_sync_errors_total{"), "{text}");
+        let labelled = labelled_series(&text);
+        assert!(labelled.is_empty(), "{labelled:?}");
+        // The unlabelled metrics are there all the same.
+        assert_eq!(sample(&text, "bosh_nats_sync_held_passes_total"), Some("0"));
+        // No watch state is known: none is at 1, and the first report is a change.
+        let m = Metrics::new();
+        m.watch_state("on");
+        let text = m.render();
         assert_eq!(
-            sample(&text, r#"bosh_nats_sync_passes_total{result="error"}"#),
-            Some("0")
+            sample(&text, r#"bosh_nats_sync_watch_state{state="on"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"bosh_nats_sync_watch_state_changes_total{state="on"}"#
+            ),
+            Some("1")
         );
     }
 
     #[test]
     fn build_info_is_one_with_its_labels() {
-        let m = Metrics::with_build_info(
+        let m = Metrics::with_labels(
             BuildInfo {
                 version: "1.2.3",
                 revision: "abc123",
             },
-            &[],
+            &Labels::default(),
         );
         let text = m.render();
         assert_eq!(
@@ -879,11 +733,11 @@ mod tests {
 
     #[test]
     fn direct_recorders_count() {
-        let m = Metrics::new();
-        m.vms_skipped(SkipReason::InvalidAgentId, 2);
-        m.vms_skipped(SkipReason::NoAgentId, 1);
-        m.vms_skipped(SkipReason::Duplicate, 0);
-        m.subject_rejected(SubjectKind::Director);
+        let m = watching();
+        m.vms_skipped("invalid_agent_id", 2);
+        m.vms_skipped("no_agent_id", 1);
+        m.vms_skipped("duplicate", 0);
+        m.subject_rejected("director");
         m.pass_held();
         m.uaa_token_fetch("ok");
         m.director_request("vms", "404", Duration::from_millis(20));
@@ -966,26 +820,26 @@ mod tests {
 
     #[test]
     fn the_watch_state_is_off_until_reported() {
-        let m = Metrics::new();
+        let m = watching();
         assert_eq!(watch_states(&m), only("off"));
-        for state in WatchState::ALL {
+        for &state in WatchState::ALL {
             assert_eq!(changes_into(&m, state), "0", "{state:?}");
         }
     }
 
     #[test]
     fn the_watch_state_gauge_moves_and_changes_are_counted_once() {
-        let m = Metrics::new();
-        m.watch_state(WatchState::Unproven);
+        let m = watching();
+        m.watch_state(WatchState::Unproven.as_str());
         assert_eq!(watch_states(&m), only("unproven"));
-        m.watch_state(WatchState::Healthy);
+        m.watch_state(WatchState::Healthy.as_str());
         // Reporting the same state again is no change.
-        m.watch_state(WatchState::Healthy);
-        m.watch_state(WatchState::Healthy);
+        m.watch_state(WatchState::Healthy.as_str());
+        m.watch_state(WatchState::Healthy.as_str());
         assert_eq!(watch_states(&m), only("healthy"));
-        m.watch_state(WatchState::Failing);
-        m.watch_state(WatchState::Healthy);
-        m.watch_state(WatchState::Blind);
+        m.watch_state(WatchState::Failing.as_str());
+        m.watch_state(WatchState::Healthy.as_str());
+        m.watch_state(WatchState::Blind.as_str());
         assert_eq!(watch_states(&m), only("blind"));
         for (state, changes) in [
             (WatchState::Off, "0"),
@@ -997,7 +851,7 @@ mod tests {
             assert_eq!(changes_into(&m, state), changes, "{state:?}");
         }
         // Back to off (the watch stopped) is a change like any other.
-        m.watch_state(WatchState::Off);
+        m.watch_state(WatchState::Off.as_str());
         assert_eq!(watch_states(&m), only("off"));
         assert_eq!(changes_into(&m, WatchState::Off), "1");
     }
@@ -1008,9 +862,9 @@ mod tests {
         m.events_read(3);
         m.events_read(0);
         m.events_read(200);
-        m.pass_kind(PassKind::Full);
-        m.pass_kind(PassKind::Partial);
-        m.pass_kind(PassKind::Partial);
+        m.pass_kind("full");
+        m.pass_kind("partial");
+        m.pass_kind("partial");
         m.unannounced_changes(2);
         m.admission_latency(Duration::from_millis(40));
         m.admission_latency(Duration::from_millis(1800));

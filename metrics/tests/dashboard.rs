@@ -6,16 +6,14 @@
 //! in the root crate runs every query against a real Prometheus scraping the real binary.
 //!
 //! The file is the chart's `dashboards/bosh-nats-sync.json` (Helm reads only files inside
-//! the chart); `monitoring/grafana-dashboard.json` is a symlink to it.
+//! the chart); `metrics/grafana-dashboard.json` is a symlink to it.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use monitoring::{Health, Metrics};
 use serde_json::{Value, json};
 
 /// Units a panel may show: seconds, operations and requests per second, plain numbers,
@@ -109,8 +107,8 @@ fn families_read(panel: &Value) -> BTreeSet<String> {
 
 /// The families the program exports (from `# TYPE` lines, after recording everything).
 fn exported() -> BTreeSet<String> {
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::new(metrics.clone(), Duration::from_secs(600));
+    let metrics = common::metrics();
+    let health = common::health(metrics.clone(), Duration::from_secs(600));
     common::record_everything(&metrics, &health);
     metrics
         .render()
@@ -122,7 +120,7 @@ fn exported() -> BTreeSet<String> {
 }
 
 #[test]
-fn the_monitoring_file_is_the_charts_file() {
+fn the_metrics_crates_file_is_the_charts_file() {
     let link = crate_dir().join("grafana-dashboard.json");
     let meta =
         std::fs::symlink_metadata(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));

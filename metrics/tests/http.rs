@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get, sample};
-use monitoring::{
-    DesiredCounts, Health, Metrics, PassOutcome, PassSummary, ReloadOutcome, SHUTDOWN_GRACE,
-    WatchState, WatchStatus,
-};
+use common::{WatchState, desired, failed, get, reload_failed, reloaded, sample, succeeded};
+use metrics::{Health, Label, Metrics, SHUTDOWN_GRACE, WatchStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -27,14 +24,14 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let listener = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
+    let listener = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = listener.local_addr().expect("bound address");
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(metrics.clone(), LIMIT));
+    let metrics = common::metrics();
+    let health = Arc::new(common::health(metrics.clone(), LIMIT));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitoring::serve(
+    let task = tokio::spawn(metrics::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -65,7 +62,7 @@ async fn readyz_is_503_until_marked_ready_then_200_for_good() {
 
     s.health.pass_started();
     s.health
-        .pass_finished(PassSummary::failed("connection", "connection refused"));
+        .pass_finished(failed("connection", "connection refused"));
     let r = get(s.addr, "/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.body.contains("last pass failed: connection"), "{r:?}");
@@ -76,12 +73,9 @@ async fn readyz_is_503_until_marked_ready_then_200_for_good() {
 
     // Later failures never take readiness away (§7).
     s.health.pass_started();
+    s.health.pass_finished(failed("status", "HTTP 500"));
     s.health
-        .pass_finished(PassSummary::failed("status", "HTTP 500"));
-    s.health.reload_finished(ReloadOutcome::Failed {
-        reason: "reload",
-        message: "config_load_time did not advance".into(),
-    });
+        .reload_finished(reload_failed("reload", "config_load_time did not advance"));
     let r = get(s.addr, "/readyz").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 }
@@ -103,7 +97,7 @@ async fn healthz_follows_progress_and_failing_passes_count_as_progress() {
     // A failed pass (director down) is progress.
     s.health.pass_started();
     s.health
-        .pass_finished(PassSummary::failed("connection", "connection refused"));
+        .pass_finished(failed("connection", "connection refused"));
     let r = get(s.addr, "/healthz").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
@@ -123,7 +117,7 @@ async fn event_polls_keep_healthz_alive_between_passes() {
     let s = start().await;
     s.health.pass_started();
     s.health
-        .pass_finished(PassSummary::failed("connection", "connection refused"));
+        .pass_finished(failed("connection", "connection refused"));
     // A quiet director under a healthy watch: no pass for five limits, a poll every 10 s.
     for _ in 0..(5 * LIMIT.as_secs() / 10) {
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -156,7 +150,7 @@ async fn status_shows_the_watch() {
 
     let now = std::time::SystemTime::now();
     s.health.watch(WatchStatus {
-        state: WatchState::Blind,
+        state: WatchState::Blind.as_str(),
         reason: "a full pass found 2 deployments changed that no event announced".into(),
         cursor: Some(1_000_123),
         events_read_at: Some(now),
@@ -217,24 +211,15 @@ async fn status_reports_the_recorded_passes() {
 
     s.health.pass_started();
     tokio::time::advance(Duration::from_millis(250)).await;
-    s.health.pass_finished(PassSummary {
-        outcome: PassOutcome::Changed,
-        desired: Some(DesiredCounts {
-            director: 1,
-            hm: 1,
-            agent: 3,
-            agent_bootstrap: 2,
-        }),
-        observed_users: Some(2),
-        held: false,
-    });
+    s.health
+        .pass_finished(succeeded(true, desired(1, 1, 3, 2), 2));
     s.health.auth_file_written();
-    s.health.reload_finished(ReloadOutcome::Unverified);
+    s.health.reload_finished(reloaded(false));
     s.health.mark_ready();
     s.health.pass_started();
     tokio::time::advance(Duration::from_secs(2)).await;
     s.health
-        .pass_finished(PassSummary::failed("timeout", "director request timed out"));
+        .pass_finished(failed("timeout", "director request timed out"));
     s.health.next_pass_in(Duration::from_secs(4));
 
     let r = get(s.addr, "/status").await;
@@ -272,15 +257,15 @@ async fn status_reports_the_recorded_passes() {
 #[tokio::test]
 async fn metrics_are_served_as_prometheus_text() {
     let s = start().await;
-    s.health.reload_finished(ReloadOutcome::Failed {
-        reason: "reload",
-        message: "nats-server --signal reload exited with status 1".into(),
-    });
-    s.health.reload_finished(ReloadOutcome::Verified);
-    s.health.reload_finished(ReloadOutcome::Verified);
+    s.health.reload_finished(reload_failed(
+        "reload",
+        "nats-server --signal reload exited with status 1",
+    ));
+    s.health.reload_finished(reloaded(true));
+    s.health.reload_finished(reloaded(true));
     s.health.pass_started();
     s.health
-        .pass_finished(PassSummary::failed("connection", "connection refused"));
+        .pass_finished(failed("connection", "connection refused"));
     s.metrics
         .director_request("deployments", "200", Duration::from_millis(30));
 
@@ -359,11 +344,11 @@ async fn shutdown_does_not_wait_forever_for_a_stuck_client() {
 
 #[tokio::test]
 async fn bind_errors_name_the_address() {
-    let first = monitoring::bind("127.0.0.1:0".parse().expect("literal address"))
+    let first = metrics::bind("127.0.0.1:0".parse().expect("literal address"))
         .await
         .expect("bind an ephemeral port");
     let addr = first.local_addr().expect("bound address");
-    let err = monitoring::bind(addr).await.expect_err("the port is taken");
+    let err = metrics::bind(addr).await.expect_err("the port is taken");
     assert_eq!(err.addr, addr);
     assert_eq!(err.reason(), "bind");
     let msg = err.to_string();

@@ -7,10 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
-
-use monitoring::{Health, Metrics};
 
 /// `$PROMTOOL`, or `promtool` from `PATH`.
 fn promtool() -> PathBuf {
@@ -63,8 +60,8 @@ fn describe(out: &Output) -> String {
 
 /// The exposition text after recording every metric at least once.
 fn rendered_with_everything() -> String {
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::new(metrics.clone(), Duration::from_secs(600));
+    let metrics = common::metrics();
+    let health = common::health(metrics.clone(), Duration::from_secs(600));
     common::record_everything(&metrics, &health);
     metrics.render()
 }
