@@ -5,14 +5,20 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use metrics::{BuildInfo, Health, Metrics};
+use metrics::{BuildInfo, Health, Label, Metrics};
 use reconcile::{BackoffConfig, Failure, PassContext, SelfWrites};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::callout::admitted::{Publisher, Subscriber};
+use crate::callout::answer::UserTtl;
+use crate::callout::report::Reported;
+use crate::callout::responder::{self, Poller, Responder};
+use crate::callout::state::CalloutAdmission;
+use crate::callout::{KeyError, Keys};
+use crate::config::{Admission, CalloutSettings, Config};
 use crate::director;
 use crate::pass::watch::{Watch, WatchSettings};
-use crate::pass::{FileAdmission, PassError, Paths, Reconciler, Tick, report};
+use crate::pass::{Admission as _, FileAdmission, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
 use crate::users::{AgentId, agent};
 
@@ -40,8 +46,39 @@ const EXIT_DIFFERS: u8 = 3;
 /// damping holds back: the next pass writes nothing.
 const EXIT_HELD: u8 = 4;
 
-/// The reconciler the modes run: the real director client and nats-server.
-type Live = Reconciler<director::Client, FileAdmission<Reloader>>;
+/// The reconciler the modes run — the real director client, and the admission the
+/// configuration chose (§12) — and what callout mode needs beside it.
+enum Live {
+    File(Reconciler<director::Client, FileAdmission<Reloader>>),
+    Callout(Reconciler<director::Client, CalloutAdmission>, Box<Callout>),
+}
+
+/// Callout mode's parts beside the reconciler: the keys, where to connect, the set the
+/// responder reads.
+struct Callout {
+    keys: Arc<Keys>,
+    settings: CalloutSettings,
+    admitted: Subscriber,
+}
+
+/// Runs `$body` with `$r` bound to the reconciler, whichever the mode.
+macro_rules! with_reconciler {
+    ($live:expr, $r:ident => $body:expr) => {
+        match $live {
+            Live::File($r) => $body,
+            Live::Callout($r, _) => $body,
+        }
+    };
+}
+
+/// Why the program cannot start: a configuration problem found when its files are read.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Director(#[from] director::SettingsError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
 
 /// One thread is plenty for a controller that mostly waits on the network, and keeps the
 /// resident memory small. (The demo runs on it too.)
@@ -58,7 +95,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// fail with among them, exported at 0 from the start (§8) — and the loop's health record
 /// (which updates the same metrics; the watch off until it reports).
 fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
-    let metrics = Arc::new(Metrics::with_labels(BUILD, &report::labels()));
+    let metrics = Arc::new(Metrics::with_labels(BUILD, &labels()));
     let limit = Health::liveness_limit(
         config.poll_interval,
         config.backoff_max,
@@ -68,22 +105,53 @@ fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
     (metrics, Arc::new(health))
 }
 
-/// Builds the reconciler — the director client checks its CA files and key here — or says
-/// why not (a configuration problem).
+/// Every label value known in advance, the program's whole vocabulary: the passes' and the
+/// callout responder's (§8).
+pub fn labels() -> metrics::Labels {
+    metrics::Labels {
+        callout_results: crate::callout::report::CalloutResult::values(),
+        ..report::labels()
+    }
+}
+
+/// Builds the reconciler — the director client checks its CA files and key here, callout
+/// mode its seed files — or says why not (a configuration problem).
 fn reconciler(
     config: &Config,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> Result<Live, director::SettingsError> {
+) -> Result<Live, StartError> {
     let client = director::Client::new(config.director.clone(), metrics.clone())?;
-    Ok(Reconciler::new(
-        Paths::of(config),
-        config.damping,
-        client,
-        Reloader::new(config.nats.clone()),
-        metrics,
-        health,
-    ))
+    let paths = Paths::of(config);
+    Ok(match &config.admission {
+        Admission::File => Live::File(Reconciler::new(
+            paths,
+            config.damping,
+            client,
+            Reloader::new(config.nats.clone()),
+            metrics,
+            health,
+        )),
+        Admission::Callout(settings) => {
+            let keys = Keys::from_files(
+                &settings.issuer_seed_file,
+                settings.xkey_seed_file.as_deref(),
+            )?;
+            health.callout_mode();
+            let publisher = Publisher::new();
+            let admitted = publisher.subscribe();
+            let admission = CalloutAdmission::new(settings.state_file.clone(), publisher)
+                .reporting_to(health.clone());
+            let reconciler =
+                Reconciler::admitting(paths, config.damping, client, admission, metrics, health);
+            let callout = Callout {
+                keys: Arc::new(keys),
+                settings: settings.clone(),
+                admitted,
+            };
+            Live::Callout(reconciler, Box::new(callout))
+        }
+    })
 }
 
 /// [`reconciler`] for the modes that run passes: a problem is logged, printed, and exit 2.
@@ -150,15 +218,26 @@ pub fn check_config(config: &Config) -> ExitCode {
             config.path.display()
         );
     }
+    let admission = match &config.admission {
+        Admission::File => format!(
+            "reload via {}",
+            match &config.nats.executable {
+                Some(exe) => format!("{} --signal reload", exe.display()),
+                None => "SIGHUP".to_owned(),
+            }
+        ),
+        Admission::Callout(c) => format!(
+            "callout mode: answering {} for nats-server at {}, admitted set in {}",
+            responder::SUBJECT,
+            c.url,
+            c.state_file.display()
+        ),
+    };
     println!(
-        "{}: OK (director {}, auth file {}, reload via {}, {})",
+        "{}: OK (director {}, auth file {}, {admission}, {})",
         config.path.display(),
         config.director.url,
         config.nats.auth_file.display(),
-        match &config.nats.executable {
-            Some(exe) => format!("{} --signal reload", exe.display()),
-            None => "SIGHUP".to_owned(),
-        },
         describe_watch(config)
     );
     ExitCode::SUCCESS
@@ -192,7 +271,9 @@ pub fn once(config: Config) -> ExitCode {
         cancel_on_signals(cancel.clone());
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, reconciler.full_pass(report::span(1, "once"))) => match r {
+            r = tokio::time::timeout(timeout, async {
+                with_reconciler!(&reconciler, r => r.full_pass(report::span(1, "once")).await)
+            }) => match r {
                 Ok(result) => result.map_err(Failure::Failed),
                 Err(_elapsed) => Err(Failure::Timeout(timeout)),
             },
@@ -218,8 +299,13 @@ pub fn diff(config: Config) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let planned =
-        runtime().block_on(async { tokio::time::timeout(timeout, reconciler.plan_next()).await });
+    let location = with_reconciler!(&reconciler, r => r.admission().location().to_owned());
+    let planned = runtime().block_on(async {
+        tokio::time::timeout(timeout, async {
+            with_reconciler!(&reconciler, r => r.plan_next().await)
+        })
+        .await
+    });
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
@@ -234,11 +320,11 @@ pub fn diff(config: Config) -> ExitCode {
         }
     };
     let decision = &plan.decision;
-    println!(
-        "auth file {}: {}",
-        config.nats.auth_file.display(),
-        plan.file
-    );
+    let what = match config.admission {
+        Admission::File => "auth file",
+        Admission::Callout(_) => "admitted set",
+    };
+    println!("{what} {}: {}", location.display(), plan.file);
     let held_users = decision.held.as_ref().map_or(0, |held| {
         held.keep.len() + held.keep.values().filter(|bootstrap| **bootstrap).count()
     });
@@ -331,21 +417,67 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
         None => None,
     };
 
-    let self_writes = SelfWrites::new();
-    let recorder = self_writes.clone();
-    let reconciler = match start(&config, metrics, health.clone()) {
-        Ok(r) => r,
+    let live = match start(&config, metrics.clone(), health.clone()) {
+        Ok(live) => live,
         Err(code) => return code,
     };
+    match live {
+        Live::File(reconciler) => {
+            run_loop(&config, reconciler, metrics, health, None, &cancel).await
+        }
+        Live::Callout(reconciler, callout) => {
+            // A restart answers from what the last process persisted until its first pass.
+            match reconciler.admission().load_persisted() {
+                Ok(agents) => tracing::info!(
+                    state_file = %callout.settings.state_file.display(),
+                    agents,
+                    "answering from the persisted admitted set until the first pass"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the persisted admitted set; the first pass makes it")
+                }
+            }
+            run_loop(
+                &config,
+                reconciler,
+                metrics,
+                health,
+                Some(*callout),
+                &cancel,
+            )
+            .await
+        }
+    }
+    cancel.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    tracing::info!("bosh-nats-sync stopped");
+    ExitCode::SUCCESS
+}
+
+/// The control loop over `reconciler` until `cancel`; in callout mode with the responder
+/// beside it, answering from the set the passes publish and asking the loop for an event
+/// poll when an unknown agent connects.
+async fn run_loop<A: crate::pass::Admission + 'static>(
+    config: &Config,
+    reconciler: Reconciler<director::Client, A>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    callout: Option<Callout>,
+    cancel: &CancellationToken,
+) {
+    let self_writes = SelfWrites::new();
+    let recorder = self_writes.clone();
     let reconciler = reconciler.on_write(Arc::new(move |path, meta| {
         recorder.record(path, reconcile::FileIdentity::from_metadata(meta));
     }));
-    let watch = watch_settings(&config);
+    let watch = watch_settings(config);
     let reconciler = Arc::new(match watch {
         Some(settings) => reconciler.follow_events(settings),
         None => reconciler,
     });
-    let paths = reconciler.paths().watched();
+    let paths = reconciler.watched_paths();
 
     let pass = move |ctx: PassContext| {
         let reconciler = reconciler.clone();
@@ -359,12 +491,13 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
         version = VERSION,
         director = %config.director.url,
         auth_file = %config.nats.auth_file.display(),
+        admission = if callout.is_some() { "callout" } else { "file" },
         poll_interval = ?config.poll_interval,
         watch_interval = ?watch.map(|w| w.interval),
         resync_interval = ?watch.map(|w| w.resync),
         "bosh-nats-sync starting"
     );
-    reconcile::Controller::new(pass)
+    let controller = reconcile::Controller::new(pass)
         .interval(config.poll_interval)
         .watch(paths)
         .self_writes(self_writes)
@@ -376,17 +509,34 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
         })
         .pass_timeout(config.pass_timeout)
         .observer(LoopObserver {
-            health,
+            health: health.clone(),
             watch: watch.is_some(),
-        })
-        .run(cancel.clone())
-        .await;
-    cancel.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
+        });
+    if let Some(Callout {
+        keys,
+        settings,
+        admitted,
+    }) = callout
+    {
+        let trigger = controller.trigger_handle();
+        let responder = Responder {
+            keys,
+            user_ttl: UserTtl(settings.user_ttl),
+            admitted,
+            poller: Poller::start(move || trigger.trigger(), cancel.clone()),
+            // Answered within nats-server's authorization timeout, or the answer is lost.
+            wait_for_pass: settings.timeout.mul_f64(0.75),
+            observer: Reported::new(metrics, health),
+        };
+        let connection = responder::Connection {
+            url: settings.url,
+            cert_file: settings.cert_file,
+            key_file: settings.key_file,
+            ca_file: settings.ca_file,
+        };
+        tokio::spawn(responder.run(connection, cancel.clone()));
     }
-    tracing::info!("bosh-nats-sync stopped");
-    ExitCode::SUCCESS
+    controller.run(cancel.clone()).await;
 }
 
 /// The watch's settings (§6.6), or `None` when `intervals.watch` is 0.

@@ -354,11 +354,10 @@ async fn metrics_hold_the_values_of_real_passes() {
 /// Every series a fresh process exports before its first pass has ended, with its value:
 /// every label value known in advance at 0 (the watch state's gauge at 1 for `off`). The one
 /// place this test lists them, built from the lists the program itself hands its metrics
-/// (`report::labels()`: its label enums, its error enums' reasons, the director client's
-/// endpoints), so neither can drift.
+/// (`modes::labels()`: its label enums, its error enums' reasons, the director client's
+/// endpoints, the callout responder's results), so neither can drift.
 fn series_from_start_up() -> Vec<(String, f64)> {
-    use bosh_nats_sync::pass::report;
-    let labels = report::labels();
+    let labels = bosh_nats_sync::modes::labels();
     let labelled = |name: &str, label: &str, values: &[&str]| -> Vec<(String, f64)> {
         values
             .iter()
@@ -391,6 +390,11 @@ fn series_from_start_up() -> Vec<(String, f64)> {
         &labels.watch_states,
     ));
     all.extend(labelled("watch_passes_total", "kind", &labels.pass_kinds));
+    all.extend(labelled(
+        "callout_requests_total",
+        "result",
+        &labels.callout_results,
+    ));
     all.extend(labels.watch_states.iter().map(|s| {
         (
             format!("bosh_nats_sync_watch_state{{state=\"{s}\"}}"),
@@ -417,6 +421,10 @@ fn series_from_start_up() -> Vec<(String, f64)> {
             "watch_events_read_total",
             "watch_unannounced_changes_total",
             "watch_admission_latency_seconds_count",
+            "callout_answer_seconds_count",
+            "callout_admitted_agents",
+            "callout_connected",
+            "callout_polls_total",
         ]
         .map(|name| (format!("bosh_nats_sync_{name}"), 0.0)),
     );
@@ -445,6 +453,7 @@ async fn every_known_series_is_exported_from_start_up() {
         r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
         r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#,
         r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
+        r#"bosh_nats_sync_callout_requests_total{result="unknown_agent"}"#,
     ] {
         assert!(
             expected.iter().any(|(series, _)| series == literal),

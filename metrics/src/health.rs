@@ -113,6 +113,32 @@ struct FinishedPass {
     held: bool,
 }
 
+/// What the callout responder reported.
+#[derive(Clone, Debug, Default)]
+struct Callout {
+    connected: bool,
+    /// When `connected` last changed.
+    since: Option<SystemTime>,
+    /// It has been connected and subscribed at least once.
+    subscribed_once: bool,
+    admitted_agents: Option<usize>,
+    /// The last refusals, newest last.
+    refusals: std::collections::VecDeque<CalloutRefusal>,
+}
+
+/// One refusal of the callout responder, as `/status` lists it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CalloutRefusal {
+    pub at: String,
+    /// The `result` label it was counted under.
+    pub reason: &'static str,
+    /// The agent its certificate named, if any (no secret: agent ids are in every log).
+    pub agent: Option<String>,
+}
+
+/// How many refusals `/status` keeps.
+const REFUSALS_KEPT: usize = 10;
+
 #[derive(Clone, Debug)]
 struct Reload {
     at: Stamp,
@@ -136,8 +162,12 @@ struct State {
     last_reload: Option<Reload>,
     next_pass: Option<Stamp>,
     ready_since: Option<SystemTime>,
+    /// The passes have given nats-server a usable set of users ([`Health::mark_ready`]).
+    content_ready: bool,
     /// The watch's last report, or what the program said to show before it reports.
     watch: WatchStatus,
+    /// Callout mode's responder (§12); `None` in file mode.
+    callout: Option<Callout>,
 }
 
 /// Progress and readiness of the control loop, shared (in an `Arc`) between the loop and
@@ -171,7 +201,9 @@ impl Health {
                 last_reload: None,
                 next_pass: None,
                 ready_since: None,
+                content_ready: false,
                 watch: unreported,
+                callout: None,
             }),
         }
     }
@@ -301,9 +333,59 @@ impl Health {
     /// calls change nothing.
     pub fn mark_ready(&self) {
         let mut s = self.state();
-        if s.ready_since.is_none() {
+        s.content_ready = true;
+        Self::maybe_ready(&mut s);
+    }
+
+    /// Ready once the passes gave nats-server usable users — and in callout mode, once the
+    /// responder has been subscribed too (§12.4): before that, nobody answers nats-server.
+    fn maybe_ready(s: &mut State) {
+        let callout_ok = s.callout.as_ref().is_none_or(|c| c.subscribed_once);
+        if s.ready_since.is_none() && s.content_ready && callout_ok {
             s.ready_since = Some(SystemTime::now());
         }
+    }
+
+    /// Callout mode (§12): `/status` shows the responder, and readiness waits for it.
+    pub fn callout_mode(&self) {
+        self.state().callout.get_or_insert_with(Callout::default);
+    }
+
+    /// The responder's connection is up and subscribed, or down.
+    pub fn callout_connected(&self, up: bool) {
+        self.metrics.callout_connected(up);
+        let mut s = self.state();
+        let callout = s.callout.get_or_insert_with(Callout::default);
+        if callout.connected != up || callout.since.is_none() {
+            callout.connected = up;
+            callout.since = Some(SystemTime::now());
+        }
+        callout.subscribed_once |= up;
+        Self::maybe_ready(&mut s);
+    }
+
+    /// The admitted set now holds `agents`.
+    pub fn callout_admitted(&self, agents: usize) {
+        self.metrics.callout_admitted(agents);
+        let mut s = self.state();
+        s.callout
+            .get_or_insert_with(Callout::default)
+            .admitted_agents = Some(agents);
+    }
+
+    /// The responder refused a client for `reason` (a `result` label); `agent` when its
+    /// certificate named one.
+    pub fn callout_refused(&self, reason: &'static str, agent: Option<String>) {
+        let mut s = self.state();
+        let refusals = &mut s.callout.get_or_insert_with(Callout::default).refusals;
+        if refusals.len() == REFUSALS_KEPT {
+            refusals.pop_front();
+        }
+        refusals.push_back(CalloutRefusal {
+            at: rfc3339(SystemTime::now()),
+            reason,
+            agent,
+        });
     }
 
     /// Whether [`Health::mark_ready`] has been called.
@@ -340,6 +422,12 @@ impl Health {
         let s = self.state();
         if s.ready_since.is_some() {
             return Ok(());
+        }
+        if s.content_ready {
+            return Err(Unhealthy(
+                "not ready: the callout responder has not subscribed to nats-server's authorization requests yet"
+                    .to_owned(),
+            ));
         }
         let mut reason =
             String::from("not ready: nats-server has not loaded a usable auth file yet");
@@ -406,6 +494,17 @@ impl Health {
                 last_full_pass_at: s.watch.last_full_pass_at.map(rfc3339),
                 next_full_pass_at: s.watch.next_full_pass_at.map(rfc3339),
             },
+            admission: if s.callout.is_some() {
+                "callout"
+            } else {
+                "file"
+            },
+            callout: s.callout.as_ref().map(|c| CalloutInfo {
+                connected: c.connected,
+                since: c.since.map(rfc3339),
+                admitted_agents: c.admitted_agents,
+                last_refusals: c.refusals.iter().cloned().collect(),
+            }),
         }
     }
 }
@@ -434,6 +533,24 @@ pub struct Status {
     /// The watch of the event log (§6.6); what the program gave [`Health::new`] until the
     /// watch reports.
     pub watch: WatchInfo,
+    /// How agents are admitted: `file` or `callout` (§12).
+    pub admission: &'static str,
+    /// Callout mode's responder; absent in file mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callout: Option<CalloutInfo>,
+}
+
+/// The `callout` object of `/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalloutInfo {
+    /// Connected to nats-server and subscribed to its authorization requests.
+    pub connected: bool,
+    /// Since when `connected` holds.
+    pub since: Option<String>,
+    /// Agents in the admitted set; `None` until it is loaded.
+    pub admitted_agents: Option<usize>,
+    /// The last refusals, oldest first.
+    pub last_refusals: Vec<CalloutRefusal>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -55,6 +55,9 @@ pub struct Labels {
     pub watch_states: Vec<&'static str>,
     /// The `kind` of `bosh_nats_sync_watch_passes_total`.
     pub pass_kinds: Vec<&'static str>,
+    /// The `result` of `bosh_nats_sync_callout_requests_total`: how the callout responder
+    /// can answer a request.
+    pub callout_results: Vec<&'static str>,
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ const ADMISSION_LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0,
 ];
 
+/// An answer is a lookup and two signatures; one that waits for an event poll takes up to
+/// the authorization timeout (1 s by default).
+const CALLOUT_ANSWER_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0,
+];
+
 /// What `bosh_nats_sync_build_info` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildInfo {
@@ -91,6 +97,11 @@ pub struct Metrics {
     watch_passes: IntCounterVec,
     watch_unannounced_changes: IntCounter,
     watch_admission_latency: Histogram,
+    callout_requests: IntCounterVec,
+    callout_answer_duration: Histogram,
+    callout_admitted_agents: IntGauge,
+    callout_connected: IntGauge,
+    callout_polls: IntCounter,
 }
 
 /// The metric definitions below are constants of this file; an error from them is a bug
@@ -288,6 +299,33 @@ impl Metrics {
             "Time from reading a VM's event to the verified reload that admitted its agent",
             ADMISSION_LATENCY_BUCKETS,
         );
+        let callout_requests = counter_vec(
+            r,
+            "bosh_nats_sync_callout_requests_total",
+            "Authorization requests nats-server handed to the callout responder, by result",
+            &["result"],
+        );
+        let callout_answer_duration = histogram(
+            r,
+            "bosh_nats_sync_callout_answer_seconds",
+            "Time from an authorization request's arrival to its answer",
+            CALLOUT_ANSWER_BUCKETS,
+        );
+        let callout_admitted_agents = int_gauge(
+            r,
+            "bosh_nats_sync_callout_admitted_agents",
+            "Agents in the admitted set the callout responder answers from",
+        );
+        let callout_connected = int_gauge(
+            r,
+            "bosh_nats_sync_callout_connected",
+            "1 while the callout responder is connected to nats-server and subscribed, else 0",
+        );
+        let callout_polls = counter(
+            r,
+            "bosh_nats_sync_callout_polls_total",
+            "Requests from an unknown agent that asked for an event poll and waited for a pass",
+        );
         let build_info = gauge_vec(
             r,
             "bosh_nats_sync_build_info",
@@ -319,6 +357,7 @@ impl Metrics {
         preset(&uaa_token_fetches, &labels.uaa_token_results);
         preset(&watch_state_changes, &labels.watch_states);
         preset(&watch_passes, &labels.pass_kinds);
+        preset(&callout_requests, &labels.callout_results);
         for kind in &labels.user_kinds {
             desired_users.with_label_values(&[kind]);
         }
@@ -358,7 +397,37 @@ impl Metrics {
             watch_passes,
             watch_unannounced_changes,
             watch_admission_latency,
+            callout_requests,
+            callout_answer_duration,
+            callout_admitted_agents,
+            callout_connected,
+            callout_polls,
         }
+    }
+
+    /// The callout responder answered (or could not answer) one request: `result` is one of
+    /// [`Labels::callout_results`]; `elapsed` from its arrival, when it was answered.
+    pub fn callout_request(&self, result: &str, elapsed: Option<Duration>) {
+        self.callout_requests.with_label_values(&[result]).inc();
+        if let Some(elapsed) = elapsed {
+            self.callout_answer_duration.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// An answer for an unknown agent asked for an event poll and waited for a pass.
+    pub fn callout_poll(&self) {
+        self.callout_polls.inc();
+    }
+
+    /// The admitted set now holds `agents`.
+    pub fn callout_admitted(&self, agents: usize) {
+        self.callout_admitted_agents
+            .set(i64::try_from(agents).unwrap_or(i64::MAX));
+    }
+
+    /// The responder's connection is up and subscribed, or not.
+    pub fn callout_connected(&self, up: bool) {
+        self.callout_connected.set(i64::from(up));
     }
 
     /// One request to the director or UAA. `endpoint` is one of the program's
@@ -569,6 +638,7 @@ mod tests {
             uaa_token_results: vec!["ok", "error"],
             watch_states: WatchState::values(),
             pass_kinds: vec!["full", "partial"],
+            callout_results: vec!["allowed", "unknown_agent", "error"],
         }
     }
 
@@ -613,6 +683,11 @@ mod tests {
             &labels.watch_states,
         ));
         all.extend(series("watch_passes_total", "kind", &labels.pass_kinds));
+        all.extend(series(
+            "callout_requests_total",
+            "result",
+            &labels.callout_results,
+        ));
         for e in &labels.director_endpoints {
             for s in &labels.director_statuses {
                 all.push(format!(
@@ -630,6 +705,10 @@ mod tests {
                 "watch_events_read_total",
                 "watch_unannounced_changes_total",
                 "watch_admission_latency_seconds_count",
+                "callout_answer_seconds_count",
+                "callout_admitted_agents",
+                "callout_connected",
+                "callout_polls_total",
             ]
             .map(|name| format!("bosh_nats_sync_{name}")),
         );
@@ -666,6 +745,7 @@ mod tests {
             r#"bosh_nats_sync_director_requests_total{endpoint="events",status="200"}"#,
             r#"bosh_nats_sync_watch_state_changes_total{state="blind"}"#,
             r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
+            r#"bosh_nats_sync_callout_requests_total{result="unknown_agent"}"#,
         ] {
             assert!(expected.iter().any(|s| s == series), "{series} is preset");
         }

@@ -90,6 +90,13 @@ impl Publisher {
         });
     }
 
+    /// The set as it is is the one to answer from (a pass found the persisted set current,
+    /// or there is none yet).
+    pub fn mark_loaded(&self) {
+        self.0
+            .send_if_modified(|p| !std::mem::replace(&mut p.loaded, true));
+    }
+
     /// A pass that began at `began` finished: whoever waits for a pass after some moment
     /// learns it, even when the set did not change.
     pub fn pass_finished(&self, began: Instant) {

@@ -21,8 +21,10 @@ pub mod decide;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod report;
 pub mod request;
 pub mod responder;
+pub mod state;
 
 pub use answer::{UserTtl, reply};
 pub use decide::{Admission, Refusal, Verdict, decide};

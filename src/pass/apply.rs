@@ -32,10 +32,25 @@ pub trait Admission: Send + Sync {
     fn store(&self, users: &UserSet) -> Result<(), AuthFileError>;
     /// Makes nats-server take what was stored. Cancel-safe: an abandoned load is simply not
     /// known to have happened.
-    fn load(&self) -> impl Future<Output = Result<Reloaded, ReloadError>> + Send;
+    fn load(&self) -> impl Future<Output = Result<Loaded, ReloadError>> + Send;
     /// Removes what an interrupted store left behind; how many were removed. Run once, by
     /// the first pass.
     fn clean_up(&self) -> usize;
+    /// A pass that began at `began` succeeded, whatever it changed.
+    fn pass_finished(&self, _began: tokio::time::Instant) {}
+    /// Registers the hook told about each store's write, so the file watcher can ignore
+    /// the events of our own writes.
+    fn set_on_write(&mut self, hook: WriteHook);
+}
+
+/// How nats-server came to admit the stored users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// It reloaded its configuration (file mode).
+    Reloaded(Reloaded),
+    /// It asks the program, which now answers from the stored users (callout mode): no
+    /// reload.
+    InMemory,
 }
 
 /// nats-server, as file mode reloads it. The real one is [`Reloader`] (a signal, then
@@ -69,12 +84,6 @@ impl<R: Reload> FileAdmission<R> {
             reloader,
             on_write: None,
         }
-    }
-
-    /// Registers the hook called after each write of the auth file.
-    pub fn on_write(mut self, hook: WriteHook) -> Self {
-        self.on_write = Some(hook);
-        self
     }
 
     pub fn reloader(&self) -> &R {
@@ -111,12 +120,16 @@ impl<R: Reload> Admission for FileAdmission<R> {
         Ok(())
     }
 
-    fn load(&self) -> impl Future<Output = Result<Reloaded, ReloadError>> + Send {
-        self.reloader.reload()
+    async fn load(&self) -> Result<Loaded, ReloadError> {
+        self.reloader.reload().await.map(Loaded::Reloaded)
     }
 
     fn clean_up(&self) -> usize {
         authfile::remove_stale_temp_files(&self.path)
+    }
+
+    fn set_on_write(&mut self, hook: WriteHook) {
+        self.on_write = Some(hook);
     }
 }
 
@@ -133,10 +146,7 @@ pub fn store<A: Admission>(
 
 /// Makes nats-server take the stored users. Only a success clears `reload_pending` (§5.3):
 /// a failed load, or one dropped with the pass, is retried by the next pass.
-pub async fn load<A: Admission>(
-    admission: &A,
-    memory: &mut Memory,
-) -> Result<Reloaded, ReloadError> {
+pub async fn load<A: Admission>(admission: &A, memory: &mut Memory) -> Result<Loaded, ReloadError> {
     let how = admission.load().await?;
     memory.reload_pending = false;
     Ok(how)
@@ -148,7 +158,7 @@ pub struct Applied {
     /// The users were stored.
     pub written: bool,
     /// The load asked of nats-server, when one was due.
-    pub loaded: Option<Result<Reloaded, ReloadError>>,
+    pub loaded: Option<Result<Loaded, ReloadError>>,
 }
 
 /// Applies `decision`: its memory becomes the pass's (a due load stays pending until it

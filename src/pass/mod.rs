@@ -36,7 +36,7 @@ use crate::config::{Config, DampingSettings};
 use crate::director;
 use crate::reload::{ReloadError, Reloaded};
 
-pub use apply::{Admission, FileAdmission, Reload, WriteHook};
+pub use apply::{Admission, FileAdmission, Loaded, Reload, WriteHook};
 use decide::{BootstrapPoint, Decision, Memory};
 use desired::{Skipped, Subjects};
 pub use observe::Director;
@@ -90,14 +90,6 @@ impl Paths {
             director_subject: config.director_subject_file.clone(),
             hm_subject: config.hm_subject_file.clone(),
         }
-    }
-
-    /// The files whose change should trigger a pass: the auth file and the subject files.
-    pub fn watched(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.auth_file.clone()];
-        paths.extend(self.director_subject.iter().cloned());
-        paths.extend(self.hm_subject.iter().cloned());
-        paths
     }
 }
 
@@ -183,12 +175,6 @@ impl<D: Director, R: Reload> Reconciler<D, FileAdmission<R>> {
         let admission = FileAdmission::new(paths.auth_file.clone(), reloader);
         Self::admitting(paths, damping, director, admission, metrics, health)
     }
-
-    /// Registers the hook called after each write of the auth file.
-    pub fn on_write(mut self, hook: WriteHook) -> Self {
-        self.admission = self.admission.on_write(hook);
-        self
-    }
 }
 
 impl<D: Director, A: Admission> Reconciler<D, A> {
@@ -228,8 +214,19 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         }
     }
 
-    pub fn paths(&self) -> &Paths {
-        &self.paths
+    /// Registers the hook called after each write of the admitted users.
+    pub fn on_write(mut self, hook: WriteHook) -> Self {
+        self.admission.set_on_write(hook);
+        self
+    }
+
+    /// The files whose change should trigger a pass: where the admitted users are kept, and
+    /// the subject files.
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.admission.location().to_owned()];
+        paths.extend(self.paths.director_subject.iter().cloned());
+        paths.extend(self.paths.hm_subject.iter().cloned());
+        paths
     }
 
     pub fn admission(&self) -> &A {
@@ -344,6 +341,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
     }
 
     async fn steps(&self, carried: &mut Carried, scope: Scope) -> Result<Report, PassError> {
+        let began = Instant::now();
         if !carried.cleaned_up {
             carried.cleaned_up = true;
             let stale = self.admission.clean_up();
@@ -402,7 +400,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             self.report.stored();
         }
         let usable = !plan.decision.users.is_empty();
-        let reloaded = match applied.loaded {
+        let loaded = match applied.loaded {
             Some(result) => {
                 self.report.loaded(&result, usable);
                 Some(result?)
@@ -412,6 +410,10 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
                 None
             }
         };
+        let reloaded = match loaded {
+            Some(Loaded::Reloaded(how)) => Some(how),
+            Some(Loaded::InMemory) | None => None,
+        };
         let held = plan.decision.held.is_some();
         if let Some(following) = carried.following.as_mut() {
             match scope {
@@ -420,10 +422,14 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             }
         }
         // The agents the events announced are admitted once nats-server has verifiably
-        // loaded them (§8).
-        if reloaded == Some(Reloaded::Verified) {
+        // loaded them, or once the responder answers from them (§8).
+        if matches!(
+            loaded,
+            Some(Loaded::Reloaded(Reloaded::Verified) | Loaded::InMemory)
+        ) {
             self.report.admitted(&seen.announced);
         }
+        self.admission.pass_finished(began);
         let Plan {
             skipped, decision, ..
         } = plan;

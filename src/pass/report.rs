@@ -14,6 +14,7 @@ use tracing::Span;
 
 use crate::director;
 use crate::pass::PassError;
+use crate::pass::apply::Loaded;
 use crate::pass::desired::{Counts, SkipReason, Skipped, UserKind};
 use crate::pass::observe::{Scope, SubjectKind};
 use crate::pass::watch::{Absorbed, Watch, WatchState};
@@ -101,6 +102,8 @@ pub fn labels() -> Labels {
         // `Off` first: the state the gauge starts in, which `Watch::unreported` shows.
         watch_states: WatchState::values(),
         pass_kinds: Scope::values(),
+        // The callout responder's are not the passes': `modes::labels` adds them.
+        callout_results: Vec::new(),
     }
 }
 
@@ -147,13 +150,22 @@ impl Reporter {
         self.health.auth_file_written();
     }
 
-    /// nats-server was asked to load the file; `usable` when it holds users that let the
-    /// director in (§7: readiness comes with the first verified load of such a file).
-    pub fn loaded(&self, result: &Result<Reloaded, ReloadError>, usable: bool) {
+    /// nats-server was asked to take the stored users; `usable` when they let the director
+    /// in (§7: readiness comes with the first verified load of such a file). Only a reload
+    /// counts as one: callout mode's loads are swaps in memory.
+    pub fn loaded(&self, result: &Result<Loaded, ReloadError>, usable: bool) {
+        let result = match result {
+            Ok(Loaded::InMemory) => return self.ready(usable),
+            Ok(Loaded::Reloaded(how)) => Ok(*how),
+            Err(e) => Err(e),
+        };
         self.health.reload_finished(ReloadSummary {
-            result: ReloadResult::of(result).as_str(),
+            result: match result {
+                Ok(how) => ReloadResult::from(how).as_str(),
+                Err(_) => ReloadResult::Failed.as_str(),
+            },
             verified: matches!(result, Ok(Reloaded::Verified)),
-            error: result.as_ref().err().map(|e| ErrorInfo {
+            error: result.err().map(|e| ErrorInfo {
                 reason: e.reason(),
                 message: e.to_string(),
             }),

@@ -59,6 +59,14 @@ pub fn labels() -> Labels {
         uaa_token_results: vec!["ok", "error"],
         watch_states: WatchState::values(),
         pass_kinds: vec!["full", "partial"],
+        callout_results: vec![
+            "allowed",
+            "unknown_agent",
+            "not_agent",
+            "bootstrap_refused",
+            "bad_request",
+            "error",
+        ],
     }
 }
 
