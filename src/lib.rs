@@ -3,7 +3,8 @@
 //! observed users from the auth file, write and reload when they differ.
 //!
 //! Where things are (the behaviour each part follows is `docs/contract.md`, cited as `§N`):
-//! - [`modes`]: the program's modes (run, once, diff, check-config), called by `main`.
+//! - [`modes`]: the program's modes (run, once, diff, check-config, init), called by `main`;
+//!   [`init`] writes the auth file nats-server starts with (§12.3).
 //! - [`pass`]: one pass — observe → decide → apply — which the `reconcile` loop runs.
 //! - [`director`]: the director's HTTP API (§2); [`vm`]: the VMs it reports.
 //! - [`users`]: NATS users, the agent user's format, the compact set a pass compares.
@@ -18,6 +19,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod director;
+pub mod init;
 pub mod modes;
 pub mod pass;
 pub mod reload;

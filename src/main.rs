@@ -31,6 +31,11 @@ enum Command {
     Diff,
     /// Validate the configuration file (keys, values, CA files) and exit: 0 valid, 2 not.
     CheckConfig,
+    /// Write the auth file nats-server should start with, from the configuration and the
+    /// subject files alone (no director): the director and health monitor users and the agents
+    /// already in the file, or in callout mode the auth_callout block. 0 written (or already
+    /// so), 2 the configuration cannot work, 1 the file cannot be written.
+    Init,
     /// Print a new issuer key for callout mode, one NAME=value a line: ISSUER_SEED, ISSUER
     /// (and a curve pair, XKEY_SEED and XKEY, with --xkey). Needs no configuration.
     CalloutKeys {
@@ -106,6 +111,9 @@ fn main() -> ExitCode {
     if let Command::CheckConfig = command {
         return modes::check_config(&config);
     }
+    if let Command::Init = command {
+        return modes::init(&config);
+    }
     if let Err(e) = telemetry::init(
         config.log_format,
         &config.log_level,
@@ -121,7 +129,10 @@ fn main() -> ExitCode {
         Command::Run => modes::run(config),
         Command::Once => modes::once(config),
         Command::Diff => modes::diff(config),
-        Command::CheckConfig | Command::CalloutKeys { .. } | Command::Demo { .. } => {
+        Command::CheckConfig
+        | Command::Init
+        | Command::CalloutKeys { .. }
+        | Command::Demo { .. } => {
             unreachable!("handled above")
         }
     };

@@ -1,4 +1,4 @@
-//! The program's modes — run, once, diff, check-config — each a function from a validated
+//! The program's modes — run, once, diff, check-config, init — each a function from a validated
 //! configuration to an exit status, and callout-keys, which needs none. `main` only parses
 //! arguments and calls these.
 
@@ -198,6 +198,36 @@ pub fn callout_keys(xkey: bool) -> ExitCode {
         Err(e) => {
             eprintln!("bosh-nats-sync: cannot write the keys: {e}");
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `init`: writes the auth file nats-server should start with (§12.3) and prints what it
+/// holds — its path, the admission mode, the file's mode, the users — never a seed. Exit 0
+/// when the file holds it (written, or already so), 2 when the configuration names something
+/// that cannot work, 1 when the file cannot be read or written.
+pub fn init(config: &Config) -> ExitCode {
+    match crate::init::init(config) {
+        Ok(done) => {
+            println!(
+                "{} {} ({} admission, mode {:04o}, {} users)",
+                if done.written { "wrote" } else { "unchanged:" },
+                done.path.display(),
+                done.admission,
+                done.mode,
+                done.users
+            );
+            for line in &done.details {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bosh-nats-sync: init: {e}");
+            ExitCode::from(match e {
+                crate::init::InitError::Config(_) => EXIT_CONFIG,
+                crate::init::InitError::Io(_) => EXIT_FAILED,
+            })
         }
     }
 }

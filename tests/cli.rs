@@ -46,12 +46,20 @@ fn help_and_version() {
             "once",
             "diff",
             "check-config",
+            "init",
             "callout-keys",
             "demo",
             "--config",
         ]
     } else {
-        &["once", "diff", "check-config", "callout-keys", "--config"]
+        &[
+            "once",
+            "diff",
+            "check-config",
+            "init",
+            "callout-keys",
+            "--config",
+        ]
     };
     for word in words {
         assert!(

@@ -18,6 +18,15 @@
 //! - With `listen`/`http` port `-1` and `ports_file_dir`, the server writes
 //!   `nats-server_<pid>.ports` = `{"nats":["tls://…"],"monitoring":["http://…"]}` once it
 //!   listens, and removes it on exit; the pid file is left behind on exit.
+//!
+//! And about callout mode's auth file (bosh-nats-sync's `init`, contract §12.3), included
+//! at the top level like any other:
+//! - 2.14.5 and 2.15.1 start with it: `authorization { timeout, users, auth_callout }`,
+//!   `accounts { SYS { users } }` and `system_account` may all come from the one included
+//!   file, the static users landing in `$G` beside the accounts.
+//! - 2.9.10 has no `auth_callout` and refuses to start (exit 1) with
+//!   `<file>:<line>:<column>: unknown field "auth_callout"`; [`has_auth_callout`] tells which
+//!   is which from the version.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -79,6 +88,18 @@ pub fn version(executable: &Path) -> Result<String, NatsError> {
                 out.status
             ))
         })
+}
+
+/// Whether nats-server `version` (`v2.14.5`, `2.9.10`; a `-…` suffix ignored) has
+/// `auth_callout`, which came with 2.10. `false` for what is not a version.
+pub fn has_auth_callout(version: &str) -> bool {
+    let version = version.trim().trim_start_matches('v');
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let mut numbers = core.split('.').map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        _ => false,
+    }
 }
 
 /// How long [`NatsServer::start`] waits for the server to listen.
@@ -309,6 +330,11 @@ impl NatsServer {
     /// The version that runs, as `--version` printed it: `v2.14.5`.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether this server has `auth_callout` (2.10 or later): see [`has_auth_callout`].
+    pub fn has_auth_callout(&self) -> bool {
+        has_auth_callout(&self.version)
     }
 
     /// The binary that runs.
@@ -728,6 +754,24 @@ async fn receive_nonce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_callout_came_with_2_10() {
+        for (version, has) in [
+            ("v2.9.10", false),
+            ("2.9.99", false),
+            ("v1.4.1", false),
+            ("v2.10.0", true),
+            ("v2.10.0-RC.2", true),
+            ("v2.14.5", true),
+            ("2.15.1", true),
+            ("v3.0.0", true),
+            ("", false),
+            ("nats-server", false),
+        ] {
+            assert_eq!(has_auth_callout(version), has, "{version}");
+        }
+    }
 
     #[test]
     fn relative_paths() {

@@ -14,9 +14,13 @@
 //!
 //! [`keys`] reads the issuer's account seed and the optional curve seed from owner-only
 //! files; [`jwt`] is the nkey JWT encoding all of them share, as nats-io/jwt v2 writes it.
+//!
+//! What nats-server must start with for any of this to happen: [`auth_file`] writes it
+//! (§12.3), and [`server_version`] refuses a server older than 2.10, which has no callout.
 
 pub mod admitted;
 pub mod answer;
+pub mod auth_file;
 pub mod decide;
 pub mod identity;
 pub mod jwt;
@@ -24,6 +28,7 @@ pub mod keys;
 pub mod report;
 pub mod request;
 pub mod responder;
+pub mod server_version;
 pub mod state;
 
 pub use answer::{UserTtl, reply};
