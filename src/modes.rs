@@ -456,6 +456,9 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
             run_loop(&config, reconciler, metrics, health, None, &cancel).await
         }
         Live::Callout(reconciler, callout) => {
+            if let Err(code) = callout_server(&config).await {
+                return code;
+            }
             // A restart answers from what the last process persisted until its first pass.
             match reconciler.admission().load_persisted() {
                 Ok(agents) => tracing::info!(
@@ -484,6 +487,33 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
     }
     tracing::info!("bosh-nats-sync stopped");
     ExitCode::SUCCESS
+}
+
+/// Callout mode needs nats-server 2.10 or later: with `nats.monitoring_url` set, a server
+/// that says it is older is refused at once (exit 2); one that cannot be asked yet is
+/// only warned about (it may be starting).
+async fn callout_server(config: &Config) -> Result<(), ExitCode> {
+    let Some(url) = &config.nats.monitoring_url else {
+        return Ok(());
+    };
+    match crate::callout::server_version::check(url).await {
+        Ok(version) => {
+            tracing::info!(%version, "nats-server has auth callout");
+            Ok(())
+        }
+        Err(e @ crate::callout::server_version::VersionError::NoCallout { .. }) => {
+            tracing::error!(error = %e, "cannot run in callout mode");
+            eprintln!(
+                "bosh-nats-sync: {}: nats.admission: callout: {e}",
+                config.path.display()
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask nats-server for its version; going on");
+            Ok(())
+        }
+    }
 }
 
 /// The control loop over `reconciler` until `cancel`; in callout mode with the responder

@@ -465,7 +465,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             file = %self.admission.location().display(),
             state = %file.describe(),
             users = users.len(),
-            "the auth file holds no users: writing the director/health-monitor users before the director answers"
+            "the file of admitted users holds no users: writing the director/health-monitor users before the director answers"
         );
         apply::store(&self.admission, memory, &users)?;
         self.report.stored();

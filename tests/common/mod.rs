@@ -57,7 +57,25 @@ pub struct Env {
     pub director_subject_file: PathBuf,
     pub hm_subject_file: PathBuf,
     pub config_path: PathBuf,
+    /// Callout mode (§12): the files `nats.callout` names; `None` in file mode.
+    pub callout: Option<CalloutFiles>,
 }
+
+/// What `nats.callout` names, and the settings a test may change before it writes the
+/// configuration again.
+pub struct CalloutFiles {
+    /// The service's client certificate (its own subject, a static user).
+    pub service: CertFiles,
+    pub issuer_seed_file: PathBuf,
+    pub state_file: PathBuf,
+    /// `nats.callout.user_ttl` (seconds).
+    pub user_ttl: f64,
+    /// `nats.callout.timeout` (seconds).
+    pub timeout: f64,
+}
+
+/// The service's certificate in callout mode: a subject of its own.
+pub const SERVICE_CN: &str = "default.nats-sync.bosh-internal";
 
 impl Env {
     /// Director (with `vms` in deployment `cf`), nats-server started on the BOSH pre-start
@@ -121,9 +139,80 @@ impl Env {
             director_subject_file,
             hm_subject_file,
             config_path,
+            callout: None,
         };
         env.write_config("");
         env
+    }
+
+    /// [`Env::start`] in callout mode (§12): a service certificate and an issuer seed, the
+    /// configuration with `nats.admission: callout`, `bosh-nats-sync init` writing the auth
+    /// file, and nats-server (re)started on it — as the BOSH job's pre-start does.
+    pub async fn start_callout(auth: Auth, vms: Vec<Vm>) -> Env {
+        let mut env = Env::start(auth, vms).await;
+        env.enable_callout();
+        let init = env.run(&["init"]).await;
+        assert!(
+            init.status.success(),
+            "init: {}{}",
+            String::from_utf8_lossy(&init.stdout),
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let nats_dir = env.dir.path().join("nats-callout");
+        std::fs::create_dir_all(&nats_dir).unwrap();
+        env.nats = NatsServer::start(&nats_dir, &env.pki, &env.auth_file)
+            .await
+            .expect("nats-server starts with init's callout file");
+        env.write_config("");
+        env
+    }
+
+    /// Writes the service's certificate and an issuer seed, and the configuration in
+    /// callout mode (nats-server is left as it is).
+    pub fn enable_callout(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let env = self;
+        let keys = env.dir.path().join("callout");
+        std::fs::create_dir_all(&keys).unwrap();
+        let service = env
+            .pki
+            .client(SERVICE_CN)
+            .unwrap()
+            .write_to(&keys, "service")
+            .unwrap();
+        let issuer_seed_file = keys.join("issuer.seed");
+        let issuer = bosh_nats_sync::callout::IssuerKey::generate();
+        std::fs::write(&issuer_seed_file, issuer.seed().as_bytes()).unwrap();
+        std::fs::set_permissions(&issuer_seed_file, std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        env.callout = Some(CalloutFiles {
+            service,
+            issuer_seed_file,
+            state_file: env.dir.path().join("agents.json"),
+            user_ttl: 3600.0,
+            timeout: 1.0,
+        });
+        env.write_config("");
+    }
+
+    /// The `nats:` lines of callout mode, when on.
+    fn callout_keys(&self) -> String {
+        let Some(c) = &self.callout else {
+            return String::new();
+        };
+        format!(
+            "\x20 admission: callout\n\x20 callout:\n    url: {url}\n    cert_file: {cert}\n    key_file: {key}\n\
+             \x20   ca_file: {ca}\n    issuer_seed_file: {seed}\n    state_file: {state}\n\
+             \x20   user_ttl: {ttl}\n    timeout: {timeout}\n",
+            url = self.nats.client_url(),
+            cert = c.service.cert.display(),
+            key = c.service.key.display(),
+            ca = self.files.ca_cert.display(),
+            seed = c.issuer_seed_file.display(),
+            state = c.state_file.display(),
+            ttl = c.user_ttl,
+            timeout = c.timeout,
+        )
     }
 
     /// Writes the config file: the BOSH job template's keys (with `ca_cert`, as the
@@ -148,7 +237,7 @@ impl Env {
              \x20 connection_wait_timeout: 0\n\
              intervals:\n  poll_user_sync: {poll_seconds}\n\
              nats:\n  config_file_path: {auth}\n  nats_server_executable: {exe}\n  nats_server_pid_file: {pid}\n\
-             \x20 monitoring_url: {mon}\n\
+             \x20 monitoring_url: {mon}\n{callout}\
              logfile: {log}\n\
              http:\n  enabled: false\n{extra}",
             url = self.director.url(),
@@ -159,6 +248,7 @@ impl Env {
             exe = nats_server_path().display(),
             pid = self.nats.pid_file().display(),
             mon = self.nats.monitoring_url(),
+            callout = self.callout_keys(),
             log = self.log_path().display(),
         );
         std::fs::write(&self.config_path, text).unwrap();
