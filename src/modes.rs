@@ -559,7 +559,7 @@ async fn run_loop<A: crate::pass::Admission + 'static>(
     );
     let controller = reconcile::Controller::new(pass)
         .interval(config.poll_interval)
-        .watch(paths)
+        .watch_files(paths)
         .self_writes(self_writes)
         .backoff(BackoffConfig {
             min: config.backoff_min,

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::observe::{EndedPass, Observer};
+use crate::observer::{EndedPass, Observer};
 use crate::pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
-use crate::watch::{FileWatch, SelfWrites};
+use crate::files::{FileWatch, SelfWrites};
 
 /// Default bound on one pass: five minutes is far longer than a healthy pass should take, yet
 /// a pass stuck on an unresponsive dependency is abandoned and retried rather than left to
@@ -95,7 +95,7 @@ where
     /// target runs through another entry of the same directory (a Kubernetes ConfigMap volume),
     /// replacing that entry counts as a change of the file. Own writes: see
     /// [`self_writes`](Self::self_writes).
-    pub fn watch<I, P>(mut self, paths: I) -> Self
+    pub fn watch_files<I, P>(mut self, paths: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: Into<PathBuf>,
@@ -825,8 +825,8 @@ mod tests {
         let self_writes = SelfWrites::new();
         let (mut h, c) = harness();
         let c = c
-            .watch([&auth, &subjects])
-            .watch([dir.path().join("missing-dir/file")])
+            .watch_files([&auth, &subjects])
+            .watch_files([dir.path().join("missing-dir/file")])
             .self_writes(self_writes.clone());
         let (_cancel, _run) = spawn(c);
         async fn next(h: &mut Harness) -> Start {

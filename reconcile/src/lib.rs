@@ -60,13 +60,13 @@
 
 mod backoff;
 mod controller;
-mod observe;
+mod observer;
 mod pass;
-mod watch;
+mod files;
 
 pub use backoff::BackoffConfig;
 pub use controller::{Controller, DEFAULT_PASS_TIMEOUT};
-pub use observe::{EndedPass, Observer};
+pub use observer::{EndedPass, Observer};
 pub use pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 pub use tokio_util::sync::CancellationToken;
-pub use watch::{FileIdentity, SelfWrites};
+pub use files::{FileIdentity, SelfWrites};
