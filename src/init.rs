@@ -111,6 +111,26 @@ pub fn init(config: &Config) -> Result<Outcome, InitError> {
     }
 }
 
+/// In callout mode: whether the auth file holds what [`init`] would write for `config` now.
+/// `Ok(false)` means nats-server runs (or will start with) another `auth_callout` block — a
+/// new issuer, a changed subject — which it cannot take on a reload: `init` and a restart of
+/// nats-server are needed. File mode has nothing to check (`Ok(true)`).
+pub fn callout_block_current(config: &Config) -> Result<bool, InitError> {
+    let Admission::Callout(settings) = &config.admission else {
+        return Ok(true);
+    };
+    let bytes = callout_file(config, settings)?.render();
+    match fs::read(&config.nats.auth_file) {
+        Ok(held) => Ok(held == bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(AuthFileError::Read {
+            path: config.nats.auth_file.clone(),
+            source,
+        }
+        .into()),
+    }
+}
+
 fn outcome(
     path: &Path,
     admission: &'static str,

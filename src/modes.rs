@@ -459,6 +459,20 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
             if let Err(code) = callout_server(&config).await {
                 return code;
             }
+            match crate::init::callout_block_current(&config) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let message = format!(
+                        "the auth file {} is not what `init` writes for this configuration (a new issuer, xkey, timeout or subject): nats-server must restart to take a changed auth_callout block — run `bosh-nats-sync -c {} init`, then restart nats-server",
+                        config.nats.auth_file.display(),
+                        config.path.display()
+                    );
+                    tracing::error!("{message}");
+                    eprintln!("bosh-nats-sync: {message}");
+                    health.callout_restart_needed(message);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot compare the auth file with what init writes"),
+            }
             // A restart answers from what the last process persisted until its first pass.
             match reconciler.admission().load_persisted() {
                 Ok(agents) => tracing::info!(

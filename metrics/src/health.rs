@@ -124,6 +124,8 @@ struct Callout {
     admitted_agents: Option<usize>,
     /// The last refusals, newest last.
     refusals: std::collections::VecDeque<CalloutRefusal>,
+    /// Why nats-server must restart before callout mode works as configured.
+    restart_needed: Option<String>,
 }
 
 /// One refusal of the callout responder, as `/status` lists it.
@@ -364,6 +366,13 @@ impl Health {
         Self::maybe_ready(&mut s);
     }
 
+    /// nats-server runs another `auth_callout` block than the configuration asks for, and
+    /// cannot take a changed one on a reload: `/status` says so, with `why`.
+    pub fn callout_restart_needed(&self, why: String) {
+        let mut s = self.state();
+        s.callout.get_or_insert_with(Callout::default).restart_needed = Some(why);
+    }
+
     /// The admitted set now holds `agents`.
     pub fn callout_admitted(&self, agents: usize) {
         self.metrics.callout_admitted(agents);
@@ -504,6 +513,7 @@ impl Health {
                 since: c.since.map(rfc3339),
                 admitted_agents: c.admitted_agents,
                 last_refusals: c.refusals.iter().cloned().collect(),
+                restart_needed: c.restart_needed.clone(),
             }),
         }
     }
@@ -551,6 +561,8 @@ pub struct CalloutInfo {
     pub admitted_agents: Option<usize>,
     /// The last refusals, oldest first.
     pub last_refusals: Vec<CalloutRefusal>,
+    /// Why nats-server must restart (its `auth_callout` block is not the configured one).
+    pub restart_needed: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
