@@ -4,7 +4,8 @@
 //! time scale where a minute of the rules is a second (see [`scaled_rules`]). Through
 //! Prometheus's HTTP API the test checks that the target is up and every rule evaluates
 //! without error; that on the healthy process, before any failure, every query of the
-//! dashboard returns data (the error panel with every known reason at 0) and every rule has
+//! dashboard returns data (the error panel with every known reason at 0; a quantile may be NaN
+//! only over a histogram that observed nothing in its window) and every rule has
 //! series to compare (§8: every label value known in advance exists from start-up); that the
 //! outage alerts fire while the director is down and resolve when it returns; that the reload
 //! alert fires on a reload nats-server rejects; and that the dashboard's queries still return
@@ -654,6 +655,38 @@ fn all_finite(samples: &[Value]) -> bool {
     })
 }
 
+/// For a quantile query, `histogram_quantile(…, … NAME_bucket{SELECTOR}[RANGE] …)`, the query
+/// of how many observations that histogram made in the window:
+/// `sum(increase(NAME_count{SELECTOR}[RANGE]))`; `None` for any other query.
+fn observations_query(promql: &str) -> Option<String> {
+    if !promql.trim_start().starts_with("histogram_quantile(") {
+        return None;
+    }
+    let bucket = promql.find("_bucket{")?;
+    let name_start = promql[..bucket]
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = &promql[name_start..bucket];
+    let rest = &promql[bucket + "_bucket".len()..];
+    let selector = &rest[..=rest.find('}')?];
+    let after = rest[selector.len()..].strip_prefix('[')?;
+    let range = &after[..after.find(']')?];
+    Some(format!("sum(increase({name}_count{selector}[{range}]))"))
+}
+
+#[test]
+fn the_observations_of_a_quantile_query_are_its_histograms_count() {
+    assert_eq!(
+        observations_query(
+            r#"histogram_quantile(0.99, sum by (le) (rate(x_seconds_bucket{job=~"j",instance=~"127\\.0\\.0\\.1:1"}[10m])))"#
+        )
+        .as_deref(),
+        Some(r#"sum(increase(x_seconds_count{job=~"j",instance=~"127\\.0\\.0\\.1:1"}[10m]))"#)
+    );
+    assert_eq!(observations_query("sum(rate(x_total{a=\"b\"}[5m]))"), None);
+    assert_eq!(observations_query("histogram_quantile(0.5, x)"), None);
+}
+
 fn workspace_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -822,7 +855,11 @@ async fn dashboard_variables_find_the_target(prom: &Prometheus, dashboard: &Valu
 }
 
 /// Each panel's query returns data, every value a number (polling each, as a rate needs a
-/// second scrape); `when` names the moment in failure messages. Returns how many queries.
+/// second scrape) — but for a quantile over a histogram that observed nothing in the query's
+/// window, which is NaN whatever the query: then its `_count` must show that (see
+/// [`observations_query`]), so a quantile of a histogram with observations is still held to
+/// a number. In file mode that is the callout answer latency, which only callout mode
+/// observes. `when` names the moment in failure messages. Returns how many queries.
 async fn panels_return_data(
     env: &Env,
     prom: &Prometheus,
@@ -849,9 +886,22 @@ async fn panels_return_data(
             wait_for(env, prom, WITHIN, &what, || async {
                 let samples = prom.query(&promql).await?;
                 ensure(!samples.is_empty(), || format!("no series for {promql}"))?;
-                ensure(all_finite(&samples), || {
+                if all_finite(&samples) {
+                    return Ok(());
+                }
+                let observed = observations_query(&promql).ok_or_else(|| {
                     format!("a value that is not a number for {promql}: {samples:?}")
-                })
+                })?;
+                let counts = prom.query(&observed).await?;
+                ensure(
+                    !counts.is_empty() && counts.iter().all(|s| s["value"][1] == "0"),
+                    || {
+                        format!(
+                            "a value that is not a number for {promql}: {samples:?}, while its \
+                             histogram observed something in the window ({observed}: {counts:?})"
+                        )
+                    },
+                )
             })
             .await;
             queries += 1;

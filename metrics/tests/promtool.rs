@@ -137,7 +137,7 @@ fn alert_rules_are_valid() {
     let out = run_promtool(&["check", "rules", "alerts.yml"], None);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 6 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"),
         "{}",
         describe(&out)
     );
@@ -193,5 +193,5 @@ fn metrics_md_documents_every_alert() {
         .collect();
     let defined: BTreeSet<String> = defined.into_iter().map(str::to_owned).collect();
     assert_eq!(documented, defined, "METRICS.md alert table vs. alerts.yml");
-    assert_eq!(defined.len(), 6);
+    assert_eq!(defined.len(), 8);
 }

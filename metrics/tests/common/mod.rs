@@ -276,4 +276,16 @@ pub fn record_everything(metrics: &Metrics, health: &Health) {
     }
     metrics.unannounced_changes(1);
     metrics.admission_latency(Duration::from_millis(700));
+
+    // Callout mode (§12): every result — answered ones with their latency, an unanswerable
+    // one without — a request that waited for an event poll, the admitted set, the connection.
+    health.callout_mode();
+    for result in labels().callout_results {
+        metrics.callout_request(result, Some(Duration::from_micros(400)));
+    }
+    metrics.callout_request("bad_request", None);
+    metrics.callout_poll();
+    health.callout_refused("unknown_agent", Some("a1".to_owned()));
+    health.callout_admitted(3);
+    health.callout_connected(true);
 }
