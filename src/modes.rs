@@ -471,7 +471,9 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
                     eprintln!("bosh-nats-sync: {message}");
                     health.callout_restart_needed(message);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot compare the auth file with what init writes"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot compare the auth file with what init writes")
+                }
             }
             // A restart answers from what the last process persisted until its first pass.
             match reconciler.admission().load_persisted() {

@@ -140,6 +140,7 @@ async fn a_new_vm_s_agent_is_admitted_without_any_reload() {
     assert_eq!(status["admission"], "callout", "{status}");
     assert_eq!(status["callout"]["connected"], true, "{status}");
     assert_eq!(status["callout"]["admitted_agents"], 3, "{status}");
+    assert!(status["callout"]["restart_needed"].is_null(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,4 +370,37 @@ async fn a_seed_file_others_may_read_is_refused() {
         let secret = std::fs::read_to_string(&seed).unwrap();
         assert!(!stderr.contains(secret.trim()), "no seed in the message");
     }
+}
+
+/// A new issuer after nats-server started: nats-server cannot take a changed auth_callout
+/// block on reload, and the program says it must restart, rather than answering in vain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_callout_block_is_reported_as_needing_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(env) = callout_env(vec![Vm::agent(A)]).await else {
+        return;
+    };
+    let seed = env.callout.as_ref().unwrap().issuer_seed_file.clone();
+    std::fs::write(
+        &seed,
+        bosh_nats_sync::callout::IssuerKey::generate()
+            .seed()
+            .as_bytes(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_run, base) = running(&env).await;
+    let status = status(&base).await;
+    let why = status["callout"]["restart_needed"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("nats-server must restart") && why.contains("init"),
+        "{status}"
+    );
+    assert!(
+        env.log().contains("nats-server must restart"),
+        "{}",
+        env.log()
+    );
 }

@@ -370,7 +370,9 @@ impl Health {
     /// cannot take a changed one on a reload: `/status` says so, with `why`.
     pub fn callout_restart_needed(&self, why: String) {
         let mut s = self.state();
-        s.callout.get_or_insert_with(Callout::default).restart_needed = Some(why);
+        s.callout
+            .get_or_insert_with(Callout::default)
+            .restart_needed = Some(why);
     }
 
     /// The admitted set now holds `agents`.

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::files::{FileWatch, SelfWrites};
 use crate::observer::{EndedPass, Observer};
 use crate::pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
-use crate::files::{FileWatch, SelfWrites};
 
 /// Default bound on one pass: five minutes is far longer than a healthy pass should take, yet
 /// a pass stuck on an unresponsive dependency is abandoned and retried rather than left to

@@ -60,13 +60,13 @@
 
 mod backoff;
 mod controller;
+mod files;
 mod observer;
 mod pass;
-mod files;
 
 pub use backoff::BackoffConfig;
 pub use controller::{Controller, DEFAULT_PASS_TIMEOUT};
+pub use files::{FileIdentity, SelfWrites};
 pub use observer::{EndedPass, Observer};
 pub use pass::{Action, Failure, Outcome, PassContext, Reconcile, Trigger, TriggerHandle};
 pub use tokio_util::sync::CancellationToken;
-pub use files::{FileIdentity, SelfWrites};
