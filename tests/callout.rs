@@ -404,3 +404,72 @@ async fn a_changed_callout_block_is_reported_as_needing_a_restart() {
         env.log()
     );
 }
+
+/// With a curve key (`auth_callout.xkey`) nats-server seals every request to it and the
+/// answer goes back sealed to the server's own key: admission works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_requests_are_opened_and_answered_sealed() {
+    if callout_env(Vec::new()).await.is_none() {
+        return;
+    }
+    let env = Env::start_callout_with(Auth::Basic, vec![Vm::agent(A)], true).await;
+    assert!(
+        std::fs::read_to_string(&env.auth_file)
+            .unwrap()
+            .contains("\"xkey\""),
+        "init names the curve key"
+    );
+    env.director
+        .record_event(sim::events::NewEvent::new("acquire", "lock"));
+    let (_run, base) = running(&env).await;
+    assert!(env.admitted(&agent_cn(A)).await);
+    assert!(!env.admitted(&agent_cn(B)).await);
+    env.director.create_vm("cf", Vm::agent(NEW));
+    within(&env, SOON, "the new agent is admitted", || async {
+        env.admitted(&bootstrap_agent_cn(NEW)).await
+    })
+    .await;
+    let text = metrics(&base).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"bosh_nats_sync_callout_requests_total{result="bad_request"}"#
+        ),
+        Some(0.0),
+        "every sealed request opened: {text}"
+    );
+}
+
+/// `diff` in callout mode: the same plan, over the admitted set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_what_the_next_pass_would_admit() {
+    let Some(env) = callout_env(vec![Vm::agent(A)]).await else {
+        return;
+    };
+    let out = env.run(&["diff"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let state = env
+        .callout
+        .as_ref()
+        .unwrap()
+        .state_file
+        .display()
+        .to_string();
+    assert!(
+        stdout.contains(&format!("admitted set {state}: missing")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("+ {}", sim::pki::bosh_subject(&agent_cn(A)))),
+        "{stdout}"
+    );
+    env.once(true).await;
+    let out = env.run(&["diff"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -67,6 +67,8 @@ pub struct CalloutFiles {
     /// The service's client certificate (its own subject, a static user).
     pub service: CertFiles,
     pub issuer_seed_file: PathBuf,
+    /// A curve seed: nats-server then seals its requests (`auth_callout.xkey`).
+    pub xkey_seed_file: Option<PathBuf>,
     pub state_file: PathBuf,
     /// `nats.callout.user_ttl` (seconds).
     pub user_ttl: f64,
@@ -149,8 +151,22 @@ impl Env {
     /// configuration with `nats.admission: callout`, `bosh-nats-sync init` writing the auth
     /// file, and nats-server (re)started on it — as the BOSH job's pre-start does.
     pub async fn start_callout(auth: Auth, vms: Vec<Vm>) -> Env {
+        Env::start_callout_with(auth, vms, false).await
+    }
+
+    /// [`Env::start_callout`], with a curve seed when `xkey`: the requests come sealed.
+    pub async fn start_callout_with(auth: Auth, vms: Vec<Vm>, xkey: bool) -> Env {
+        use std::os::unix::fs::PermissionsExt;
         let mut env = Env::start(auth, vms).await;
         env.enable_callout();
+        if xkey {
+            let path = env.dir.path().join("callout").join("xkey.seed");
+            let key = bosh_nats_sync::callout::CurveKey::generate();
+            std::fs::write(&path, key.seed().as_bytes()).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            env.callout.as_mut().unwrap().xkey_seed_file = Some(path);
+            env.write_config("");
+        }
         let init = env.run(&["init"]).await;
         assert!(
             init.status.success(),
@@ -188,6 +204,7 @@ impl Env {
         env.callout = Some(CalloutFiles {
             service,
             issuer_seed_file,
+            xkey_seed_file: None,
             state_file: env.dir.path().join("agents.json"),
             user_ttl: 3600.0,
             timeout: 1.0,
@@ -203,7 +220,7 @@ impl Env {
         format!(
             "\x20 admission: callout\n\x20 callout:\n    url: {url}\n    cert_file: {cert}\n    key_file: {key}\n\
              \x20   ca_file: {ca}\n    issuer_seed_file: {seed}\n    state_file: {state}\n\
-             \x20   user_ttl: {ttl}\n    timeout: {timeout}\n",
+             \x20   user_ttl: {ttl}\n    timeout: {timeout}\n{xkey}",
             url = self.nats.client_url(),
             cert = c.service.cert.display(),
             key = c.service.key.display(),
@@ -212,6 +229,11 @@ impl Env {
             state = c.state_file.display(),
             ttl = c.user_ttl,
             timeout = c.timeout,
+            xkey = c
+                .xkey_seed_file
+                .as_ref()
+                .map(|p| format!("    xkey_seed_file: {}\n", p.display()))
+                .unwrap_or_default(),
         )
     }
 
