@@ -17,8 +17,9 @@ use crate::callout::state::CalloutAdmission;
 use crate::callout::{KeyError, Keys};
 use crate::config::{Admission, CalloutSettings, Config};
 use crate::director;
+use crate::pass::observe::Admitted as _;
 use crate::pass::watch::{Watch, WatchSettings};
-use crate::pass::{Admission as _, FileAdmission, PassError, Paths, Reconciler, Tick, report};
+use crate::pass::{FileAdmission, PassError, Paths, Reconciler, Tick, report};
 use crate::reload::Reloader;
 use crate::users::{AgentId, agent};
 

@@ -15,11 +15,11 @@ use crate::users::{AgentId, UserSet};
 /// Which agents are admitted: id → bootstrap certificate allowed (§3.1 lists its bootstrap
 /// user). Invariant: built from a whole user set, never edited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Admitted {
+pub struct AdmittedSet {
     agents: HashMap<Box<str>, bool>,
 }
 
-impl Admitted {
+impl AdmittedSet {
     /// The agents of `users`, whatever part of the set holds them.
     pub fn of(users: &UserSet) -> Self {
         Self {
@@ -48,7 +48,7 @@ impl Admitted {
 /// What the passes publish: the set, and when the last pass that published it began.
 #[derive(Debug, Clone)]
 pub struct Published {
-    pub set: Arc<Admitted>,
+    pub set: Arc<AdmittedSet>,
     /// `None` until a pass has finished: the set is the persisted one, from before this
     /// process started.
     pub pass_began: Option<Instant>,
@@ -67,7 +67,7 @@ impl Publisher {
     /// An empty, unloaded set.
     pub fn new() -> Self {
         Self(watch::Sender::new(Published {
-            set: Arc::new(Admitted::default()),
+            set: Arc::new(AdmittedSet::default()),
             pass_began: None,
             loaded: false,
         }))
@@ -78,12 +78,12 @@ impl Publisher {
     }
 
     /// The set as it is now.
-    pub fn current(&self) -> Arc<Admitted> {
+    pub fn current(&self) -> Arc<AdmittedSet> {
         self.0.borrow().set.clone()
     }
 
     /// Replaces the set (a pass stored new users, or the persisted set was read at start).
-    pub fn swap(&self, set: Admitted) {
+    pub fn swap(&self, set: AdmittedSet) {
         self.0.send_modify(|p| {
             p.set = Arc::new(set);
             p.loaded = true;
@@ -136,7 +136,7 @@ mod tests {
                 permanent_nats_credentials: true,
             },
         ];
-        let admitted = Admitted::of(&compute(&subjects, vms).users);
+        let admitted = AdmittedSet::of(&compute(&subjects, vms).users);
         assert_eq!(
             admitted.len(),
             2,
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(reader.borrow_and_update().pass_began, Some(began));
         let mut users = UserSet::default();
         users.add_agents([(id("a"), true)]);
-        publisher.swap(Admitted::of(&users));
+        publisher.swap(AdmittedSet::of(&users));
         let seen = reader.borrow_and_update().clone();
         assert!(seen.loaded);
         assert_eq!(seen.set.lookup(&id("a")), Some(true));

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use metrics::Health;
 
 use crate::authfile::{self, AuthFileError, Observed};
-use crate::pass::observe::FileState;
+use crate::pass::observe::{Admitted, FileState, file_against};
 use crate::pass::{Admission, Loaded, WriteHook};
 use crate::reload::ReloadError;
 use crate::users::UserSet;
 
-use super::admitted::{Admitted, Publisher};
+use super::admitted::{AdmittedSet, Publisher};
 
 /// The state file and the published set.
 pub struct CalloutAdmission {
@@ -28,7 +28,7 @@ pub struct CalloutAdmission {
     /// Told the size of each set swapped in.
     health: Option<Arc<Health>>,
     /// What the last store persisted, until a load swaps it in.
-    stored: Mutex<Option<Admitted>>,
+    stored: Mutex<Option<AdmittedSet>>,
 }
 
 impl CalloutAdmission {
@@ -48,7 +48,7 @@ impl CalloutAdmission {
         self
     }
 
-    fn swap(&self, admitted: Admitted) {
+    fn swap(&self, admitted: AdmittedSet) {
         if let Some(health) = &self.health {
             health.callout_admitted(admitted.len());
         }
@@ -64,7 +64,7 @@ impl CalloutAdmission {
     pub fn load_persisted(&self) -> Result<usize, AuthFileError> {
         match authfile::read(&self.state_file)? {
             Observed::Users(users) => {
-                let admitted = Admitted::of(&users);
+                let admitted = AdmittedSet::of(&users);
                 let n = admitted.len();
                 self.swap(admitted);
                 Ok(n)
@@ -74,28 +74,27 @@ impl CalloutAdmission {
     }
 }
 
-impl Admission for CalloutAdmission {
+impl Admitted for CalloutAdmission {
     fn location(&self) -> &Path {
         &self.state_file
     }
 
     fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError> {
-        if authfile::matches(&self.state_file, wanted)? {
-            return Ok(FileState::Holds);
-        }
-        authfile::read(&self.state_file).map(FileState::Differs)
+        file_against(&self.state_file, wanted)
     }
 
     fn read(&self) -> Result<Observed, AuthFileError> {
         authfile::read(&self.state_file)
     }
+}
 
+impl Admission for CalloutAdmission {
     fn store(&self, users: &UserSet) -> Result<(), AuthFileError> {
         let meta = authfile::write(&self.state_file, users)?;
         if let Some(hook) = &self.on_write {
             hook(&self.state_file, &meta);
         }
-        *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = Some(Admitted::of(users));
+        *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = Some(AdmittedSet::of(users));
         Ok(())
     }
 

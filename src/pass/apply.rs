@@ -14,20 +14,15 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::authfile::{self, AuthFileError, Observed};
+use crate::authfile::{self, AuthFileError};
 use crate::pass::decide::{Decision, Memory};
-use crate::pass::observe::FileState;
+use crate::pass::observe::Admitted;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::users::UserSet;
 
-/// Where the admitted users are kept and how nats-server is made to take them.
-pub trait Admission: Send + Sync {
-    /// What holds the admitted users, for log lines.
-    fn location(&self) -> &Path;
-    /// What is admitted now, compared with `wanted`: cheaply when they are the same.
-    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError>;
-    /// What is admitted now, read whole (the bootstrap rule looks at it).
-    fn read(&self) -> Result<Observed, AuthFileError>;
+/// How the admitted users are replaced and how nats-server is made to take them — the apply
+/// side of the admission seam (its observe side is [`Admitted`]).
+pub trait Admission: Admitted {
     /// Replaces the admitted users, atomically.
     fn store(&self, users: &UserSet) -> Result<(), AuthFileError>;
     /// Makes nats-server take what was stored. Cancel-safe: an abandoned load is simply not
@@ -72,7 +67,7 @@ pub type WriteHook = Arc<dyn Fn(&Path, &Metadata) + Send + Sync>;
 
 /// File mode: the users are the auth file's, and nats-server takes them by reloading.
 pub struct FileAdmission<R> {
-    path: PathBuf,
+    pub(super) path: PathBuf,
     reloader: R,
     on_write: Option<WriteHook>,
 }
@@ -92,22 +87,6 @@ impl<R: Reload> FileAdmission<R> {
 }
 
 impl<R: Reload> Admission for FileAdmission<R> {
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
-    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError> {
-        // Bytes first, streaming; parsed only when the bytes differ.
-        if authfile::matches(&self.path, wanted)? {
-            return Ok(FileState::Holds);
-        }
-        authfile::read(&self.path).map(FileState::Differs)
-    }
-
-    fn read(&self) -> Result<Observed, AuthFileError> {
-        authfile::read(&self.path)
-    }
-
     fn store(&self, users: &UserSet) -> Result<(), AuthFileError> {
         let _span =
             tracing::info_span!("write_auth_file", file = %self.path.display(), users = users.len())

@@ -1,19 +1,22 @@
 //! One reconcile pass (§6), in four steps, each in its own module and each called once, in
 //! this order:
 //!
-//! 1. [`observe`]: the subject files, the admitted users and the director (a full listing, or
-//!    with the watch the deployments the event log named, over the view the passes keep).
+//! 1. [`observe`]: every read — the subject files, the director (a full listing, or with the
+//!    watch the deployments the event log named, over the view the passes keep), the desired
+//!    users that means ([`desired`], §3), and what is admitted now compared with them (the
+//!    observe side of the admission seam, [`observe::Admitted`]).
 //! 2. [`decide`]: what must be admitted and whether nats-server must reload — pure functions
-//!    of what was observed ([`desired`] turns the director's VMs into users, [`damping`]
-//!    holds mass removals).
-//! 3. [`apply`]: the [`Admission`] seam makes the decision true (file mode: the atomic write
-//!    of the auth file, the reload and its verification).
-//! 4. [`report`]: what the steps returned becomes the log line, the metrics, `/status` and
-//!    readiness.
+//!    of what was observed ([`damping`] holds mass removals).
+//! 3. [`apply`]: the apply side of the seam, [`Admission`], makes the decision true (file
+//!    mode: the atomic write of the auth file, the reload and its verification; callout mode:
+//!    the state file and the swap of the set the responder answers from).
+//! 4. [`report`]: what the steps found and did ([`report::Facts`]) becomes the log line, the
+//!    metrics, `/status` and readiness, when the steps end however they end.
 //!
-//! [`Reconciler::plan`] is steps 1 and 2: a pass applies the plan, `diff` prints it. The loop
-//! that decides *when* a pass runs is the `reconcile` crate; with the watch on, [`watch`]
-//! decides which kind of pass a tick of it runs.
+//! Before them, while the director has not answered yet, the bootstrap rule (§6.2) is a small
+//! pass of its own through the same four modules. [`Plan`] is steps 1 and 2: a pass applies
+//! it, `diff` prints it. The loop that decides *when* a pass runs is the `reconcile` crate;
+//! with the watch on, [`watch`] decides which kind of pass a tick of it runs.
 
 pub mod apply;
 pub mod damping;
@@ -296,34 +299,28 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         })
     }
 
-    /// What the next pass would do, without writing or reloading: the same plan as a pass,
-    /// from the memory of a process that has just started.
+    /// What the next pass would do, without writing or reloading: the same observation and
+    /// decision as a pass, from the memory of a process that has just started.
     pub async fn plan_next(&self) -> Result<Plan, PassError> {
-        let (subjects, _) = self.subjects();
-        let seen = observe::director(&self.director, None, Scope::Full).await?;
-        Ok(self.plan(&Memory::AT_START, &subjects, seen.vms)?)
+        let observation = observe::pass(
+            &self.director,
+            None,
+            Scope::Full,
+            &self.admission,
+            &self.paths,
+        )
+        .await
+        .map_err(|unobserved| unobserved.error)?;
+        Ok(Plan::of(
+            &Memory::AT_START,
+            &self.damping,
+            observation.desired,
+            &observation.file,
+        ))
     }
 
-    /// Steps 1 (the admitted users) and 2 of a pass, over what the director was seen to hold.
-    fn plan(
-        &self,
-        memory: &Memory,
-        subjects: &Subjects,
-        vms: Vec<crate::vm::Vm>,
-    ) -> Result<Plan, AuthFileError> {
-        let desired = desired::compute(subjects, vms);
-        let skipped = desired.skipped;
-        let file = self.admission.compare(&desired.users)?;
-        let description = file.describe(&desired.users);
-        let decision = decide::decide(memory, &self.damping, desired, &file);
-        Ok(Plan {
-            file: description,
-            skipped,
-            decision,
-        })
-    }
-
-    /// A pass: observe → decide → apply → report, inside `span`.
+    /// A pass inside `span`: first the bootstrap rule (§6.2), then observe → decide → apply
+    /// → report.
     async fn pass(
         &self,
         carried: &mut Carried,
@@ -332,7 +329,14 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
     ) -> Result<Report, PassError> {
         self.report.started();
         span.record("kind", scope.as_str());
-        let result = self.steps(carried, scope).instrument(span.clone()).await;
+        let result = async {
+            self.clean_up_once(carried);
+            self.bootstrap(&mut carried.rules, BootstrapPoint::BeforeDirector, None)
+                .await?;
+            self.steps(carried, scope).await
+        }
+        .instrument(span.clone())
+        .await;
         if carried.following.is_some() {
             self.report.kind(scope);
         }
@@ -340,79 +344,66 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         result
     }
 
+    /// The four steps, each once, in order; what they found and did is reported when the
+    /// steps end, however they end (see [`report::Facts`]).
     async fn steps(&self, carried: &mut Carried, scope: Scope) -> Result<Report, PassError> {
         let began = Instant::now();
-        if !carried.cleaned_up {
-            carried.cleaned_up = true;
-            let stale = self.admission.clean_up();
-            if stale > 0 {
-                tracing::info!(
-                    count = stale,
-                    "removed temporary files of an interrupted write of the auth file"
-                );
-            }
-        }
-        // Observe.
-        let (subjects, refused) = self.subjects();
-        self.report.subjects_refused(&refused);
-        self.bootstrap(
-            &mut carried.rules,
-            BootstrapPoint::BeforeDirector,
-            &subjects,
+        let mut facts = report::Facts::new(&self.report);
+        // 1. Observe.
+        let observation = match observe::pass(
+            &self.director,
+            carried.following.as_mut(),
+            scope,
+            &self.admission,
+            &self.paths,
         )
-        .await?;
-        let seen = match observe::director(&self.director, carried.following.as_mut(), scope).await
+        .await
         {
-            Ok(seen) => seen,
-            Err(e) => {
-                if scope == Scope::Full
-                    && let Some(following) = carried.following.as_mut()
-                {
-                    following.watch.full_pass_failed();
+            Ok(observation) => observation,
+            Err(unobserved) => {
+                facts.refused = unobserved.refused;
+                if unobserved.director_failed {
+                    if scope == Scope::Full
+                        && let Some(following) = carried.following.as_mut()
+                    {
+                        following.watch.full_pass_failed();
+                    }
+                    drop(facts);
+                    self.bootstrap(
+                        &mut carried.rules,
+                        BootstrapPoint::DirectorFailed,
+                        Some(&unobserved.subjects),
+                    )
+                    .await?;
                 }
-                self.bootstrap(
-                    &mut carried.rules,
-                    BootstrapPoint::DirectorFailed,
-                    &subjects,
-                )
-                .await?;
-                return Err(e.into());
+                return Err(unobserved.error);
             }
         };
-        // Decide.
-        let plan = self.plan(&carried.rules, &subjects, seen.vms)?;
-        self.report.skipped(&plan.skipped);
-        let Decision { held, .. } = &plan.decision;
-        if let Some(held) = held {
-            tracing::warn!(
-                removing = held.removing,
-                agents_in_file = held.agents_in_file,
-                seen = held.seen,
-                needed = held.needed,
-                "holding a mass removal of agents: it applies once the director reports the same state on {} consecutive passes",
-                held.needed
-            );
-        }
-        // Apply.
+        let observe::Observation {
+            refused,
+            desired,
+            file,
+            refetched,
+            announced,
+        } = observation;
+        facts.refused = refused;
+        // 2. Decide.
+        let plan = Plan::of(&carried.rules, &self.damping, desired, &file);
+        facts.skipped = Some(plan.skipped);
+        facts.held = plan.decision.held.clone();
+        // 3. Apply.
         let applied = apply::decision(&self.admission, &mut carried.rules, &plan.decision).await?;
-        // Report.
-        if applied.written {
-            self.report.stored();
-        }
+        facts.stored = applied.written;
         let usable = !plan.decision.users.is_empty();
         let loaded = match applied.loaded {
             Some(result) => {
-                self.report.loaded(&result, usable);
+                facts.load(&result, usable);
                 Some(result?)
             }
             None => {
-                self.report.converged(usable);
+                facts.converged = usable;
                 None
             }
-        };
-        let reloaded = match loaded {
-            Some(Loaded::Reloaded(how)) => Some(how),
-            Some(Loaded::InMemory) | None => None,
         };
         let held = plan.decision.held.is_some();
         if let Some(following) = carried.following.as_mut() {
@@ -421,42 +412,70 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
                 Scope::Partial => following.watch.held(held),
             }
         }
-        // The agents the events announced are admitted once nats-server has verifiably
-        // loaded them, or once the responder answers from them (§8).
+        self.admission.pass_finished(began);
+        // 4. Report: the agents the events announced are admitted once nats-server has
+        // verifiably loaded them, or once the responder answers from them (§8); the facts
+        // go out as `facts` is dropped.
         if matches!(
             loaded,
             Some(Loaded::Reloaded(Reloaded::Verified) | Loaded::InMemory)
         ) {
-            self.report.admitted(&seen.announced);
+            facts.admitted = announced;
         }
-        self.admission.pass_finished(began);
         let Plan {
             skipped, decision, ..
         } = plan;
         Ok(Report {
             written: applied.written,
-            reloaded,
+            reloaded: match loaded {
+                Some(Loaded::Reloaded(how)) => Some(how),
+                Some(Loaded::InMemory) | None => None,
+            },
             counts: decision.counts,
             skipped,
             observed_users: decision.observed_users,
             changes: decision.changes,
             held: decision.held.map(|h| h.removing),
-            refetched: seen.refetched,
+            refetched,
         })
     }
 
-    /// Observe, decide and apply the bootstrap rule at `point` of a pass (§6.2, §6.3). A
-    /// failed reload of the bootstrap users does not end the pass: the director may still
-    /// answer, and the reload stays pending for the end of the pass.
+    /// What an interrupted store left behind is removed once, by the first pass.
+    fn clean_up_once(&self, carried: &mut Carried) {
+        if carried.cleaned_up {
+            return;
+        }
+        carried.cleaned_up = true;
+        let stale = self.admission.clean_up();
+        if stale > 0 {
+            tracing::info!(
+                count = stale,
+                "removed temporary files of an interrupted write of the admitted users"
+            );
+        }
+    }
+
+    /// The bootstrap rule at `point` of a pass (§6.2, §6.3), a small pass of its own:
+    /// observe (the subject files, unless given, and the admitted users), decide, apply,
+    /// report. A failed reload of the bootstrap users does not end the pass: the director may
+    /// still answer, and the reload stays pending for the end of the pass.
     async fn bootstrap(
         &self,
         memory: &mut Memory,
         point: BootstrapPoint,
-        subjects: &Subjects,
+        subjects: Option<&Subjects>,
     ) -> Result<(), PassError> {
         if !decide::bootstrap_allowed(memory, point) {
             return Ok(());
         }
+        let read;
+        let subjects = match subjects {
+            Some(subjects) => subjects,
+            None => {
+                read = self.subjects().0;
+                &read
+            }
+        };
         let file = self.admission.read()?;
         let Some(users) = decide::bootstrap_users(subjects, &file) else {
             return Ok(());
@@ -467,10 +486,11 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             users = users.len(),
             "the file of admitted users holds no users: writing the director/health-monitor users before the director answers"
         );
+        let mut facts = report::Facts::new(&self.report);
         apply::store(&self.admission, memory, &users)?;
-        self.report.stored();
+        facts.stored = true;
         let loaded = apply::load(&self.admission, memory).await;
-        self.report.loaded(&loaded, !users.is_empty());
+        facts.load(&loaded, !users.is_empty());
         if let Err(e) = loaded {
             tracing::warn!(error = %e, "reloading nats-server with the bootstrap users failed");
         }
@@ -485,14 +505,31 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
     }
 }
 
-/// What a pass would do: what the admitted users are now, and the decision over them. A pass
-/// applies it; `diff` prints it.
+/// What a pass would do: what is admitted now, and the decision over it. A pass applies it;
+/// `diff` prints it.
 #[derive(Debug)]
 pub struct Plan {
-    /// What the auth file holds, in words.
+    /// What the file of admitted users holds, in words.
     pub file: String,
     pub skipped: Skipped,
     pub decision: Decision,
+}
+
+impl Plan {
+    /// Step 2 of a pass: the rules over what step 1 observed — the desired users, and what
+    /// is admitted now compared with them.
+    fn of(
+        memory: &Memory,
+        damping: &DampingSettings,
+        desired: desired::Desired,
+        file: &observe::FileState,
+    ) -> Self {
+        Plan {
+            file: file.describe(&desired.users),
+            skipped: desired.skipped,
+            decision: decide::decide(memory, damping, desired, file),
+        }
+    }
 }
 
 #[cfg(test)]

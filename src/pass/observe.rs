@@ -11,10 +11,13 @@ use std::path::Path;
 use metrics::Label;
 use tokio::time::Instant;
 
-use crate::authfile::Observed;
+use crate::authfile::{self, AuthFileError, Observed};
 use crate::director::{self, Event, EventsQuery, Refetched};
-use crate::pass::desired::{Subject, Subjects};
+use crate::pass::apply::FileAdmission;
+use crate::pass::desired::{self, Desired, Subject, Subjects};
 use crate::pass::watch::{self, Pager, Position, Read, View, Watch};
+use crate::pass::{PassError, Paths};
+use crate::users::UserSet;
 use crate::vm::Vm;
 
 /// The director, as a pass reads it: every VM of every deployment in one read (a full pass),
@@ -81,6 +84,107 @@ pub async fn read_events<D: Director>(
         if let Some(read) = pager.take(page) {
             return Ok(read);
         }
+    }
+}
+
+/// What is admitted now — the observe side of the admission seam (its apply side is
+/// [`Admission`](crate::pass::Admission)): file mode's auth file, callout mode's state file.
+pub trait Admitted: Send + Sync {
+    /// What holds the admitted users, for log lines.
+    fn location(&self) -> &Path;
+    /// What is admitted now, compared with `wanted`: cheaply when they are the same.
+    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError>;
+    /// What is admitted now, read whole (the bootstrap rule looks at it).
+    fn read(&self) -> Result<Observed, AuthFileError>;
+}
+
+/// File mode: the users the auth file holds.
+impl<R: Send + Sync> Admitted for FileAdmission<R> {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn compare(&self, wanted: &UserSet) -> Result<FileState, AuthFileError> {
+        file_against(&self.path, wanted)
+    }
+
+    fn read(&self) -> Result<Observed, AuthFileError> {
+        authfile::read(&self.path)
+    }
+}
+
+/// A file in the auth file's format compared with `wanted`: bytes first, streaming; parsed
+/// only when the bytes differ.
+pub fn file_against(path: &Path, wanted: &UserSet) -> Result<FileState, AuthFileError> {
+    if authfile::matches(path, wanted)? {
+        return Ok(FileState::Holds);
+    }
+    authfile::read(path).map(FileState::Differs)
+}
+
+/// What a pass observed: the subject files (and the kinds whose content was refused), the
+/// director's VMs as the desired users they mean (§3), and what is admitted now compared
+/// with them.
+pub struct Observation {
+    pub refused: Vec<SubjectKind>,
+    pub desired: Desired,
+    pub file: FileState,
+    /// Deployments refetched by a partial pass.
+    pub refetched: Option<usize>,
+    /// When the events that announced new agents were read, for the admission histogram.
+    pub announced: Vec<Instant>,
+}
+
+/// A pass that could not observe: why, and the subjects it had read (the bootstrap rule
+/// uses them when the director failed, §6.3).
+pub struct Unobserved {
+    pub error: PassError,
+    pub subjects: Subjects,
+    pub refused: Vec<SubjectKind>,
+    /// The director failed (rather than the admitted users' file).
+    pub director_failed: bool,
+}
+
+/// Step 1 of a pass: every read it makes — the subject files, the director (a full
+/// listing, or with the watch the deployments its event log named), and the admitted users —
+/// and the desired users they mean.
+pub async fn pass<D: Director, A: Admitted>(
+    client: &D,
+    following: Option<&mut Following>,
+    scope: Scope,
+    admitted: &A,
+    paths: &Paths,
+) -> Result<Observation, Unobserved> {
+    let (subjects, refused) = self::subjects(
+        paths.director_subject.as_deref(),
+        paths.hm_subject.as_deref(),
+    );
+    let seen = match director(client, following, scope).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            return Err(Unobserved {
+                error: e.into(),
+                subjects,
+                refused,
+                director_failed: true,
+            });
+        }
+    };
+    let desired = desired::compute(&subjects, seen.vms);
+    match admitted.compare(&desired.users) {
+        Ok(file) => Ok(Observation {
+            refused,
+            desired,
+            file,
+            refetched: seen.refetched,
+            announced: seen.announced,
+        }),
+        Err(e) => Err(Unobserved {
+            error: e.into(),
+            subjects,
+            refused,
+            director_failed: false,
+        }),
     }
 }
 

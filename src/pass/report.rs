@@ -15,6 +15,7 @@ use tracing::Span;
 use crate::director;
 use crate::pass::PassError;
 use crate::pass::apply::Loaded;
+use crate::pass::damping::Held;
 use crate::pass::desired::{Counts, SkipReason, Skipped, UserKind};
 use crate::pass::observe::{Scope, SubjectKind};
 use crate::pass::watch::{Absorbed, Watch, WatchState};
@@ -107,8 +108,61 @@ pub fn labels() -> Labels {
     }
 }
 
-/// Tells the metrics, `/status` and readiness what the steps of a pass found and did, as they
-/// happen: a pass that fails half-way still reports its write and its failed reload.
+/// What the steps of one pass found and did, handed to the [`Reporter`] when the pass ends —
+/// whichever way: with its report, with an error half-way, or dropped (cut short by the pass
+/// timeout or a signal), so a write and a failed reload are reported all the same.
+pub struct Facts<'a> {
+    reporter: &'a Reporter,
+    /// Subject files whose content was refused (§3.2).
+    pub refused: Vec<SubjectKind>,
+    /// VMs left out of the desired users, by reason.
+    pub skipped: Option<Skipped>,
+    /// The removals damping held back (§6.5).
+    pub held: Option<Held>,
+    /// The admitted users were stored.
+    pub stored: bool,
+    /// What loading them did: how, or why it failed; `usable` when they let the director in.
+    pub loaded: Option<(Result<Loaded, ErrorInfo>, bool)>,
+    /// No load was due, and what nats-server holds is usable.
+    pub converged: bool,
+    /// When the events that announced the agents this pass admitted were read.
+    pub admitted: Vec<Instant>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(reporter: &'a Reporter) -> Self {
+        Self {
+            reporter,
+            refused: Vec::new(),
+            skipped: None,
+            held: None,
+            stored: false,
+            loaded: None,
+            converged: false,
+            admitted: Vec::new(),
+        }
+    }
+
+    /// A load's outcome, as the facts keep it.
+    pub fn load(&mut self, result: &Result<Loaded, ReloadError>, usable: bool) {
+        let kept = match result {
+            Ok(how) => Ok(*how),
+            Err(e) => Err(ErrorInfo {
+                reason: e.reason(),
+                message: e.to_string(),
+            }),
+        };
+        self.loaded = Some((kept, usable));
+    }
+}
+
+impl Drop for Facts<'_> {
+    fn drop(&mut self) {
+        self.reporter.facts(self);
+    }
+}
+
+/// Tells the metrics, `/status` and readiness what the steps of a pass found and did.
 pub struct Reporter {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -117,6 +171,38 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Self { metrics, health }
+    }
+
+    /// Everything a pass's steps found and did, in the order they happened.
+    fn facts(&self, facts: &Facts<'_>) {
+        for kind in &facts.refused {
+            self.metrics.subject_rejected(kind.as_str());
+        }
+        if let Some(skipped) = &facts.skipped {
+            self.skipped(skipped);
+        }
+        if let Some(held) = &facts.held {
+            tracing::warn!(
+                removing = held.removing,
+                agents_in_file = held.agents_in_file,
+                seen = held.seen,
+                needed = held.needed,
+                "holding a mass removal of agents: it applies once the director reports the same state on {} consecutive passes",
+                held.needed
+            );
+        }
+        if facts.stored {
+            self.health.auth_file_written();
+        }
+        if let Some((loaded, usable)) = &facts.loaded {
+            self.loaded(loaded, *usable);
+        }
+        if facts.converged {
+            self.ready(true);
+        }
+        if !facts.admitted.is_empty() {
+            self.admitted(&facts.admitted);
+        }
     }
 
     /// A pass began (`/healthz` sees progress, `/status` a running pass).
@@ -129,15 +215,8 @@ impl Reporter {
         self.metrics.pass_kind(kind.as_str());
     }
 
-    /// Subject files whose content was refused (§3.2).
-    pub fn subjects_refused(&self, kinds: &[SubjectKind]) {
-        for kind in kinds {
-            self.metrics.subject_rejected(kind.as_str());
-        }
-    }
-
     /// VMs left out of the desired users (§3.3).
-    pub fn skipped(&self, skipped: &Skipped) {
+    fn skipped(&self, skipped: &Skipped) {
         for (reason, n) in skipped.by_reason() {
             if n > 0 {
                 self.metrics.vms_skipped(reason.as_str(), n as u64);
@@ -145,15 +224,10 @@ impl Reporter {
         }
     }
 
-    /// The auth file was written.
-    pub fn stored(&self) {
-        self.health.auth_file_written();
-    }
-
     /// nats-server was asked to take the stored users; `usable` when they let the director
     /// in (§7: readiness comes with the first verified load of such a file). Only a reload
     /// counts as one: callout mode's loads are swaps in memory.
-    pub fn loaded(&self, result: &Result<Loaded, ReloadError>, usable: bool) {
+    fn loaded(&self, result: &Result<Loaded, ErrorInfo>, usable: bool) {
         let result = match result {
             Ok(Loaded::InMemory) => return self.ready(usable),
             Ok(Loaded::Reloaded(how)) => Ok(*how),
@@ -165,19 +239,11 @@ impl Reporter {
                 Err(_) => ReloadResult::Failed.as_str(),
             },
             verified: matches!(result, Ok(Reloaded::Verified)),
-            error: result.err().map(|e| ErrorInfo {
-                reason: e.reason(),
-                message: e.to_string(),
-            }),
+            error: result.err().cloned(),
         });
         if result.is_ok() {
             self.ready(usable);
         }
-    }
-
-    /// No load was due: nats-server holds the content the last successful load gave it.
-    pub fn converged(&self, usable: bool) {
-        self.ready(usable);
     }
 
     fn ready(&self, usable: bool) {
@@ -188,7 +254,7 @@ impl Reporter {
 
     /// Agents the event log announced were admitted by a verified reload; `since` is when
     /// each announcing event was read (§8).
-    pub fn admitted(&self, since: &[Instant]) {
+    fn admitted(&self, since: &[Instant]) {
         let now = Instant::now();
         for at in since {
             self.metrics
