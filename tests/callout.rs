@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Auth, Env, HM_CN, within};
+use common::{Auth, Env, HM_CN, metrics, status, within};
 use sim::director::{Endpoint, Vm};
 use sim::fault::Fault;
 use sim::nats::Permission;
@@ -58,28 +58,6 @@ async fn running(env: &Env) -> (common::Running, String) {
     })
     .await;
     (run, base)
-}
-
-async fn status(base: &str) -> serde_json::Value {
-    common::http()
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .expect("/status answers")
-        .json()
-        .await
-        .expect("/status is JSON")
-}
-
-async fn metrics(base: &str) -> String {
-    common::http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The value of one sample of `/metrics`.

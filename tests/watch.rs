@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Auth, Env, within};
+use common::{Auth, Env, metrics, within};
 use nix::sys::signal::Signal;
 use sim::director::{Endpoint, Vm};
 use sim::events::NewEvent;
@@ -25,15 +25,7 @@ const WATCH: &str = "0.2";
 
 /// `/status`'s `watch` object.
 async fn watch_status(base: &str) -> serde_json::Value {
-    let body = common::http()
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .expect("/status answers")
-        .json::<serde_json::Value>()
-        .await
-        .expect("/status is JSON");
-    body["watch"].clone()
+    common::status(base).await["watch"].clone()
 }
 
 /// Starts the long-running mode with the watch on (`intervals.watch` 0.2 s) and `extra`
@@ -124,17 +116,6 @@ async fn a_new_vm_is_admitted_within_seconds_while_the_poll_interval_is_long() {
             "{series} is not positive:\n{metrics}"
         );
     }
-}
-
-async fn metrics(base: &str) -> String {
-    common::http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics is text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

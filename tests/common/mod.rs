@@ -594,6 +594,30 @@ pub fn http() -> reqwest::Client {
 
 /// Polls `check` until it holds (printing how long that took, for `--nocapture`); after
 /// `within`, fails with the process's log.
+/// `GET {base}/status` of a running program, as JSON.
+pub async fn status(base: &str) -> serde_json::Value {
+    http()
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .expect("/status answers")
+        .json()
+        .await
+        .expect("/status is JSON")
+}
+
+/// `GET {base}/metrics` of a running program.
+pub async fn metrics(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics is text")
+}
+
 pub async fn within<F, Fut>(env: &Env, within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
