@@ -141,8 +141,7 @@ fn reconciler(
             health.callout_mode();
             let publisher = Publisher::new();
             let admitted = publisher.subscribe();
-            let admission = CalloutAdmission::new(settings.state_file.clone(), publisher)
-                .reporting_to(health.clone());
+            let admission = CalloutAdmission::new(settings.state_file.clone(), publisher);
             let reconciler =
                 Reconciler::admitting(paths, config.damping, client, admission, metrics, health);
             let callout = Callout {
@@ -478,11 +477,14 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
             }
             // A restart answers from what the last process persisted until its first pass.
             match reconciler.admission().load_persisted() {
-                Ok(agents) => tracing::info!(
-                    state_file = %callout.settings.state_file.display(),
-                    agents,
-                    "answering from the persisted admitted set until the first pass"
-                ),
+                Ok(agents) => {
+                    health.callout_admitted(agents);
+                    tracing::info!(
+                        state_file = %callout.settings.state_file.display(),
+                        agents,
+                        "answering from the persisted admitted set until the first pass"
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the persisted admitted set; the first pass makes it")
                 }

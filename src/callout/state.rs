@@ -8,9 +8,7 @@
 //! process persisted.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use metrics::Health;
+use std::sync::Mutex;
 
 use crate::authfile::{self, AuthFileError, Observed};
 use crate::pass::observe::{Admitted, FileState, file_against};
@@ -25,8 +23,6 @@ pub struct CalloutAdmission {
     state_file: PathBuf,
     publisher: Publisher,
     on_write: Option<WriteHook>,
-    /// Told the size of each set swapped in.
-    health: Option<Arc<Health>>,
     /// What the last store persisted, until a load swaps it in.
     stored: Mutex<Option<AdmittedSet>>,
 }
@@ -37,21 +33,11 @@ impl CalloutAdmission {
             state_file,
             publisher,
             on_write: None,
-            health: None,
             stored: Mutex::new(None),
         }
     }
 
-    /// `/status` and the metrics learn the size of each set swapped in.
-    pub fn reporting_to(mut self, health: Arc<Health>) -> Self {
-        self.health = Some(health);
-        self
-    }
-
     fn swap(&self, admitted: AdmittedSet) {
-        if let Some(health) = &self.health {
-            health.callout_admitted(admitted.len());
-        }
         self.publisher.swap(admitted);
     }
 
@@ -107,7 +93,9 @@ impl Admission for CalloutAdmission {
             Some(admitted) => self.swap(admitted),
             None => self.publisher.mark_loaded(),
         }
-        Ok(Loaded::InMemory)
+        Ok(Loaded::InMemory {
+            agents: self.publisher.current().len(),
+        })
     }
 
     fn clean_up(&self) -> usize {

@@ -44,8 +44,8 @@ pub enum Loaded {
     /// It reloaded its configuration (file mode).
     Reloaded(Reloaded),
     /// It asks the program, which now answers from the stored users (callout mode): no
-    /// reload.
-    InMemory,
+    /// reload. How many agents the set the answers come from holds.
+    InMemory { agents: usize },
 }
 
 /// nats-server, as file mode reloads it. The real one is [`Reloader`] (a signal, then

@@ -418,7 +418,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         // go out as `facts` is dropped.
         if matches!(
             loaded,
-            Some(Loaded::Reloaded(Reloaded::Verified) | Loaded::InMemory)
+            Some(Loaded::Reloaded(Reloaded::Verified) | Loaded::InMemory { .. })
         ) {
             facts.admitted = announced;
         }
@@ -429,7 +429,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             written: applied.written,
             reloaded: match loaded {
                 Some(Loaded::Reloaded(how)) => Some(how),
-                Some(Loaded::InMemory) | None => None,
+                Some(Loaded::InMemory { .. }) | None => None,
             },
             counts: decision.counts,
             skipped,

@@ -229,7 +229,10 @@ impl Reporter {
     /// counts as one: callout mode's loads are swaps in memory.
     fn loaded(&self, result: &Result<Loaded, ErrorInfo>, usable: bool) {
         let result = match result {
-            Ok(Loaded::InMemory) => return self.ready(usable),
+            Ok(Loaded::InMemory { agents }) => {
+                self.health.callout_admitted(*agents);
+                return self.ready(usable);
+            }
             Ok(Loaded::Reloaded(how)) => Ok(*how),
             Err(e) => Err(e),
         };
