@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::callout::admitted::{Publisher, Subscriber};
 use crate::callout::answer::UserTtl;
 use crate::callout::report::Reported;
-use crate::callout::responder::{self, Poller, Responder};
+use crate::callout::responder::{self, Link, Poller, Responder};
+use crate::callout::revoker::{Revoker, Timing};
 use crate::callout::state::CalloutAdmission;
 use crate::callout::{KeyError, Keys};
 use crate::config::{Admission, CalloutSettings, Config};
@@ -110,6 +111,7 @@ fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
 pub fn labels() -> metrics::Labels {
     metrics::Labels {
         callout_results: crate::callout::report::CalloutResult::values(),
+        revocation_results: crate::callout::report::RevocationResult::values(),
         ..report::labels()
     }
 }
@@ -405,6 +407,16 @@ pub fn diff(config: Config) -> ExitCode {
     }
 }
 
+/// Where and how callout mode connects to nats-server, as the service.
+fn callout_connection(settings: &CalloutSettings) -> responder::Connection {
+    responder::Connection {
+        url: settings.url.clone(),
+        cert_file: settings.cert_file.clone(),
+        key_file: settings.key_file.clone(),
+        ca_file: settings.ca_file.clone(),
+    }
+}
+
 /// The subjects an agent held by damping keeps in the file.
 fn held_subjects(id: &AgentId, bootstrap: bool) -> impl Iterator<Item = String> + '_ {
     [true, false]
@@ -534,7 +546,8 @@ async fn callout_server(config: &Config) -> Result<(), ExitCode> {
 
 /// The control loop over `reconciler` until `cancel`; in callout mode with the responder
 /// beside it, answering from the set the passes publish and asking the loop for an event
-/// poll when an unknown agent connects.
+/// poll when an unknown agent connects, and the revoker, closing through the responder's
+/// connection what the set no longer allows (§12.6).
 async fn run_loop<A: crate::pass::Admission + 'static>(
     config: &Config,
     reconciler: Reconciler<director::Client, A>,
@@ -595,6 +608,14 @@ async fn run_loop<A: crate::pass::Admission + 'static>(
     }) = callout
     {
         let trigger = controller.trigger_handle();
+        let (link, linked) = tokio::sync::watch::channel(Link::default());
+        let revoker = Revoker {
+            admitted: admitted.clone(),
+            link: linked,
+            timing: Timing::for_authorization_timeout(settings.timeout),
+            observer: Reported::new(metrics.clone(), health.clone()),
+        };
+        tokio::spawn(revoker.run(cancel.clone()));
         let responder = Responder {
             keys,
             user_ttl: UserTtl(settings.user_ttl),
@@ -603,14 +624,9 @@ async fn run_loop<A: crate::pass::Admission + 'static>(
             // Answered within nats-server's authorization timeout, or the answer is lost.
             wait_for_pass: settings.timeout.mul_f64(0.75),
             observer: Reported::new(metrics, health),
+            link,
         };
-        let connection = responder::Connection {
-            url: settings.url,
-            cert_file: settings.cert_file,
-            key_file: settings.key_file,
-            ca_file: settings.ca_file,
-        };
-        tokio::spawn(responder.run(connection, cancel.clone()));
+        tokio::spawn(responder.run(callout_connection(&settings), cancel.clone()));
     }
     controller.run(cancel.clone()).await;
 }

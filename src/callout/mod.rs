@@ -19,8 +19,9 @@
 //! (§12.3), and [`server_version`] refuses a server older than 2.10, which has no callout.
 //!
 //! Revocation (§12.6) closes the live connections the set no longer allows, the same three
-//! steps one level down: [`connz`] observes every server's connections through the system
-//! account and closes one, [`revoke::decide`] is the pure decision between them.
+//! steps one level down, in [`revoker`]'s task of its own: [`connz`] observes every server's
+//! connections through the system account and closes one, [`revoke::decide`] is the pure
+//! decision between them.
 
 pub mod admitted;
 pub mod answer;
@@ -34,6 +35,7 @@ pub mod report;
 pub mod request;
 pub mod responder;
 pub mod revoke;
+pub mod revoker;
 pub mod server_version;
 pub mod state;
 

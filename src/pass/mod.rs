@@ -429,7 +429,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         ) {
             self.report.admitted(&seen.announced);
         }
-        self.admission.pass_finished(began);
+        self.admission.pass_finished(began, scope == Scope::Full);
         let Plan {
             skipped, decision, ..
         } = plan;
