@@ -356,6 +356,13 @@ pub fn diff(config: Config) -> ExitCode {
         Admission::File => "auth file",
         Admission::Callout(_) => "admitted set",
     };
+    let closing = match &config.admission {
+        Admission::File => None,
+        Admission::Callout(settings) => Some(runtime().block_on(connections_to_close(
+            settings,
+            &crate::callout::admitted::Admitted::of(&decision.users),
+        ))),
+    };
     println!("{what} {}: {}", location.display(), plan.file);
     let held_users = decision.held.as_ref().map_or(0, |held| {
         held.keep.len() + held.keep.values().filter(|bootstrap| **bootstrap).count()
@@ -385,6 +392,9 @@ pub fn diff(config: Config) -> ExitCode {
             held.removing, held.agents_in_file, held.needed
         );
     }
+    if let Some(closing) = &closing {
+        print_closing(&config, closing);
+    }
     if decision.write {
         println!(
             "a pass would write the file: {} added, {} removed, {} changed{}",
@@ -407,6 +417,23 @@ pub fn diff(config: Config) -> ExitCode {
     }
 }
 
+/// `diff` in callout mode (§12.6): the live connections the set after the next pass would not
+/// allow, as a revocation check would see them — or why nats-server could not be asked.
+async fn connections_to_close(
+    settings: &CalloutSettings,
+    admitted: &crate::callout::admitted::Admitted,
+) -> Result<(usize, crate::callout::revoke::Decision), String> {
+    let client = callout_connection(settings).connect_once().await?;
+    let observed = crate::callout::connz::observe(&client, &Default::default()).await;
+    drop(client);
+    let observation = observed.map_err(|e| e.to_string())?;
+    let timing = Timing::for_authorization_timeout(settings.timeout);
+    Ok((
+        observation.servers.len(),
+        crate::callout::revoke::decide(&observation.servers, admitted, timing.settle),
+    ))
+}
+
 /// Where and how callout mode connects to nats-server, as the service.
 fn callout_connection(settings: &CalloutSettings) -> responder::Connection {
     responder::Connection {
@@ -414,6 +441,46 @@ fn callout_connection(settings: &CalloutSettings) -> responder::Connection {
         cert_file: settings.cert_file.clone(),
         key_file: settings.key_file.clone(),
         ca_file: settings.ca_file.clone(),
+    }
+}
+
+/// Prints what [`connections_to_close`] found: one `x` line per connection a pass would close.
+fn print_closing(
+    config: &Config,
+    closing: &Result<(usize, crate::callout::revoke::Decision), String>,
+) {
+    let url = match &config.admission {
+        Admission::Callout(settings) => settings.url.as_str(),
+        Admission::File => return,
+    };
+    match closing {
+        Ok((servers, decision)) => {
+            for kick in &decision.kicks {
+                println!(
+                    "x {} on {} (connection {}): {} (a pass would close it)",
+                    agent::user(&kick.agent, kick.bootstrap).user,
+                    kick.server.name,
+                    kick.cid,
+                    kick.refusal.message()
+                );
+            }
+            println!(
+                "nats-server ({servers} servers): {} agent connections, {} a pass would close{}",
+                decision.agents,
+                decision.kicks.len(),
+                if decision.waiting > 0 {
+                    format!(
+                        ", {} still connecting (their answer decides them)",
+                        decision.waiting
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Err(e) => println!(
+            "nats-server at {url} cannot be asked for its connections ({e}): the connections a pass would close are not shown"
+        ),
     }
 }
 

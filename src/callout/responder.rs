@@ -60,6 +60,16 @@ impl Connection {
             .add_client_certificate(self.cert_file.clone(), self.key_file.clone())
             .connection_timeout(Duration::from_secs(5))
     }
+
+    /// One connection as the service, without retrying or reconnecting: for `diff`, which
+    /// lists the connections a pass would close (§12.6) and exits.
+    pub async fn connect_once(&self) -> Result<async_nats::Client, String> {
+        self.options()
+            .max_reconnects(Some(1))
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What the responder tells the rest of the program: one call per answer, and the state of
