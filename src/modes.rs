@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::callout::admitted::{Publisher, Subscriber};
 use crate::callout::answer::UserTtl;
 use crate::callout::report::Reported;
-use crate::callout::responder::{self, Poller, Responder};
+use crate::callout::responder::{self, Link, Poller, Responder};
+use crate::callout::revoker::{Revoker, Timing};
 use crate::callout::state::CalloutAdmission;
 use crate::callout::{KeyError, Keys};
 use crate::config::{Admission, CalloutSettings, Config};
@@ -111,6 +112,7 @@ fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
 pub fn labels() -> metrics::Labels {
     metrics::Labels {
         callout_results: crate::callout::report::CalloutResult::values(),
+        revocation_results: crate::callout::report::RevocationResult::values(),
         ..report::labels()
     }
 }
@@ -354,6 +356,13 @@ pub fn diff(config: Config) -> ExitCode {
         Admission::File => "auth file",
         Admission::Callout(_) => "admitted set",
     };
+    let closing = match &config.admission {
+        Admission::File => None,
+        Admission::Callout(settings) => Some(runtime().block_on(connections_to_close(
+            settings,
+            &crate::callout::admitted::AdmittedSet::of(&decision.users),
+        ))),
+    };
     println!("{what} {}: {}", location.display(), plan.file);
     let held_users = decision.held.as_ref().map_or(0, |held| {
         held.keep.len() + held.keep.values().filter(|bootstrap| **bootstrap).count()
@@ -383,6 +392,9 @@ pub fn diff(config: Config) -> ExitCode {
             held.removing, held.agents_in_file, held.needed
         );
     }
+    if let Some(closing) = &closing {
+        print_closing(&config, closing);
+    }
     if decision.write {
         println!(
             "a pass would write the file: {} added, {} removed, {} changed{}",
@@ -402,6 +414,73 @@ pub fn diff(config: Config) -> ExitCode {
     } else {
         println!("in sync: a pass would write nothing");
         ExitCode::SUCCESS
+    }
+}
+
+/// `diff` in callout mode (§12.6): the live connections the set after the next pass would not
+/// allow, as a revocation check would see them — or why nats-server could not be asked.
+async fn connections_to_close(
+    settings: &CalloutSettings,
+    admitted: &crate::callout::admitted::AdmittedSet,
+) -> Result<(usize, crate::callout::revoke::Decision), String> {
+    let client = callout_connection(settings).connect_once().await?;
+    let observed = crate::callout::connz::observe(&client, &Default::default()).await;
+    drop(client);
+    let observation = observed.map_err(|e| e.to_string())?;
+    let timing = Timing::for_authorization_timeout(settings.timeout);
+    Ok((
+        observation.servers.len(),
+        crate::callout::revoke::decide(&observation.servers, admitted, timing.settle),
+    ))
+}
+
+/// Where and how callout mode connects to nats-server, as the service.
+fn callout_connection(settings: &CalloutSettings) -> responder::Connection {
+    responder::Connection {
+        url: settings.url.clone(),
+        cert_file: settings.cert_file.clone(),
+        key_file: settings.key_file.clone(),
+        ca_file: settings.ca_file.clone(),
+    }
+}
+
+/// Prints what [`connections_to_close`] found: one `x` line per connection a pass would close.
+fn print_closing(
+    config: &Config,
+    closing: &Result<(usize, crate::callout::revoke::Decision), String>,
+) {
+    let url = match &config.admission {
+        Admission::Callout(settings) => settings.url.as_str(),
+        Admission::File => return,
+    };
+    match closing {
+        Ok((servers, decision)) => {
+            for kick in &decision.kicks {
+                println!(
+                    "x {} on {} (connection {}): {} (a pass would close it)",
+                    agent::user(&kick.agent, kick.bootstrap).user,
+                    kick.server.name,
+                    kick.cid,
+                    kick.refusal.message()
+                );
+            }
+            println!(
+                "nats-server ({servers} servers): {} agent connections, {} a pass would close{}",
+                decision.agents,
+                decision.kicks.len(),
+                if decision.waiting > 0 {
+                    format!(
+                        ", {} still connecting (their answer decides them)",
+                        decision.waiting
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Err(e) => println!(
+            "nats-server at {url} cannot be asked for its connections ({e}): the connections a pass would close are not shown"
+        ),
     }
 }
 
@@ -537,7 +616,8 @@ async fn callout_server(config: &Config) -> Result<(), ExitCode> {
 
 /// The control loop over `reconciler` until `cancel`; in callout mode with the responder
 /// beside it, answering from the set the passes publish and asking the loop for an event
-/// poll when an unknown agent connects.
+/// poll when an unknown agent connects, and the revoker, closing through the responder's
+/// connection what the set no longer allows (§12.6).
 async fn run_loop<A: crate::pass::Admission + 'static>(
     config: &Config,
     reconciler: Reconciler<director::Client, A>,
@@ -598,6 +678,14 @@ async fn run_loop<A: crate::pass::Admission + 'static>(
     }) = callout
     {
         let trigger = controller.trigger_handle();
+        let (link, linked) = tokio::sync::watch::channel(Link::default());
+        let revoker = Revoker {
+            admitted: admitted.clone(),
+            link: linked,
+            timing: Timing::for_authorization_timeout(settings.timeout),
+            observer: Reported::new(metrics.clone(), health.clone()),
+        };
+        tokio::spawn(revoker.run(cancel.clone()));
         let responder = Responder {
             keys,
             user_ttl: UserTtl(settings.user_ttl),
@@ -606,14 +694,9 @@ async fn run_loop<A: crate::pass::Admission + 'static>(
             // Answered within nats-server's authorization timeout, or the answer is lost.
             wait_for_pass: settings.timeout.mul_f64(0.75),
             observer: Reported::new(metrics, health),
+            link,
         };
-        let connection = responder::Connection {
-            url: settings.url,
-            cert_file: settings.cert_file,
-            key_file: settings.key_file,
-            ca_file: settings.ca_file,
-        };
-        tokio::spawn(responder.run(connection, cancel.clone()));
+        tokio::spawn(responder.run(callout_connection(&settings), cancel.clone()));
     }
     controller.run(cancel.clone()).await;
 }

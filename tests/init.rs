@@ -7,7 +7,9 @@
 //! - Callout mode (2.10 and later): with no responder, the static users connect and an agent
 //!   waits out the authorization timeout and is refused; the service's own certificate is
 //!   matched to its user in the system account, may take the authorization requests and
-//!   answer them, and may neither publish to an agent nor subscribe to everything.
+//!   answer them, list every connection (CONNZ, paged) and close an agent's (KICK) — all that
+//!   revocation (§12.6) needs — and may neither publish to an agent nor subscribe to
+//!   everything.
 //! - Callout mode on 2.9.10: the server refuses to start with the file, and the start-up check
 //!   of `/varz` says why.
 //! - What cannot work is refused with exit status 2 and one line naming the file.
@@ -21,8 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bosh_nats_sync::callout::admitted::AdmittedSet;
+use bosh_nats_sync::callout::connz::{self, Gather, Kicked};
 use bosh_nats_sync::callout::keys::{CurveKey, IssuerKey, Keys};
 use bosh_nats_sync::callout::request::{self, SERVER_XKEY_HEADER};
+use bosh_nats_sync::callout::revoke::{self, AdmittedBy};
 use bosh_nats_sync::callout::server_version;
 use bosh_nats_sync::callout::{UserTtl, decide, reply, unix_now};
 use bosh_nats_sync::pass::desired::{self, Subjects};
@@ -504,6 +509,118 @@ async fn callout_mode(xkey: bool) {
         "{:?}",
         service.server_errors()
     );
+
+    // Revocation (§12.6), through the same connection and nothing more than the same
+    // permissions: CONNZ lists every connection with its certificate's subject in
+    // nats-server's spelling, static users named as such; a KICK by cid closes the agent.
+    let errors_before = service.server_errors().len();
+    let observation = connz::observe(service.client(), &Gather::default())
+        .await
+        .expect("CONNZ answers through the system account");
+    assert!(
+        observation.incomplete.is_empty(),
+        "{:?}",
+        observation.incomplete
+    );
+    assert_eq!(observation.servers.len(), 1);
+    let server = observation.servers[0].server.clone();
+    let by_subject = |subject: &str| {
+        observation.servers[0]
+            .connections
+            .iter()
+            .filter(|c| c.subject.as_deref() == Some(subject))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The held a1, and perhaps the one `admitted` just dropped, still closing.
+    let a1 = by_subject("CN=a1.agent.bosh-internal,O=Cloud Foundry,C=USA");
+    assert!(!a1.is_empty(), "{observation:?}");
+    assert!(
+        a1.iter().all(|c| c.admitted_by == AdmittedBy::Callout),
+        "{a1:?}"
+    );
+    for cn in [DIRECTOR_CN, SERVICE_CN] {
+        let statics = by_subject(&format!("CN={cn},O=Cloud Foundry,C=USA"));
+        assert!(!statics.is_empty(), "{cn}: {observation:?}");
+        assert!(
+            statics
+                .iter()
+                .all(|c| c.admitted_by == AdmittedBy::StaticUser),
+            "{cn}: {statics:?}"
+        );
+    }
+    // Paging: a page of one connection at a time sees the same.
+    let paged = connz::observe(
+        service.client(),
+        &Gather {
+            page: 1,
+            ..Gather::default()
+        },
+    )
+    .await
+    .unwrap();
+    let seen = |o: &connz::Observation| {
+        o.servers[0]
+            .connections
+            .iter()
+            .map(|c| (c.cid, c.subject.clone(), c.admitted_by))
+            .filter(|(cid, ..)| !a1.iter().any(|a| a.cid == *cid) || *cid == a1[0].cid)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen(&paged), seen(&observation), "paged one at a time");
+    // With a1 taken out of the set, the decision closes a1 and nothing else.
+    let decision = revoke::decide(
+        &observation.servers,
+        &AdmittedSet::default(),
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        decision.kicks.iter().map(|k| k.cid).collect::<Vec<_>>(),
+        a1.iter().map(|c| c.cid).collect::<Vec<_>>()
+    );
+    let held = a1.iter().map(|c| c.cid).min().unwrap();
+    assert_eq!(
+        connz::kick(service.client(), &server.id, held, Duration::from_secs(2)).await,
+        Kicked::Closed
+    );
+    let gone = connz::observe(service.client(), &Gather::default())
+        .await
+        .unwrap();
+    assert!(
+        !gone.servers[0].connections.iter().any(|c| c.cid == held),
+        "{gone:?}"
+    );
+    assert_eq!(
+        connz::kick(service.client(), &server.id, held, Duration::from_secs(2)).await,
+        Kicked::Gone
+    );
+    assert_eq!(
+        service.server_errors()[errors_before..],
+        [] as [String; 0],
+        "CONNZ and KICK are within the service's permissions"
+    );
+    // Still nothing more: no publishing to an agent, no subscribing to everything.
+    service
+        .client()
+        .publish("agent.x", "x".into())
+        .await
+        .unwrap();
+    let _all_again = service.client().subscribe(">").await.unwrap();
+    service.client().flush().await.unwrap();
+    let refused_again = common::poll(Duration::from_secs(5), || {
+        let errors = service.server_errors()[errors_before..].to_vec();
+        async move {
+            let seen = |needle: &str| errors.iter().any(|e| e.contains(needle));
+            if seen("Permissions Violation for Publish to \"agent.x\"")
+                && seen("Permissions Violation for Subscription to \">\"")
+            {
+                Ok(())
+            } else {
+                Err(errors)
+            }
+        }
+    });
+    assert!(refused_again.await.is_ok(), "{:?}", service.server_errors());
 
     // The start-up check agrees: this server has the callout.
     let checked = server_version::check(&nats.monitoring_url().parse().unwrap())

@@ -395,6 +395,11 @@ fn series_from_start_up() -> Vec<(String, f64)> {
         "result",
         &labels.callout_results,
     ));
+    all.extend(labelled(
+        "callout_revocations_total",
+        "result",
+        &labels.revocation_results,
+    ));
     all.extend(labels.watch_states.iter().map(|s| {
         (
             format!("bosh_nats_sync_watch_state{{state=\"{s}\"}}"),
@@ -425,6 +430,7 @@ fn series_from_start_up() -> Vec<(String, f64)> {
             "callout_admitted_agents",
             "callout_connected",
             "callout_polls_total",
+            "callout_connections_observed",
         ]
         .map(|name| (format!("bosh_nats_sync_{name}"), 0.0)),
     );
@@ -454,6 +460,8 @@ async fn every_known_series_is_exported_from_start_up() {
         r#"bosh_nats_sync_subjects_rejected_total{kind="hm"}"#,
         r#"bosh_nats_sync_uaa_token_fetches_total{result="error"}"#,
         r#"bosh_nats_sync_callout_requests_total{result="unknown_agent"}"#,
+        r#"bosh_nats_sync_callout_revocations_total{result="kicked"}"#,
+        r#"bosh_nats_sync_callout_revocations_total{result="error"}"#,
     ] {
         assert!(
             expected.iter().any(|(series, _)| series == literal),

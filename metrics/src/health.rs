@@ -126,6 +126,33 @@ struct Callout {
     refusals: std::collections::VecDeque<CalloutRefusal>,
     /// Why nats-server must restart before callout mode works as configured.
     restart_needed: Option<String>,
+    /// The last revocations, newest last.
+    revocations: std::collections::VecDeque<RevokedConnection>,
+}
+
+/// One revocation (§12.6), as the revoker reports it: a live connection the admitted set no
+/// longer allows, and what closing it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CalloutRevocation {
+    /// The agent its certificate names (no secret).
+    pub agent: String,
+    /// The server that holds (or held) it.
+    pub server: String,
+    /// Why the set no longer allows it: a `result` of the callout's requests
+    /// (`unknown_agent`, `bootstrap_refused`).
+    pub reason: &'static str,
+    /// What closing it did: one of [`Labels::revocation_results`](crate::Labels).
+    pub result: &'static str,
+}
+
+/// One revocation, as `/status` lists it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RevokedConnection {
+    pub at: String,
+    pub agent: String,
+    pub server: String,
+    pub reason: &'static str,
+    pub result: &'static str,
 }
 
 /// One refusal of the callout responder, as `/status` lists it.
@@ -140,6 +167,8 @@ pub struct CalloutRefusal {
 
 /// How many refusals `/status` keeps.
 const REFUSALS_KEPT: usize = 10;
+/// How many revocations `/status` keeps.
+const REVOCATIONS_KEPT: usize = 10;
 
 #[derive(Clone, Debug)]
 struct Reload {
@@ -399,6 +428,24 @@ impl Health {
         });
     }
 
+    /// The revoker closed a connection the admitted set no longer allows, found it gone, or
+    /// could not close it: counted by result, and kept for `/status`.
+    pub fn callout_revoked(&self, revocation: CalloutRevocation) {
+        self.metrics.callout_revocation(revocation.result);
+        let mut s = self.state();
+        let kept = &mut s.callout.get_or_insert_with(Callout::default).revocations;
+        if kept.len() == REVOCATIONS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(RevokedConnection {
+            at: rfc3339(SystemTime::now()),
+            agent: revocation.agent,
+            server: revocation.server,
+            reason: revocation.reason,
+            result: revocation.result,
+        });
+    }
+
     /// Whether [`Health::mark_ready`] has been called.
     pub fn is_ready(&self) -> bool {
         self.state().ready_since.is_some()
@@ -515,6 +562,7 @@ impl Health {
                 since: c.since.map(rfc3339),
                 admitted_agents: c.admitted_agents,
                 last_refusals: c.refusals.iter().cloned().collect(),
+                last_revocations: c.revocations.iter().cloned().collect(),
                 restart_needed: c.restart_needed.clone(),
             }),
         }
@@ -563,6 +611,8 @@ pub struct CalloutInfo {
     pub admitted_agents: Option<usize>,
     /// The last refusals, oldest first.
     pub last_refusals: Vec<CalloutRefusal>,
+    /// The last revocations (§12.6), oldest first.
+    pub last_revocations: Vec<RevokedConnection>,
     /// Why nats-server must restart (its `auth_callout` block is not the configured one).
     pub restart_needed: Option<String>,
 }
@@ -1022,5 +1072,41 @@ mod tests {
             Duration::from_secs(300),
         );
         assert_eq!(limit, Duration::from_secs(60 + 300 + 60));
+    }
+
+    #[test]
+    fn the_last_ten_revocations_are_shown_and_every_one_counted() {
+        let (metrics, health) = health();
+        health.callout_mode();
+        for i in 0..12 {
+            health.callout_revoked(CalloutRevocation {
+                agent: format!("a{i}"),
+                server: "n1".to_owned(),
+                reason: "unknown_agent",
+                result: if i == 11 { "gone" } else { "kicked" },
+            });
+        }
+        let status = health.status();
+        let shown = &status.callout.as_ref().unwrap().last_revocations;
+        assert_eq!(shown.len(), REVOCATIONS_KEPT);
+        assert_eq!(shown[0].agent, "a2", "oldest first, the first two dropped");
+        assert_eq!(
+            (shown[9].agent.as_str(), shown[9].server.as_str()),
+            ("a11", "n1")
+        );
+        assert_eq!(
+            (shown[9].reason, shown[9].result),
+            ("unknown_agent", "gone")
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                r#"bosh_nats_sync_callout_revocations_total{result="kicked"}"#
+            ),
+            Some("11".to_owned())
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["callout"]["last_revocations"][9]["agent"], "a11");
+        assert!(json["callout"]["last_revocations"][9]["at"].is_string());
     }
 }

@@ -58,6 +58,9 @@ pub struct Labels {
     /// The `result` of `bosh_nats_sync_callout_requests_total`: how the callout responder
     /// can answer a request.
     pub callout_results: Vec<&'static str>,
+    /// The `result` of `bosh_nats_sync_callout_revocations_total`: what closing a connection
+    /// the admitted set no longer allows can do.
+    pub revocation_results: Vec<&'static str>,
 }
 
 #[cfg(test)]

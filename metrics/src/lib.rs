@@ -15,7 +15,9 @@
 //!   together;
 //! - the watch of the event log (§6.6) reports its state to [`Health::watch`] (which also
 //!   moves the state gauge), each completed event poll to [`Health::progress`], and counts
-//!   events, passes by kind, unannounced changes and admission latency on [`Metrics`].
+//!   events, passes by kind, unannounced changes and admission latency on [`Metrics`];
+//! - callout mode's responder and revoker report answers, their connection, the admitted set
+//!   and each revocation ([`Health::callout_revoked`]).
 //!
 //! Every metric is documented in `METRICS.md` next to this crate's `Cargo.toml`.
 
@@ -25,8 +27,9 @@ mod registry;
 mod server;
 
 pub use health::{
-    DesiredUsers, ErrorInfo, Health, LastPass, LastReload, NextPass, PassSummary, ReloadSummary,
-    RunningPass, Status, Unhealthy, WatchInfo, WatchStatus,
+    CalloutRevocation, DesiredUsers, ErrorInfo, Health, LastPass, LastReload, NextPass,
+    PassSummary, ReloadSummary, RevokedConnection, RunningPass, Status, Unhealthy, WatchInfo,
+    WatchStatus,
 };
 pub use labels::{Label, Labels};
 pub use registry::{BuildInfo, Metrics};

@@ -102,6 +102,8 @@ pub struct Metrics {
     callout_admitted_agents: IntGauge,
     callout_connected: IntGauge,
     callout_polls: IntCounter,
+    callout_revocations: IntCounterVec,
+    callout_connections_observed: IntGauge,
 }
 
 /// The metric definitions below are constants of this file; an error from them is a bug
@@ -326,6 +328,17 @@ impl Metrics {
             "bosh_nats_sync_callout_polls_total",
             "Requests from an unknown agent that asked for an event poll and waited for a pass",
         );
+        let callout_revocations = counter_vec(
+            r,
+            "bosh_nats_sync_callout_revocations_total",
+            "Live connections the admitted set no longer allows, by what closing them did (kicked, gone, error)",
+            &["result"],
+        );
+        let callout_connections_observed = int_gauge(
+            r,
+            "bosh_nats_sync_callout_connections_observed",
+            "Client connections nats-server reported (every server of a cluster) at the last revocation check",
+        );
         let build_info = gauge_vec(
             r,
             "bosh_nats_sync_build_info",
@@ -358,6 +371,7 @@ impl Metrics {
         preset(&watch_state_changes, &labels.watch_states);
         preset(&watch_passes, &labels.pass_kinds);
         preset(&callout_requests, &labels.callout_results);
+        preset(&callout_revocations, &labels.revocation_results);
         for kind in &labels.user_kinds {
             desired_users.with_label_values(&[kind]);
         }
@@ -402,6 +416,8 @@ impl Metrics {
             callout_admitted_agents,
             callout_connected,
             callout_polls,
+            callout_revocations,
+            callout_connections_observed,
         }
     }
 
@@ -417,6 +433,18 @@ impl Metrics {
     /// An answer for an unknown agent asked for an event poll and waited for a pass.
     pub fn callout_poll(&self) {
         self.callout_polls.inc();
+    }
+
+    /// A connection the admitted set no longer allows was closed (or found gone, or could not
+    /// be closed): `result` is one of [`Labels::revocation_results`].
+    pub fn callout_revocation(&self, result: &str) {
+        self.callout_revocations.with_label_values(&[result]).inc();
+    }
+
+    /// A revocation check saw `connections` client connections.
+    pub fn callout_connections_observed(&self, connections: usize) {
+        self.callout_connections_observed
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
     }
 
     /// The admitted set now holds `agents`.
@@ -639,6 +667,7 @@ mod tests {
             watch_states: WatchState::values(),
             pass_kinds: vec!["full", "partial"],
             callout_results: vec!["allowed", "unknown_agent", "error"],
+            revocation_results: vec!["kicked", "gone", "error"],
         }
     }
 
@@ -688,6 +717,11 @@ mod tests {
             "result",
             &labels.callout_results,
         ));
+        all.extend(series(
+            "callout_revocations_total",
+            "result",
+            &labels.revocation_results,
+        ));
         for e in &labels.director_endpoints {
             for s in &labels.director_statuses {
                 all.push(format!(
@@ -709,6 +743,7 @@ mod tests {
                 "callout_admitted_agents",
                 "callout_connected",
                 "callout_polls_total",
+                "callout_connections_observed",
             ]
             .map(|name| format!("bosh_nats_sync_{name}")),
         );
@@ -746,6 +781,7 @@ mod tests {
             r#"bosh_nats_sync_watch_state_changes_total{state="blind"}"#,
             r#"bosh_nats_sync_watch_passes_total{kind="partial"}"#,
             r#"bosh_nats_sync_callout_requests_total{result="unknown_agent"}"#,
+            r#"bosh_nats_sync_callout_revocations_total{result="gone"}"#,
         ] {
             assert!(expected.iter().any(|s| s == series), "{series} is preset");
         }

@@ -18,6 +18,8 @@
 //! - With `listen`/`http` port `-1` and `ports_file_dir`, the server writes
 //!   `nats-server_<pid>.ports` = `{"nats":["tls://…"],"monitoring":["http://…"]}` once it
 //!   listens, and removes it on exit; the pid file is left behind on exit.
+//! - Started again with those ports written in (`NatsServer::start_again`), a stopped server
+//!   listens where it did, so its clients reconnect to the same URL.
 //!
 //! And about callout mode's auth file (bosh-nats-sync's `init`, contract §12.3), included
 //! at the top level like any other:
@@ -217,6 +219,18 @@ impl NatsServer {
         pki: &Pki,
         auth_file: &Path,
     ) -> Result<NatsServer, NatsError> {
+        NatsServer::start_configured(executable, dir, pki, auth_file, "").await
+    }
+
+    /// [`NatsServer::start_with`], with `extra` appended to `nats.conf` (a `server_name` and
+    /// a `cluster { … }` block, say).
+    pub async fn start_configured(
+        executable: &Path,
+        dir: &Path,
+        pki: &Pki,
+        auth_file: &Path,
+        extra: &str,
+    ) -> Result<NatsServer, NatsError> {
         let version = version(executable)?;
         let server = format!("{version} ({})", executable.display());
         let dir = std::fs::canonicalize(dir)?;
@@ -231,7 +245,7 @@ impl NatsServer {
         let config = format!(
             "listen: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\nports_file_dir: {ports}\npid_file: {pid}\n\
              tls {{\n  cert_file: {cert}\n  key_file: {key}\n  ca_file: {ca}\n  verify_and_map: true\n  timeout: 5\n}}\n\
-             include {include}\n",
+             include {include}\n{extra}",
             ports = quote(&ports_dir),
             pid = quote(&pid_file),
             cert = quote(&files.server.cert),
@@ -240,22 +254,8 @@ impl NatsServer {
             include = quote(&include),
         );
         std::fs::write(&config_file, config)?;
-        let log = std::fs::File::create(&log_file)?;
-        let child = Command::new(executable)
-            .arg("-c")
-            .arg(&config_file)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => NatsError::NotInstalled(executable.to_owned()),
-                _ => NatsError::Io(e),
-            })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| NatsError::Monitoring("child exited before its pid was read".into()))?;
+        std::fs::File::create(&log_file)?;
+        let (child, pid) = spawn(executable, &config_file, &log_file)?;
         let mut server = NatsServer {
             child,
             pid,
@@ -276,6 +276,56 @@ impl NatsServer {
             server.server, server.pid, server.client_url
         );
         Ok(server)
+    }
+
+    /// Stops the server (SIGKILL) and waits until it has exited: its clients lose their
+    /// connections. [`NatsServer::start_again`] starts it again.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts a stopped server again on the same configuration and the same ports, so that
+    /// its clients (and the program) find it where it was. Its log goes on in the same file.
+    pub async fn start_again(&mut self) -> Result<(), NatsError> {
+        let port = self
+            .client_url
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let config = std::fs::read_to_string(&self.config_file)?
+            .replacen(
+                "listen: \"127.0.0.1:-1\"",
+                &format!("listen: \"127.0.0.1:{port}\""),
+                1,
+            )
+            .replacen(
+                "http: \"127.0.0.1:-1\"",
+                &format!("http: \"{}\"", self.monitoring_addr),
+                1,
+            );
+        std::fs::write(&self.config_file, config)?;
+        let (child, pid) = spawn(&self.executable, &self.config_file, &self.log_file)?;
+        self.child = child;
+        self.pid = pid;
+        let ports_dir = self
+            .config_file
+            .parent()
+            .expect("nats.conf lives in the server's directory")
+            .join("ports");
+        self.wait_ready(&ports_dir).await
+    }
+
+    /// `GET /connz?auth=true` as JSON: every client connection, with `cid`,
+    /// `tls_peer_certs` and, for one admitted as a static user, `authorized_user`.
+    pub async fn connz(&self) -> Result<Value, NatsError> {
+        self.monitor("/connz?auth=true&limit=100000").await
+    }
+
+    /// `GET <path>` of the monitoring endpoint (`/routez`, `/varz?…`) as JSON.
+    pub async fn monitor(&self, path: &str) -> Result<Value, NatsError> {
+        let body = http_get(&self.monitoring_addr, path).await?;
+        serde_json::from_str(&body).map_err(|e| NatsError::Monitoring(e.to_string()))
     }
 
     async fn wait_ready(&mut self, ports_dir: &Path) -> Result<(), NatsError> {
@@ -447,6 +497,31 @@ impl NatsServer {
     pub async fn connect(&self, cert: &CertFiles) -> Result<NatsClient, async_nats::ConnectError> {
         connect(&self.client_url, &self.ca_file, cert).await
     }
+}
+
+/// Spawns `executable -c config_file`, its output appended to `log_file`.
+fn spawn(
+    executable: &Path,
+    config_file: &Path,
+    log_file: &Path,
+) -> Result<(Child, u32), NatsError> {
+    let log = std::fs::OpenOptions::new().append(true).open(log_file)?;
+    let child = Command::new(executable)
+        .arg("-c")
+        .arg(config_file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NatsError::NotInstalled(executable.to_owned()),
+            _ => NatsError::Io(e),
+        })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| NatsError::Monitoring("child exited before its pid was read".into()))?;
+    Ok((child, pid))
 }
 
 fn quote(path: &Path) -> String {

@@ -489,3 +489,29 @@ async fn an_absolute_include_is_resolved_against_the_config_files_directory() {
         exe.display()
     );
 }
+
+/// A stopped server started again listens where it did (clients and the program find it at
+/// the same URLs), on the same configuration, its log going on in the same file.
+#[tokio::test]
+async fn a_server_started_again_listens_on_the_same_ports() {
+    let (_dir, _pki, _auth, mut nats) = with_the_bosh_placeholder().await;
+    let (client_url, monitoring_url, pid) = (
+        nats.client_url().to_owned(),
+        nats.monitoring_url().to_owned(),
+        nats.pid(),
+    );
+    nats.stop().await;
+    assert!(nats.varz().await.is_err(), "stopped");
+    nats.start_again().await.unwrap();
+    assert_ne!(nats.pid(), pid);
+    assert_eq!(nats.client_url(), client_url);
+    assert_eq!(nats.monitoring_url(), monitoring_url);
+    assert!(nats.varz().await.is_ok());
+    assert!(nats.connz().await.is_ok());
+    assert_eq!(
+        nats.log().matches("Server is ready").count(),
+        2,
+        "{}",
+        nats.log()
+    );
+}

@@ -2,7 +2,8 @@
 //! bootstrap certificate. The passes write it — it is their desired state, damping included —
 //! and the responder reads it: a [`tokio::sync::watch`] channel hands every answer the latest
 //! set as a cheap shared snapshot, and lets an answer that waits for a pass learn when one
-//! has finished.
+//! has finished. The revoker (§12.6) reads the same channel: [`Published::checks`] tells it
+//! when the connections nats-server holds must be checked against the set again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +44,18 @@ impl AdmittedSet {
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }
+
+    /// Whether this set takes back anything `before` allowed: an agent it no longer holds, or
+    /// a bootstrap certificate it no longer allows.
+    pub fn withdraws_from(&self, before: &AdmittedSet) -> bool {
+        before
+            .agents
+            .iter()
+            .any(|(id, bootstrap)| match self.agents.get(id) {
+                None => true,
+                Some(now) => *bootstrap && !now,
+            })
+    }
 }
 
 /// What the passes publish: the set, and when the last pass that published it began.
@@ -54,6 +67,9 @@ pub struct Published {
     pub pass_began: Option<Instant>,
     /// The set was loaded (from the state file or by a pass): answers may rely on it.
     pub loaded: bool,
+    /// Revocation checks asked for (§12.6): counts up when a swap takes something back and
+    /// when a full pass finishes. The revoker checks once for however many it missed.
+    pub checks: u64,
 }
 
 /// The writing end, held by the admission of callout mode.
@@ -70,6 +86,7 @@ impl Publisher {
             set: Arc::new(AdmittedSet::default()),
             pass_began: None,
             loaded: false,
+            checks: 0,
         }))
     }
 
@@ -82,9 +99,13 @@ impl Publisher {
         self.0.borrow().set.clone()
     }
 
-    /// Replaces the set (a pass stored new users, or the persisted set was read at start).
+    /// Replaces the set (a pass stored new users, or the persisted set was read at start);
+    /// one that takes something back asks for a revocation check.
     pub fn swap(&self, set: AdmittedSet) {
         self.0.send_modify(|p| {
+            if set.withdraws_from(&p.set) {
+                p.checks += 1;
+            }
             p.set = Arc::new(set);
             p.loaded = true;
         });
@@ -98,9 +119,15 @@ impl Publisher {
     }
 
     /// A pass that began at `began` finished: whoever waits for a pass after some moment
-    /// learns it, even when the set did not change.
-    pub fn pass_finished(&self, began: Instant) {
-        self.0.send_modify(|p| p.pass_began = Some(began));
+    /// learns it, even when the set did not change. A `full` pass (start-up, resync) also asks
+    /// for a revocation check, so that nothing depends on remembering who was admitted.
+    pub fn pass_finished(&self, began: Instant, full: bool) {
+        self.0.send_modify(|p| {
+            p.pass_began = Some(began);
+            if full {
+                p.checks += 1;
+            }
+        });
     }
 }
 
@@ -153,7 +180,7 @@ mod tests {
         let mut reader = publisher.subscribe();
         assert!(!reader.borrow().loaded);
         let began = Instant::now();
-        publisher.pass_finished(began);
+        publisher.pass_finished(began, false);
         assert!(reader.has_changed().unwrap());
         assert_eq!(reader.borrow_and_update().pass_began, Some(began));
         let mut users = UserSet::default();
@@ -163,5 +190,45 @@ mod tests {
         assert!(seen.loaded);
         assert_eq!(seen.set.lookup(&id("a")), Some(true));
         assert_eq!(publisher.current().len(), 1);
+    }
+
+    fn set(agents: &[(&str, bool)]) -> AdmittedSet {
+        let mut users = UserSet::default();
+        users.add_agents(agents.iter().map(|(a, b)| (id(a), *b)));
+        AdmittedSet::of(&users)
+    }
+
+    #[test]
+    fn a_set_withdraws_an_agent_it_drops_or_a_bootstrap_certificate_it_no_longer_allows() {
+        let before = set(&[("a", true), ("b", false)]);
+        for (after, withdraws) in [
+            (set(&[("a", true), ("b", false)]), false),
+            (set(&[("a", true), ("b", false), ("c", true)]), false),
+            (set(&[("a", true), ("b", true)]), false),
+            (set(&[("a", false), ("b", false)]), true),
+            (set(&[("a", true)]), true),
+            (set(&[("a", true), ("c", false)]), true),
+            (set(&[]), true),
+        ] {
+            assert_eq!(after.withdraws_from(&before), withdraws, "{after:?}");
+        }
+        assert!(!before.withdraws_from(&AdmittedSet::default()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_checks_are_asked_for_by_withdrawals_and_full_passes() {
+        let publisher = Publisher::new();
+        let checks = || publisher.subscribe().borrow().checks;
+        publisher.swap(set(&[("a", true), ("b", true)]));
+        assert_eq!(checks(), 0, "the first set takes nothing back");
+        publisher.swap(set(&[("a", true), ("b", true), ("c", true)]));
+        publisher.pass_finished(Instant::now(), false);
+        assert_eq!(checks(), 0, "an addition and a partial pass ask for none");
+        publisher.swap(set(&[("a", true), ("b", false), ("c", true)]));
+        assert_eq!(checks(), 1, "a bootstrap certificate taken back");
+        publisher.swap(set(&[("a", true), ("c", true)]));
+        assert_eq!(checks(), 2, "an agent removed");
+        publisher.pass_finished(Instant::now(), true);
+        assert_eq!(checks(), 3, "a full pass");
     }
 }

@@ -87,6 +87,12 @@ pub fn decide(
         Ok(Identity::NotAgent) => return Verdict::Refuse(Refusal::NotAgent),
         Err(_) => return Verdict::Refuse(Refusal::BadRequest(UNREADABLE_CERTIFICATE)),
     };
+    judge(id, bootstrap, admitted)
+}
+
+/// The rule itself, for an agent's certificate (`bootstrap`: its bootstrap one): what the
+/// admitted set says of it. Revocation (§12.6) asks the same of a live connection.
+pub fn judge(id: AgentId, bootstrap: bool, admitted: impl Fn(&AgentId) -> Option<bool>) -> Verdict {
     match admitted(&id) {
         None => Verdict::Refuse(Refusal::UnknownAgent(id)),
         Some(false) if bootstrap => Verdict::Refuse(Refusal::BootstrapRefused(id)),

@@ -33,10 +33,21 @@ pub struct UnreadableCertificate(String);
 pub fn identify(leaf_pem: &str) -> Result<Identity, UnreadableCertificate> {
     let certificate = Certificate::from_pem(leaf_pem.as_bytes())
         .map_err(|e| UnreadableCertificate(e.to_string()))?;
-    Ok(identify_subject(certificate.tbs_certificate().subject()))
+    Ok(identify_name(certificate.tbs_certificate().subject()))
 }
 
-fn identify_subject(subject: &x509_cert::name::Name) -> Identity {
+/// The identity a subject written as RFC 4514 text names — nats-server's own spelling in
+/// CONNZ's `tls_peer_certs[].subject` (`CN=…,O=…,C=…`, Go's order and escaping) — read
+/// attribute by attribute exactly as [`identify`] reads a certificate's. Text that does not
+/// parse is not an agent's.
+pub fn identify_subject(subject: &str) -> Identity {
+    match subject.parse::<x509_cert::name::Name>() {
+        Ok(name) => identify_name(&name),
+        Err(_) => Identity::NotAgent,
+    }
+}
+
+fn identify_name(subject: &x509_cert::name::Name) -> Identity {
     let (mut country, mut organization, mut common_name) = (None, None, None);
     for attribute in subject.iter() {
         let slot = match attribute.oid {
@@ -190,7 +201,7 @@ mod tests {
     /// Subjects rcgen cannot make (it keeps one value per attribute type), as RFC 4514 text.
     #[test]
     fn a_repeated_attribute_is_not_an_agent_and_grouping_does_not_matter() {
-        let subject = |text: &str| identify_subject(&text.parse().unwrap());
+        let subject = identify_subject;
         for repeated in [
             "CN=a1.agent.bosh-internal,CN=a2.agent.bosh-internal,O=Cloud Foundry,C=USA",
             "CN=a1.agent.bosh-internal,CN=a1.agent.bosh-internal,O=Cloud Foundry,C=USA",
@@ -207,6 +218,107 @@ mod tests {
             subject("CN=a1.agent.bosh-internal,O=Cloud Foundry+C=USA"),
             agent("a1", false)
         );
+    }
+
+    /// nats-server writes a certificate's subject with Go's `pkix.Name.String()`: RDNs last
+    /// first, joined by `,`, special characters escaped with `\`. Read attribute by attribute,
+    /// the text names the same identity as the certificate it came from.
+    #[test]
+    fn subjects_as_nats_server_spells_them() {
+        for (text, expected) in [
+            (
+                "CN=a1.agent.bosh-internal,O=Cloud Foundry,C=USA",
+                agent("a1", false),
+            ),
+            (
+                "CN=a1.bootstrap.agent.bosh-internal,O=Cloud Foundry,C=USA",
+                agent("a1", true),
+            ),
+            (
+                "C=USA,O=Cloud Foundry,CN=a1.agent.bosh-internal",
+                agent("a1", false),
+            ),
+            // The subject files' spelling is not RFC 4514 (a space after `,` belongs to the
+            // next attribute's type), and nats-server never writes it.
+            (
+                "C=USA, O=Cloud Foundry, CN=a1.agent.bosh-internal",
+                Identity::NotAgent,
+            ),
+            (
+                "CN=default.director.bosh-internal,O=Cloud Foundry,C=USA",
+                Identity::NotAgent,
+            ),
+            (
+                "CN=default.nats-sync.bosh-internal,O=Cloud Foundry,C=USA",
+                Identity::NotAgent,
+            ),
+            ("CN=accept-ca", Identity::NotAgent),
+            // An escaped comma is part of the value, not a second attribute.
+            (
+                "CN=a1.agent.bosh-internal\\,O=Cloud Foundry,O=Cloud Foundry,C=USA",
+                Identity::NotAgent,
+            ),
+            (
+                "CN=a1.agent.bosh-internal,OU=x,O=Cloud Foundry,C=USA",
+                Identity::NotAgent,
+            ),
+            (
+                "CN=a1.agent.bosh-internal,O=Cloud Foundry,C=US",
+                Identity::NotAgent,
+            ),
+            ("", Identity::NotAgent),
+            ("not a subject", Identity::NotAgent),
+            (
+                "CN=a1.agent.bosh-internal,O=Cloud Foundry,C=USA,",
+                Identity::NotAgent,
+            ),
+        ] {
+            assert_eq!(identify_subject(text), expected, "{text:?}");
+        }
+    }
+
+    /// Every subject a certificate can have reads the same from the certificate and from
+    /// the text nats-server makes of it (its attributes in reverse order).
+    #[test]
+    fn a_certificate_and_its_subject_text_agree() {
+        use DnType::*;
+        for attributes in [
+            vec![
+                (CountryName, "USA"),
+                (OrganizationName, "Cloud Foundry"),
+                (CommonName, "a1.agent.bosh-internal"),
+            ],
+            vec![
+                (CommonName, "b2.bootstrap.agent.bosh-internal"),
+                (CountryName, "USA"),
+                (OrganizationName, "Cloud Foundry"),
+            ],
+            vec![
+                (CountryName, "USA"),
+                (OrganizationName, "Cloud Foundry"),
+                (CommonName, "default.hm.bosh-internal"),
+            ],
+        ] {
+            let text = attributes
+                .iter()
+                .rev()
+                .map(|(kind, value)| {
+                    let name = match kind {
+                        CountryName => "C",
+                        OrganizationName => "O",
+                        CommonName => "CN",
+                        _ => unreachable!(),
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            assert_eq!(
+                identify_subject(&text),
+                identify(&certificate(&attributes)).unwrap(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

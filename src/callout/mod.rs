@@ -17,10 +17,16 @@
 //!
 //! What nats-server must start with for any of this to happen: [`auth_file`] writes it
 //! (§12.3), and [`server_version`] refuses a server older than 2.10, which has no callout.
+//!
+//! Revocation (§12.6) closes the live connections the set no longer allows, the same three
+//! steps one level down, in [`revoker`]'s task of its own: [`connz`] observes every server's
+//! connections through the system account and closes one, [`revoke::decide`] is the pure
+//! decision between them.
 
 pub mod admitted;
 pub mod answer;
 pub mod auth_file;
+pub mod connz;
 pub mod decide;
 pub mod identity;
 pub mod jwt;
@@ -28,12 +34,14 @@ pub mod keys;
 pub mod report;
 pub mod request;
 pub mod responder;
+pub mod revoke;
+pub mod revoker;
 pub mod server_version;
 pub mod state;
 
 pub use answer::{UserTtl, reply};
 pub use decide::{Admission, Refusal, Verdict, decide};
-pub use identity::{Identity, identify};
+pub use identity::{Identity, identify, identify_subject};
 pub use keys::{CurveKey, IssuerKey, KeyError, Keys};
 pub use request::{Request, RequestError, open};
 

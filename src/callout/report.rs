@@ -1,16 +1,21 @@
 //! What callout mode tells the metrics, `/status` and the log (§12.5): every answer by
 //! result, its latency, the event polls unknown agents asked for, the connection, and each
 //! refusal — logged with the agent id (no secret), at most [`REFUSAL_LINES_PER_SECOND`] a
-//! second so that a reconnect storm of unknown agents cannot flood the log.
+//! second so that a reconnect storm of unknown agents cannot flood the log. And the
+//! revoker's (§12.6): each revocation by result, logged with the agent id and the reason,
+//! and the connections each check saw.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{Health, Label, Metrics};
+use metrics::{CalloutRevocation, Health, Label, Metrics};
 use tokio::time::Instant;
 
+use super::connz::Kicked;
 use super::decide::Refusal;
 use super::responder::Observer;
+use super::revoke::Kick;
+use super::revoker::RevocationObserver;
 
 /// How the responder can answer a request: the `result` label of
 /// `bosh_nats_sync_callout_requests_total`.
@@ -42,6 +47,40 @@ impl Label for CalloutResult {
             Self::BootstrapRefused => "bootstrap_refused",
             Self::BadRequest => "bad_request",
             Self::Error => "error",
+        }
+    }
+}
+
+/// What closing a connection the admitted set no longer allows did: the `result` label of
+/// `bosh_nats_sync_callout_revocations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationResult {
+    /// nats-server closed it.
+    Kicked,
+    /// It was no longer there.
+    Gone,
+    /// No answer, or an error: the check is repeated.
+    Error,
+}
+
+impl Label for RevocationResult {
+    const ALL: &'static [Self] = &[Self::Kicked, Self::Gone, Self::Error];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Kicked => "kicked",
+            Self::Gone => "gone",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl RevocationResult {
+    pub fn of(kicked: &Kicked) -> Self {
+        match kicked {
+            Kicked::Closed => Self::Kicked,
+            Kicked::Gone => Self::Gone,
+            Kicked::Failed(_) => Self::Error,
         }
     }
 }
@@ -146,6 +185,62 @@ impl Observer for Reported {
 
     fn connected(&self, up: bool) {
         self.health.callout_connected(up);
+    }
+}
+
+/// The revoker's observer: every revocation counted, shown and logged with its agent and
+/// reason; the connections each check saw.
+impl RevocationObserver for Reported {
+    fn observed(&self, servers: usize, connections: usize) {
+        self.metrics.callout_connections_observed(connections);
+        tracing::debug!(servers, connections, "observed nats-server's connections");
+    }
+
+    fn revoked(&self, kick: &Kick, kicked: &Kicked) {
+        let result = RevocationResult::of(kicked);
+        self.health.callout_revoked(CalloutRevocation {
+            agent: kick.agent.to_string(),
+            server: kick.server.name.clone(),
+            reason: kick.refusal.reason(),
+            result: result.as_str(),
+        });
+        let agent = kick.agent.as_str();
+        let reason = kick.refusal.message();
+        let (server, cid, bootstrap) = (kick.server.name.as_str(), kick.cid, kick.bootstrap);
+        match kicked {
+            Kicked::Closed => tracing::info!(
+                agent,
+                reason,
+                bootstrap,
+                server,
+                cid,
+                "closed a connection the admitted set no longer allows"
+            ),
+            Kicked::Gone => tracing::info!(
+                agent,
+                reason,
+                bootstrap,
+                server,
+                cid,
+                "a connection the admitted set no longer allows was already gone"
+            ),
+            Kicked::Failed(error) => tracing::warn!(
+                agent,
+                reason,
+                bootstrap,
+                server,
+                cid,
+                error = error.as_str(),
+                "could not close a connection the admitted set no longer allows; the check is repeated"
+            ),
+        }
+    }
+
+    fn incomplete(&self, why: &str) {
+        tracing::warn!(
+            error = why,
+            "a revocation check could not see every connection; it is repeated"
+        );
     }
 }
 

@@ -11,13 +11,16 @@
 //!
 //! The connection reconnects by itself (async-nats resubscribes after a reconnect); while it
 //! is down, nats-server keeps the connections it already admitted and new agents retry.
+//!
+//! The same connection is the revoker's way into the system account (§12.6): the responder
+//! hands it over through a [`Link`], and says each time it (re)connects.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +48,28 @@ pub struct Connection {
     pub key_file: PathBuf,
     /// The CA that signed the server's certificate.
     pub ca_file: PathBuf,
+}
+
+impl Connection {
+    /// TLS with the service's certificate, a 5 s connection timeout.
+    fn options(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .name("bosh-nats-sync")
+            .require_tls(true)
+            .add_root_certificates(self.ca_file.clone())
+            .add_client_certificate(self.cert_file.clone(), self.key_file.clone())
+            .connection_timeout(Duration::from_secs(5))
+    }
+
+    /// One connection as the service, without retrying or reconnecting: for `diff`, which
+    /// lists the connections a pass would close (§12.6) and exits.
+    pub async fn connect_once(&self) -> Result<async_nats::Client, String> {
+        self.options()
+            .max_reconnects(Some(1))
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What the responder tells the rest of the program: one call per answer, and the state of
@@ -95,6 +120,23 @@ impl Poller {
     }
 }
 
+/// The responder's connection, as the revoker sees it: the client while there is one, and
+/// how many times it has connected (a count that moves is a connection that came back up).
+#[derive(Debug, Clone)]
+pub struct Link<C = async_nats::Client> {
+    pub client: Option<C>,
+    pub connects: u64,
+}
+
+impl<C> Default for Link<C> {
+    fn default() -> Self {
+        Self {
+            client: None,
+            connects: 0,
+        }
+    }
+}
+
 /// Everything an answer needs, shared by the answering tasks.
 pub struct Responder<O> {
     pub keys: Arc<Keys>,
@@ -105,6 +147,8 @@ pub struct Responder<O> {
     /// authorization timeout, so the answer still counts).
     pub wait_for_pass: Duration,
     pub observer: O,
+    /// Where the connection is handed to the revoker.
+    pub link: watch::Sender<Link>,
 }
 
 impl<O: Observer> Responder<O> {
@@ -121,6 +165,7 @@ impl<O: Observer> Responder<O> {
             } {
                 Ok(()) => return,
                 Err(e) => {
+                    this.link.send_modify(|link| link.client = None);
                     this.observer.connected(false);
                     tracing::warn!(url = %connection.url, error = %e, retry_in = ?delay, "the callout responder cannot reach nats-server");
                 }
@@ -140,18 +185,17 @@ impl<O: Observer> Responder<O> {
         cancel: CancellationToken,
     ) -> Result<(), ServeError> {
         let events = self.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name("bosh-nats-sync")
-            .require_tls(true)
-            .add_root_certificates(connection.ca_file.clone())
-            .add_client_certificate(connection.cert_file.clone(), connection.key_file.clone())
-            .connection_timeout(Duration::from_secs(5))
+        let client = connection
+            .options()
             .retry_on_initial_connect()
             .event_callback(move |event| {
                 let events = events.clone();
                 async move {
                     match event {
-                        async_nats::Event::Connected => events.observer.connected(true),
+                        async_nats::Event::Connected => {
+                            events.link.send_modify(|link| link.connects += 1);
+                            events.observer.connected(true);
+                        }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("the callout responder lost its connection to nats-server; reconnecting");
                             events.observer.connected(false);
@@ -171,6 +215,10 @@ impl<O: Observer> Responder<O> {
             .flush()
             .await
             .map_err(|e| ServeError(e.to_string()))?;
+        self.link.send_modify(|link| {
+            link.client = Some(client.clone());
+            link.connects += 1;
+        });
         self.observer.connected(true);
         tracing::info!(url = %connection.url, subject = SUBJECT, queue = QUEUE_GROUP, "answering nats-server's authorization requests");
         loop {

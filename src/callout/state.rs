@@ -102,8 +102,8 @@ impl Admission for CalloutAdmission {
         authfile::remove_stale_temp_files(&self.state_file)
     }
 
-    fn pass_finished(&self, began: tokio::time::Instant) {
-        self.publisher.pass_finished(began);
+    fn pass_finished(&self, began: tokio::time::Instant, full: bool) {
+        self.publisher.pass_finished(began, full);
     }
 
     fn set_on_write(&mut self, hook: WriteHook) {

@@ -31,8 +31,9 @@ pub trait Admission: Admitted {
     /// Removes what an interrupted store left behind; how many were removed. Run once, by
     /// the first pass.
     fn clean_up(&self) -> usize;
-    /// A pass that began at `began` succeeded, whatever it changed.
-    fn pass_finished(&self, _began: tokio::time::Instant) {}
+    /// A pass that began at `began` succeeded, whatever it changed; `full` when it listed the
+    /// whole director (start-up, resync, no watch).
+    fn pass_finished(&self, _began: tokio::time::Instant, _full: bool) {}
     /// Registers the hook told about each store's write, so the file watcher can ignore
     /// the events of our own writes.
     fn set_on_write(&mut self, hook: WriteHook);

@@ -412,7 +412,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
                 Scope::Partial => following.watch.held(held),
             }
         }
-        self.admission.pass_finished(began);
+        self.admission.pass_finished(began, scope == Scope::Full);
         // 4. Report: the agents the events announced are admitted once nats-server has
         // verifiably loaded them, or once the responder answers from them (§8); the facts
         // go out as `facts` is dropped.

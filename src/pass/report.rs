@@ -103,8 +103,10 @@ pub fn labels() -> Labels {
         // `Off` first: the state the gauge starts in, which `Watch::unreported` shows.
         watch_states: WatchState::values(),
         pass_kinds: Scope::values(),
-        // The callout responder's are not the passes': `modes::labels` adds them.
+        // The callout responder's and revoker's are not the passes': `modes::labels` adds
+        // them.
         callout_results: Vec::new(),
+        revocation_results: Vec::new(),
     }
 }
 

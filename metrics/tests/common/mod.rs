@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
-    BuildInfo, ErrorInfo, Health, Label, Labels, Metrics, PassSummary, ReloadSummary, WatchStatus,
+    BuildInfo, CalloutRevocation, ErrorInfo, Health, Label, Labels, Metrics, PassSummary,
+    ReloadSummary, WatchStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,6 +68,7 @@ pub fn labels() -> Labels {
             "bad_request",
             "error",
         ],
+        revocation_results: vec!["kicked", "gone", "error"],
     }
 }
 
@@ -288,4 +290,14 @@ pub fn record_everything(metrics: &Metrics, health: &Health) {
     health.callout_refused("unknown_agent", Some("a1".to_owned()));
     health.callout_admitted(3);
     health.callout_connected(true);
+    // Revocation (§12.6): a check that saw connections, and every result.
+    metrics.callout_connections_observed(12);
+    for result in labels().revocation_results {
+        health.callout_revoked(CalloutRevocation {
+            agent: "a1".to_owned(),
+            server: "n1".to_owned(),
+            reason: "unknown_agent",
+            result,
+        });
+    }
 }
