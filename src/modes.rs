@@ -558,6 +558,10 @@ pub async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> E
             match reconciler.admission().load_persisted() {
                 Ok(agents) => {
                     health.callout_admitted(agents);
+                    if agents > 0 {
+                        // A set to answer from: ready once the responder has subscribed.
+                        health.mark_ready();
+                    }
                     tracing::info!(
                         state_file = %callout.settings.state_file.display(),
                         agents,

@@ -462,3 +462,38 @@ async fn diff_shows_what_the_next_pass_would_admit() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// No bootstrap rule in callout mode: the director and the health monitor are static users of
+/// init's file, so a director that is down while the admitted set has been lost writes nothing
+/// and takes nobody's connection (file mode would write the component users alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_admitted_set_with_the_director_down_takes_nobody_back() {
+    let Some(env) = callout_env(vec![Vm::agent(A)]).await else {
+        return;
+    };
+    let (mut run, _base) = running(&env).await;
+    let held = env.connect(&agent_cn(A)).await.unwrap();
+    run.child.kill().await.unwrap();
+    let state = env.callout.as_ref().unwrap().state_file.clone();
+    std::fs::remove_file(&state).unwrap();
+    env.director.set_down(true);
+    let _run = env.spawn_run();
+    env.log_count_reaches(STARTUP, "pass failed", 2).await;
+    assert!(
+        !state.exists(),
+        "nothing was written in place of the lost set"
+    );
+    assert!(
+        !env.log()
+            .contains("writing the director/health-monitor users")
+    );
+    let observer = env.connect(HM_CN).await.unwrap();
+    assert_eq!(
+        sim::nats::probe_publish(&held, &observer, &format!("hm.agent.heartbeat.{A}"))
+            .await
+            .unwrap(),
+        Permission::Allowed,
+        "the admitted agent keeps its connection"
+    );
+    assert!(env.admitted(common::DIRECTOR_CN).await);
+}

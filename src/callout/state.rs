@@ -106,6 +106,10 @@ impl Admission for CalloutAdmission {
         self.publisher.pass_finished(began, full);
     }
 
+    fn bootstraps(&self) -> bool {
+        false
+    }
+
     fn set_on_write(&mut self, hook: WriteHook) {
         self.on_write = Some(hook);
     }

@@ -37,6 +37,13 @@ pub trait Admission: Admitted {
     /// Registers the hook told about each store's write, so the file watcher can ignore
     /// the events of our own writes.
     fn set_on_write(&mut self, hook: WriteHook);
+    /// Whether the bootstrap rule (§6.2) applies: the director's and the health monitor's
+    /// users stored while the director has not answered. File mode: yes, they are the auth
+    /// file's. Callout mode: no — they are static users of the file `init` wrote, and storing
+    /// a set without agents would only take the admitted ones back.
+    fn bootstraps(&self) -> bool {
+        true
+    }
 }
 
 /// How nats-server came to admit the stored users.

@@ -465,7 +465,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
         point: BootstrapPoint,
         subjects: Option<&Subjects>,
     ) -> Result<(), PassError> {
-        if !decide::bootstrap_allowed(memory, point) {
+        if !self.admission.bootstraps() || !decide::bootstrap_allowed(memory, point) {
             return Ok(());
         }
         let read;
