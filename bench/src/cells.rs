@@ -138,6 +138,7 @@ pub async fn measure(
             nats: None,
             // Full passes on the poll interval: what the grid measures.
             watch: Some(0.0),
+            callout: None,
         },
     )?;
     world.set_latency(cell.latency);
@@ -269,6 +270,7 @@ pub async fn idle(world: &World, binary: &Path, hold: Duration) -> anyhow::Resul
             poll_seconds: 0.1,
             nats: None,
             watch: Some(0.0),
+            callout: None,
         },
     )?;
     let start = Instant::now();
@@ -351,6 +353,7 @@ pub async fn nats_reload(
             poll_seconds: 60.0,
             nats: Some((nats.pid_file(), nats.monitoring_url())),
             watch: None,
+            callout: None,
         },
     )?;
     let once = measure::run_to_exit(

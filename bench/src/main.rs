@@ -5,6 +5,7 @@
 //! Benchmarks measure; they do not assert timings. The targets section only reports
 //! whether each figure met its target.
 
+mod admission;
 mod cells;
 mod measure;
 mod report;
@@ -69,6 +70,26 @@ pub struct Args {
     /// Only the watch benchmark (no grid, idle or reload figures).
     #[arg(long, conflicts_with = "nats_only")]
     pub watch_only: bool,
+    /// Only the admission benchmark (§12.5): file mode and callout mode side by side with
+    /// real TLS agents connected to the nats-server `$NATS_SERVER` names (2.10 or later).
+    #[arg(long, conflicts_with_all = ["nats_only", "watch_only"])]
+    pub callout_only: bool,
+    /// Agents connected during the admission benchmark, one run per mode each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+    pub callout_agents: Vec<usize>,
+    /// Deployments of the admission benchmark.
+    #[arg(long, default_value_t = 1000)]
+    pub callout_deployments: usize,
+    /// VMs created one after another per callout-mode run.
+    #[arg(long, default_value_t = 20)]
+    pub callout_creations: usize,
+    /// VMs created per file-mode run (default: as many as in callout mode; fewer when a
+    /// file-mode run would take too long).
+    #[arg(long)]
+    pub file_creations: Option<usize>,
+    /// Connects in flight while the agents connect.
+    #[arg(long, default_value_t = 32)]
+    pub connect_parallel: usize,
     /// Only the real nats-server reload check, for every `--nats-server`.
     #[arg(long)]
     pub nats_only: bool,
@@ -121,7 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let world = World::start(args.wrapper.as_deref()).await?;
     let started = std::time::Instant::now();
     let mut results: Vec<CellResult> = Vec::new();
-    let only = args.watch_only || args.nats_only;
+    let only = args.watch_only || args.nats_only || args.callout_only;
     let grid = if only { &[][..] } else { &deployments[..] };
     for &d in grid {
         world.populate(d, args.vms);
@@ -162,7 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut nats = Vec::new();
-    if nats_deployments > 0 && !args.watch_only {
+    if nats_deployments > 0 && !args.watch_only && !args.callout_only {
         world.populate(nats_deployments, args.vms);
         let servers = args
             .nats_server
@@ -181,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let watch_deployments = if args.nats_only {
+    let watch_deployments = if args.nats_only || args.callout_only {
         0
     } else {
         args.watch_deployments
@@ -216,17 +237,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    let mut admission_runs = Vec::new();
+    if args.callout_only {
+        let exe = sim::nats::executable();
+        let version = sim::nats::version(&exe)?;
+        if !sim::nats::has_auth_callout(&version) {
+            bail!(
+                "nats-server {version} ({}) has no auth callout: name 2.10 or later in $NATS_SERVER",
+                exe.display()
+            );
+        }
+        let plan = admission::Plan {
+            deployments: args.callout_deployments,
+            vms: args.vms,
+            latency: Duration::from_millis(args.watch_latency_ms),
+            creations: args.callout_creations,
+            file_creations: args.file_creations.unwrap_or(args.callout_creations),
+            spacing: Duration::from_millis(700),
+            retry: Duration::from_millis(100),
+            director_every: Duration::from_millis(100),
+            connect_parallel: args.connect_parallel,
+            nats_server: exe,
+        };
+        let most = args.callout_agents.iter().copied().max().unwrap_or(0);
+        let certs = admission::agent_certs(&world, most, plan.deployments)
+            .context("the agents' certificates")?;
+        for &n in &args.callout_agents {
+            for mode in [admission::Mode::File, admission::Mode::Callout] {
+                eprintln!(
+                    "bench: admission, {} mode, {n} agents connected, {} x {} at {} ms ...",
+                    mode.label(),
+                    plan.deployments,
+                    plan.vms,
+                    args.watch_latency_ms
+                );
+                let run = admission::measure(&world, &binary, &plan, mode, &certs[..n])
+                    .await
+                    .with_context(|| format!("admission, {} mode, {n} agents", mode.label()))?;
+                eprintln!("bench:   {}", run.summary());
+                admission_runs.push(run);
+            }
+        }
+    }
+
     let report = report::Report {
         command: &args.command,
         results: &results,
         idle: idle.as_ref(),
         nats: &nats,
         watch: &watch_runs,
+        admission: &admission_runs,
         elapsed: started.elapsed(),
     };
     let markdown = (!only).then(|| report.markdown());
     let watch_markdown = report.watch_markdown();
     let nats_markdown = report.nats_markdown();
+    let admission_markdown = report.admission_markdown();
     match &args.markdown {
         Some(path) => {
             if let Some(markdown) = &markdown {
@@ -238,10 +304,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Some(section) = &nats_markdown {
                 report::replace_nats_section(path, section)?;
             }
+            if let Some(section) = &admission_markdown {
+                report::replace_admission_section(path, section)?;
+            }
             eprintln!("bench: wrote {}", path.display());
         }
         None => {
-            for section in markdown.iter().chain(&nats_markdown).chain(&watch_markdown) {
+            for section in markdown
+                .iter()
+                .chain(&nats_markdown)
+                .chain(&watch_markdown)
+                .chain(&admission_markdown)
+            {
                 println!("{section}");
             }
         }

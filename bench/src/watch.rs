@@ -119,6 +119,7 @@ pub async fn measure(
             poll_seconds: plan.poll_seconds,
             nats: Some((nats.pid_file(), nats.monitoring_url())),
             watch: Some(watch.unwrap_or(0.0)),
+            callout: None,
         },
     )?;
     // A director that records events and has deployed has an event log: here, its last

@@ -50,6 +50,23 @@ pub struct CellConfig<'a> {
     pub nats: Option<(&'a Path, &'a str)>,
     /// `intervals.watch` (§6.6); `None` leaves the key out (the program's default).
     pub watch: Option<f64>,
+    /// `nats.admission: callout` with these `nats.callout` keys (§12.2); `None`: file mode.
+    pub callout: Option<&'a CalloutKeys>,
+}
+
+/// The files and settings of `nats.callout` (§12.2).
+pub struct CalloutKeys {
+    /// The local nats-server (`tls://127.0.0.1:PORT`).
+    pub url: String,
+    /// The service's own client certificate (a static user of the auth file).
+    pub service: sim::pki::CertFiles,
+    /// The issuer's account seed, mode 0600.
+    pub issuer_seed_file: PathBuf,
+    pub state_file: PathBuf,
+    /// `nats.callout.timeout`, seconds.
+    pub timeout: f64,
+    /// `nats.callout.user_ttl`, seconds.
+    pub user_ttl: f64,
 }
 
 impl World {
@@ -157,13 +174,18 @@ impl World {
     }
 
     /// The configuration the BOSH job template writes, plus the new keys a benchmark sets:
-    /// concurrency, JSON logs, the HTTP server on a free port, generous timeouts.
-    pub fn write_config(&self, files: &CellFiles, c: &CellConfig<'_>) -> anyhow::Result<()> {
+    /// concurrency, JSON logs, the HTTP server on a free port (returned), generous timeouts,
+    /// and callout mode when asked for.
+    pub fn write_config(
+        &self,
+        files: &CellFiles,
+        c: &CellConfig<'_>,
+    ) -> anyhow::Result<std::net::SocketAddr> {
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], sim::ports::free_port()));
         let (pid_file, monitoring) = match c.nats {
             Some((pid, url)) => (
                 pid.to_path_buf(),
-                format!("  monitoring_url: {url}\n  reload_verify_timeout: 300\n"),
+                format!("  monitoring_url: {url}\n  reload_verify_timeout: 900\n"),
             ),
             None => (self.pid_file.clone(), String::new()),
         };
@@ -173,7 +195,7 @@ impl World {
              \x20 director_ca_cert: {ca}\n  director_subject_file: {ds}\n  hm_subject_file: {hs}\n\
              \x20 connection_wait_timeout: 0\n  max_concurrency: {conc}\n\
              intervals:\n  poll_user_sync: {poll}\n  pass_timeout: 1800\n{watch}\
-             nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}\
+             nats:\n  config_file_path: {auth}\n  nats_server_pid_file: {pid}\n{monitoring}{callout}\
              logfile: {log}\n\
              log:\n  format: json\n\
              http:\n  listen: {listen}\n",
@@ -186,10 +208,28 @@ impl World {
             watch = c.watch.map_or(String::new(), |w| format!("  watch: {w}\n")),
             auth = files.auth_file.display(),
             pid = pid_file.display(),
+            callout = c.callout.map_or(String::new(), |k| self.callout_keys(k)),
             log = files.log.display(),
         );
         std::fs::write(&files.config, text)?;
-        Ok(())
+        Ok(listen)
+    }
+
+    /// The `nats.admission` and `nats.callout` lines of callout mode.
+    fn callout_keys(&self, k: &CalloutKeys) -> String {
+        format!(
+            "  admission: callout\n  callout:\n    url: {url}\n    cert_file: {cert}\n    key_file: {key}\n\
+             \x20   ca_file: {ca}\n    issuer_seed_file: {seed}\n    state_file: {state}\n\
+             \x20   timeout: {timeout}\n    user_ttl: {ttl}\n",
+            url = k.url,
+            cert = k.service.cert.display(),
+            key = k.service.key.display(),
+            ca = self.files.ca_cert.display(),
+            seed = k.issuer_seed_file.display(),
+            state = k.state_file.display(),
+            timeout = k.timeout,
+            ttl = k.user_ttl,
+        )
     }
 }
 

@@ -477,6 +477,32 @@ impl NatsServer {
         Ok(started.elapsed())
     }
 
+    /// Restarts the server the way an operator's `restart` does: SIGTERM (nats-server closes
+    /// every connection and exits), then the same configuration again, listening on the
+    /// same client and monitoring ports — so clients that reconnect by themselves find it
+    /// again. The log goes on in the same file. Returns how long after the signal the old
+    /// process had exited and the new one listened.
+    pub async fn restart(&mut self) -> Result<Restarted, NatsError> {
+        let signalled = Instant::now();
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()?;
+        if !status.success() {
+            return Err(NatsError::Client(format!(
+                "kill -TERM {} failed: {status}",
+                self.pid
+            )));
+        }
+        self.child.wait().await?;
+        let exited = signalled.elapsed();
+        self.start_again().await?;
+        Ok(Restarted {
+            exited,
+            listening: signalled.elapsed(),
+        })
+    }
+
     /// Sends SIGHUP to the server (what `nats-server --signal reload` does).
     pub fn reload(&self) -> Result<(), NatsError> {
         let status = std::process::Command::new("kill")
@@ -522,6 +548,15 @@ fn spawn(
         .id()
         .ok_or_else(|| NatsError::Monitoring("child exited before its pid was read".into()))?;
     Ok((child, pid))
+}
+
+/// What [`NatsServer::restart`] took, from its SIGTERM.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// Until the old process had exited.
+    pub exited: Duration,
+    /// Until the new one listened (its ports file written, `/varz` answering).
+    pub listening: Duration,
 }
 
 fn quote(path: &Path) -> String {
