@@ -276,7 +276,7 @@ fn callout_file(config: &Config, settings: &CalloutSettings) -> Result<CalloutFi
         let key = match &e {
             KeyError::Read { path, .. }
             | KeyError::Readable { path, .. }
-            | KeyError::NotASeed { path }
+            | KeyError::NotASeed { path, .. }
             | KeyError::WrongKind { path, .. }
                 if Some(path) == settings.xkey_seed_file.as_ref() =>
             {

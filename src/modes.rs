@@ -104,6 +104,9 @@ fn observability(config: &Config) -> (Arc<Metrics>, Arc<Health>) {
         config.pass_timeout,
     );
     let health = Health::new(metrics.clone(), limit, Watch::unreported());
+    if config.ready_after_full_pass {
+        health.ready_after_full_pass();
+    }
     (metrics, Arc::new(health))
 }
 
@@ -266,11 +269,15 @@ pub fn check_config(config: &Config) -> ExitCode {
         ),
     };
     println!(
-        "{}: OK (director {}, auth file {}, {admission}, {})",
+        "{}: OK (director {}, auth file {}, {admission}, {}{})",
         config.path.display(),
         config.director.url,
         config.nats.auth_file.display(),
-        describe_watch(config)
+        describe_watch(config),
+        match (&config.admission, config.ready_after_full_pass) {
+            (Admission::File, true) => ", ready after the first full pass",
+            _ => "",
+        }
     );
     ExitCode::SUCCESS
 }

@@ -546,6 +546,73 @@ async fn every_known_series_is_exported_from_start_up() {
 // ---------------------------------------------------------------------------------------
 // Liveness and readiness through failures.
 
+/// A pod of a cluster (`http.ready_after_full_pass`, which the chart sets there): the
+/// bootstrap users let the director and the health monitor in, but the Service must not send
+/// agents to this server before a pass has read them from the director — `/readyz` waits for
+/// it. Without the key (a single pod, a BOSH VM) the bootstrap users make it ready, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_readiness_waits_for_the_first_full_pass_not_the_bootstrap_users() {
+    for wait_for_full_pass in [true, false] {
+        let env = Env::start(Auth::Basic, vec![Vm::agent(A).permanent(true)]).await;
+        env.director.set_down(true);
+        let mut keys = vec![("intervals.backoff_max", "1")];
+        if wait_for_full_pass {
+            keys.push(("http.ready_after_full_pass", "true"));
+        }
+        let base = env.write_config_http(1.0, &keys, "");
+        let _running = env.spawn_run();
+        until(
+            WITHIN,
+            "the bootstrap users let the director in",
+            || async {
+                ensure(env.admitted(common::DIRECTOR_CN).await, || {
+                    "the director is refused".to_owned()
+                })
+            },
+        )
+        .await;
+        until(
+            WITHIN,
+            "a failed pass after the bootstrap users",
+            || async {
+                let m = scrape(&base).await?;
+                let errors = m.get("bosh_nats_sync_passes_total", &[("result", "error")]);
+                ensure(errors >= 1.0, || format!("{errors} failed passes"))
+            },
+        )
+        .await;
+        assert!(!env.admitted(&sim::pki::agent_cn(A)).await, "no agent yet");
+        let (status, body) = get(&base, "/readyz").await.unwrap();
+        if !wait_for_full_pass {
+            assert_eq!(status, 200, "the bootstrap users make ready: {body}");
+            continue;
+        }
+        assert_eq!(status, 503, "{body}\n{}", env.diagnostics());
+        assert!(
+            body.starts_with(
+                "not ready: nats-server has the director and health-monitor users, but no pass \
+                 has read the director's agents yet (http.ready_after_full_pass)"
+            ),
+            "{body}"
+        );
+        env.director.set_down(false);
+        until(
+            WITHIN,
+            "/readyz 200 once a pass has read the director",
+            || async {
+                let (status, body) = get(&base, "/readyz").await?;
+                ensure(status == 200, || format!("{status} {body}"))
+            },
+        )
+        .await;
+        assert!(
+            env.admitted(&sim::pki::agent_cn(A)).await,
+            "ready means the director's agents are admitted\n{}",
+            env.diagnostics()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_usable_config_and_survives_a_rejected_reload() {
     let env = Env::start(Auth::Basic, vec![Vm::agent(A).permanent(true)]).await;

@@ -195,6 +195,12 @@ struct State {
     ready_since: Option<SystemTime>,
     /// The passes have given nats-server a usable set of users ([`Health::mark_ready`]).
     content_ready: bool,
+    /// Only a pass that read the director makes the content ready, not the bootstrap users
+    /// ([`Health::ready_after_full_pass`]).
+    after_full_pass: bool,
+    /// The bootstrap users are loaded, while readiness waits for a pass that read the
+    /// director.
+    bootstrap_loaded: bool,
     /// The watch's last report, or what the program said to show before it reports.
     watch: WatchStatus,
     /// Callout mode's responder (§12); `None` in file mode.
@@ -233,6 +239,8 @@ impl Health {
                 next_pass: None,
                 ready_since: None,
                 content_ready: false,
+                after_full_pass: false,
+                bootstrap_loaded: false,
                 watch: unreported,
                 callout: None,
             }),
@@ -368,6 +376,25 @@ impl Health {
         Self::maybe_ready(&mut s);
     }
 
+    /// Readiness waits for the first pass that read the director: loading the bootstrap
+    /// users ([`Health::bootstrap_loaded`]) no longer makes the process ready (§7, a pod of a
+    /// cluster, where the Service would send agents to a server that refuses them).
+    pub fn ready_after_full_pass(&self) {
+        self.state().after_full_pass = true;
+    }
+
+    /// nats-server loaded the bootstrap users (§6.2): ready, unless readiness waits for a
+    /// pass that read the director ([`Health::ready_after_full_pass`]).
+    pub fn bootstrap_loaded(&self) {
+        let mut s = self.state();
+        if s.after_full_pass {
+            s.bootstrap_loaded = true;
+            return;
+        }
+        s.content_ready = true;
+        Self::maybe_ready(&mut s);
+    }
+
     /// Ready once the passes gave nats-server usable users — and in callout mode, once the
     /// responder has been subscribed too (§12.4): before that, nobody answers nats-server.
     fn maybe_ready(s: &mut State) {
@@ -487,8 +514,17 @@ impl Health {
                     .to_owned(),
             ));
         }
-        let mut reason =
-            String::from("not ready: nats-server has not loaded a usable auth file yet");
+        let mut reason = if s.callout.is_some() {
+            String::from(
+                "not ready: no admitted set loaded yet (none persisted, and no pass has read the director)",
+            )
+        } else if s.bootstrap_loaded {
+            String::from(
+                "not ready: nats-server has the director and health-monitor users, but no pass has read the director's agents yet (http.ready_after_full_pass)",
+            )
+        } else {
+            String::from("not ready: nats-server has not loaded a usable auth file yet")
+        };
         let reload_error = s
             .last_reload
             .as_ref()
@@ -819,6 +855,42 @@ mod tests {
         h.reload_finished(reload_failed("reload", "x"));
         assert_eq!(h.readiness(), Ok(()));
         assert!(h.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bootstrap_users_make_ready_unless_readiness_waits_for_a_full_pass() {
+        let (_, h) = health();
+        h.bootstrap_loaded();
+        assert_eq!(h.readiness(), Ok(()), "by default the bootstrap users do");
+        let (_, h) = health();
+        h.ready_after_full_pass();
+        h.bootstrap_loaded();
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: nats-server has the director and health-monitor users, but no pass has \
+             read the director's agents yet (http.ready_after_full_pass)"
+        );
+        h.pass_finished(failed("connection", "refused"));
+        assert!(!h.is_ready(), "a failed pass changes nothing");
+        h.mark_ready();
+        assert_eq!(h.readiness(), Ok(()), "a pass that read the director does");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_callout_mode_readiness_names_what_is_missing() {
+        let (_, h) = health();
+        h.callout_mode();
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: no admitted set loaded yet (none persisted, and no pass has read the director)"
+        );
+        h.mark_ready();
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: the callout responder has not subscribed to nats-server's authorization requests yet"
+        );
+        h.callout_connected(true);
+        assert_eq!(h.readiness(), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

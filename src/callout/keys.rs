@@ -5,6 +5,12 @@
 //! A seed is read from a file only that file's owner may read, and is never formatted: the
 //! key types print `[redacted]` where the seed would be, and no error carries the file's
 //! text — only its path, its mode, and the kind of seed it holds.
+//!
+//! The issuer's seed file may hold, instead of an nkey seed, the key's 32 random bytes in
+//! standard base64 (44 characters, as `head -c 32 /dev/urandom | base64` or Helm's
+//! `randBytes 32` make them): an ed25519 seed is 32 random bytes, and the nkey form only adds
+//! a kind prefix and a checksum, which a chart template cannot compute. Both give the same
+//! kind of account key.
 
 use std::fmt;
 use std::fs::File;
@@ -28,8 +34,11 @@ pub enum KeyError {
         path.display()
     )]
     Readable { path: PathBuf, mode: u32 },
-    #[error("{} does not hold an nkey seed", path.display())]
-    NotASeed { path: PathBuf },
+    #[error("{} does not hold {expected}", path.display())]
+    NotASeed {
+        path: PathBuf,
+        expected: &'static str,
+    },
     #[error("{} holds {found}, not {expected}", path.display())]
     WrongKind {
         path: PathBuf,
@@ -70,10 +79,17 @@ impl IssuerKey {
         Self(KeyPair::new_account())
     }
 
-    /// The account seed (`SA…`) in `path`.
+    /// The account seed in `path`: an nkey seed (`SA…`), or the key's 32 random bytes in
+    /// standard base64.
     pub fn from_seed_file(path: &Path) -> Result<Self, KeyError> {
-        let seed = read_seed(path, Kind::Account)?;
-        let pair = KeyPair::from_seed(&seed).map_err(|_| not_a_seed(path))?;
+        let text = read_owner_only(path)?;
+        if let Some(raw) = raw_key(&text) {
+            let pair = KeyPair::new_from_raw(KeyPairType::Account, *raw)
+                .map_err(|_| not_a_seed(path, Kind::Account))?;
+            return Ok(Self(pair));
+        }
+        let seed = nkey_seed(path, text, Kind::Account)?;
+        let pair = KeyPair::from_seed(&seed).map_err(|_| not_a_seed(path, Kind::Account))?;
         Ok(Self(pair))
     }
 
@@ -107,8 +123,9 @@ impl CurveKey {
 
     /// The curve seed (`SX…`) in `path`.
     pub fn from_seed_file(path: &Path) -> Result<Self, KeyError> {
-        let seed = read_seed(path, Kind::Curve)?;
-        let key = XKey::from_seed(&seed).map_err(|_| not_a_seed(path))?;
+        let text = read_owner_only(path)?;
+        let seed = nkey_seed(path, text, Kind::Curve)?;
+        let key = XKey::from_seed(&seed).map_err(|_| not_a_seed(path, Kind::Curve))?;
         Ok(Self(key))
     }
 
@@ -188,6 +205,14 @@ impl Kind {
             Kind::Curve => "a curve seed (SX…)",
         }
     }
+
+    /// What a file of this kind may hold, for the error when it holds neither.
+    fn accepted(self) -> &'static str {
+        match self {
+            Kind::Account => "an account seed (SA…) nor 32 random bytes in base64 (44 characters)",
+            Kind::Curve => "a curve seed (SX…)",
+        }
+    }
 }
 
 /// What a seed's second letter says it is (the letter marks the kind; it is no secret).
@@ -203,15 +228,16 @@ fn described(letter: u8) -> &'static str {
     }
 }
 
-fn not_a_seed(path: &Path) -> KeyError {
+fn not_a_seed(path: &Path, kind: Kind) -> KeyError {
     KeyError::NotASeed {
         path: path.to_owned(),
+        expected: kind.accepted(),
     }
 }
 
-/// The seed text in `path`, surrounding whitespace trimmed, after checking that only the
-/// owner may read the file and that it holds a well-formed seed of `kind`.
-fn read_seed(path: &Path, kind: Kind) -> Result<Zeroizing<String>, KeyError> {
+/// The text in `path`, surrounding whitespace trimmed, after checking that only the owner
+/// may read the file. A file that is not UTF-8 reads as no text, which no kind accepts.
+fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     let read_error = |source| KeyError::Read {
         path: path.to_owned(),
         source,
@@ -226,15 +252,44 @@ fn read_seed(path: &Path, kind: Kind) -> Result<Zeroizing<String>, KeyError> {
         });
     }
     let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            not_a_seed(path)
-        } else {
-            read_error(e)
-        }
-    })?;
-    let seed = Zeroizing::new(text.trim().to_owned());
-    let (_, mut raw) = nkeys::decode_seed(&seed).map_err(|_| not_a_seed(path))?;
+    match file.read_to_string(&mut text) {
+        Ok(_) => Ok(Zeroizing::new(text.trim().to_owned())),
+        // Not UTF-8: no text at all, which every kind refuses as not a seed.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Zeroizing::new(String::new())),
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+/// 32 bytes in standard base64 (padded or not), or `None`: the raw form of a key's seed.
+fn raw_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    // An nkey seed is 58 characters of base32; 32 bytes in base64 are 43 or 44.
+    if !(43..=44).contains(&text.len()) {
+        return None;
+    }
+    let engine = if text.ends_with('=') {
+        &STANDARD
+    } else {
+        &STANDARD_NO_PAD
+    };
+    let decoded = Zeroizing::new(engine.decode(text).ok()?);
+    let mut raw = Zeroizing::new([0u8; 32]);
+    if decoded.len() != raw.len() {
+        return None;
+    }
+    raw.copy_from_slice(&decoded);
+    Some(raw)
+}
+
+/// `text` when it is a well-formed nkey seed of `kind`.
+fn nkey_seed(
+    path: &Path,
+    text: Zeroizing<String>,
+    kind: Kind,
+) -> Result<Zeroizing<String>, KeyError> {
+    let seed = text;
+    let (_, mut raw) = nkeys::decode_seed(&seed).map_err(|_| not_a_seed(path, kind))?;
     zeroize::Zeroize::zeroize(&mut raw);
     let letter = seed.as_bytes()[1];
     if letter != kind.letter() {
@@ -350,6 +405,62 @@ mod tests {
         let err = IssuerKey::from_seed_file(&path).unwrap_err();
         assert!(matches!(err, KeyError::Read { .. }), "{err}");
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn an_issuer_key_may_be_given_as_32_random_bytes_in_base64() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: [u8; 32] = rand::random();
+        let expected = KeyPair::new_from_raw(KeyPairType::Account, bytes).unwrap();
+        // As Helm's `randBytes 32` and `head -c 32 /dev/urandom | base64` write it, padded
+        // and with a newline; and without its padding.
+        for text in [
+            format!("{}\n", STANDARD.encode(bytes)),
+            STANDARD_NO_PAD.encode(bytes),
+        ] {
+            let path = write(dir.path(), "issuer", &text, 0o400);
+            let key = IssuerKey::from_seed_file(&path).unwrap();
+            assert_eq!(key.public_key(), expected.public_key());
+            assert!(key.public_key().starts_with('A'), "an account key");
+            // The same key as the nkey seed of those bytes.
+            let seed = key.seed();
+            assert!(seed.starts_with("SA"), "an account seed");
+            let path = write(dir.path(), "issuer.nk", &seed, 0o600);
+            assert_eq!(
+                IssuerKey::from_seed_file(&path).unwrap().public_key(),
+                expected.public_key()
+            );
+        }
+        // The raw form is read only as it is: a file others may read is refused all the same.
+        let text = STANDARD.encode(bytes);
+        let path = write(dir.path(), "issuer", &text, 0o440);
+        let err = IssuerKey::from_seed_file(&path).unwrap_err();
+        assert!(
+            matches!(err, KeyError::Readable { mode: 0o440, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(&text), "{err}");
+        // 31 or 33 bytes, or not base64: not a key, and the text is not repeated.
+        let short = STANDARD.encode(&bytes[..31]);
+        let long = STANDARD.encode([bytes.as_slice(), &[7]].concat());
+        let mangled = format!("!{}", &text[1..]);
+        for text in [short.as_str(), long.as_str(), mangled.as_str()] {
+            let path = write(dir.path(), "issuer", text, 0o600);
+            let err = IssuerKey::from_seed_file(&path).unwrap_err();
+            assert!(matches!(err, KeyError::NotASeed { .. }), "{err}");
+            assert!(
+                err.to_string().contains("32 random bytes in base64"),
+                "the error says what is accepted: {err}"
+            );
+            assert!(!err.to_string().contains(text) && !format!("{err:?}").contains(text));
+        }
+        // A curve key has no raw form: its file must hold an SX… seed.
+        let path = write(dir.path(), "xkey", &text, 0o600);
+        let err = CurveKey::from_seed_file(&path).unwrap_err();
+        assert!(matches!(err, KeyError::NotASeed { .. }), "{err}");
+        assert!(err.to_string().contains("a curve seed (SX…)"), "{err}");
     }
 
     #[test]

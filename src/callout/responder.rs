@@ -10,7 +10,9 @@
 //! before it answers, so an agent whose VM exists is admitted on its first try.
 //!
 //! The connection reconnects by itself (async-nats resubscribes after a reconnect); while it
-//! is down, nats-server keeps the connections it already admitted and new agents retry.
+//! is down, nats-server keeps the connections it already admitted and new agents retry. It is
+//! made only once the admitted set is loaded, so a sidecar with nothing to answer from never
+//! takes a request another sidecar of the cluster could answer.
 //!
 //! The same connection is the revoker's way into the system account (§12.6): the responder
 //! hands it over through a [`Link`], and says each time it (re)connects.
@@ -152,9 +154,25 @@ pub struct Responder<O> {
 }
 
 impl<O: Observer> Responder<O> {
-    /// Connects, subscribes and answers until `cancel`. A failed connection is retried with
-    /// backoff (1 s doubling to 30 s); the error is logged each time.
+    /// Once the admitted set is loaded, connects, subscribes and answers until `cancel`. A
+    /// failed connection is retried with backoff (1 s doubling to 30 s); the error is logged
+    /// each time.
+    ///
+    /// Until the set is loaded — persisted by an earlier process, or made by a first pass —
+    /// the responder stays out of the queue group: it could only refuse every agent, and in a
+    /// cluster nats-server would hand it the requests of its own server first. The other
+    /// sidecars answer them meanwhile (§12.4).
     pub async fn run(self, connection: Connection, cancel: CancellationToken) {
+        let mut admitted = self.admitted.clone();
+        if !admitted.borrow().loaded {
+            tracing::info!(
+                "the admitted set is not loaded yet (none persisted): answering nats-server's authorization requests once a pass has read the director"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                loaded = admitted.wait_for(|p| p.loaded) => if loaded.is_err() { return },
+            }
+        }
         let this = Arc::new(self);
         let mut delay = Duration::from_secs(1);
         loop {

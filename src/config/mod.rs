@@ -147,6 +147,9 @@ pub struct Config {
     pub log_level: String,
     /// Address of the metrics/health server; `None` when disabled.
     pub http_listen: Option<SocketAddr>,
+    /// `http.ready_after_full_pass` (§7): in file mode `/readyz` waits for the first pass
+    /// that read the director, not the bootstrap users (for a pod of a cluster).
+    pub ready_after_full_pass: bool,
     /// Mass-removal damping (§6.5).
     pub damping: DampingSettings,
     /// `nats.admission` and `nats.callout` (§12.2).
@@ -279,6 +282,7 @@ struct RawLog {
 struct RawHttp {
     enabled: Field<bool>,
     listen: Field<String>,
+    ready_after_full_pass: Field<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -433,6 +437,9 @@ impl RawFile {
         let http = self.http.keys("http")?;
         let http_enabled = http.enabled.get("http.enabled")?.unwrap_or(true);
         let listen = http.listen.get("http.listen")?;
+        let ready_after_full_pass = (http.ready_after_full_pass)
+            .get("http.ready_after_full_pass")?
+            .unwrap_or(false);
         let listen = listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen.parse().map_err(|_| {
             let message = format!("{listen:?} is not an address like 127.0.0.1:9758");
@@ -486,6 +493,7 @@ impl RawFile {
             log_format,
             log_level,
             http_listen: http_enabled.then_some(listen),
+            ready_after_full_pass,
             damping,
             admission,
             unknown_keys,

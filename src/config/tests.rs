@@ -65,6 +65,7 @@ fn the_bosh_template_is_accepted_unchanged() {
         Some(Path::new("/var/vcap/sys/log/nats/bosh-nats-sync.log"))
     );
     assert_eq!(c.http_listen, Some("127.0.0.1:9758".parse().unwrap()));
+    assert!(!c.ready_after_full_pass);
     assert_eq!(
         (c.backoff_min, c.backoff_max, c.pass_timeout),
         (
@@ -227,6 +228,21 @@ fn new_keys_are_read() {
 fn http_can_be_disabled() {
     let c = parse(&format!("{BOSH_TEMPLATE}http:\n  enabled: false\n")).unwrap();
     assert_eq!(c.http_listen, None);
+}
+
+#[test]
+fn readiness_may_wait_for_the_first_full_pass() {
+    let c = parse(&format!(
+        "{BOSH_TEMPLATE}http:\n  ready_after_full_pass: true\n"
+    ))
+    .unwrap();
+    assert!(c.ready_after_full_pass);
+    let e = parse(&format!(
+        "{BOSH_TEMPLATE}http:\n  ready_after_full_pass: sometimes\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("http.ready_after_full_pass: must be"), "{e}");
 }
 
 #[test]

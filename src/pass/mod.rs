@@ -487,6 +487,7 @@ impl<D: Director, A: Admission> Reconciler<D, A> {
             "the file of admitted users holds no users: writing the director/health-monitor users before the director answers"
         );
         let mut facts = report::Facts::new(&self.report);
+        facts.bootstrap = true;
         apply::store(&self.admission, memory, &users)?;
         facts.stored = true;
         let loaded = apply::load(&self.admission, memory).await;

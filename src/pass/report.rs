@@ -127,6 +127,9 @@ pub struct Facts<'a> {
     pub loaded: Option<(Result<Loaded, ErrorInfo>, bool)>,
     /// No load was due, and what nats-server holds is usable.
     pub converged: bool,
+    /// These are the bootstrap rule's facts (§6.2): its users came from no pass that read
+    /// the director.
+    pub bootstrap: bool,
     /// When the events that announced the agents this pass admitted were read.
     pub admitted: Vec<Instant>,
 }
@@ -141,6 +144,7 @@ impl<'a> Facts<'a> {
             stored: false,
             loaded: None,
             converged: false,
+            bootstrap: false,
             admitted: Vec::new(),
         }
     }
@@ -197,10 +201,10 @@ impl Reporter {
             self.health.auth_file_written();
         }
         if let Some((loaded, usable)) = &facts.loaded {
-            self.loaded(loaded, *usable);
+            self.loaded(loaded, *usable, facts.bootstrap);
         }
         if facts.converged {
-            self.ready(true);
+            self.ready(true, facts.bootstrap);
         }
         if !facts.admitted.is_empty() {
             self.admitted(&facts.admitted);
@@ -227,13 +231,14 @@ impl Reporter {
     }
 
     /// nats-server was asked to take the stored users; `usable` when they let the director
-    /// in (§7: readiness comes with the first verified load of such a file). Only a reload
-    /// counts as one: callout mode's loads are swaps in memory.
-    fn loaded(&self, result: &Result<Loaded, ErrorInfo>, usable: bool) {
+    /// in (§7: readiness comes with the first verified load of such a file; of the bootstrap
+    /// users, unless readiness waits for a pass that read the director). Only a reload counts
+    /// as one: callout mode's loads are swaps in memory.
+    fn loaded(&self, result: &Result<Loaded, ErrorInfo>, usable: bool, bootstrap: bool) {
         let result = match result {
             Ok(Loaded::InMemory { agents }) => {
                 self.health.callout_admitted(*agents);
-                return self.ready(usable);
+                return self.ready(usable, bootstrap);
             }
             Ok(Loaded::Reloaded(how)) => Ok(*how),
             Err(e) => Err(e),
@@ -247,13 +252,15 @@ impl Reporter {
             error: result.err().cloned(),
         });
         if result.is_ok() {
-            self.ready(usable);
+            self.ready(usable, bootstrap);
         }
     }
 
-    fn ready(&self, usable: bool) {
-        if usable {
-            self.health.mark_ready();
+    fn ready(&self, usable: bool, bootstrap: bool) {
+        match (usable, bootstrap) {
+            (false, _) => {}
+            (true, true) => self.health.bootstrap_loaded(),
+            (true, false) => self.health.mark_ready(),
         }
     }
 
