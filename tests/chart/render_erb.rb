@@ -1,15 +1,20 @@
 # Renders one BOSH job template the way bosh-template does for these templates: ERB with
-# trim mode "-", properties looked up by dotted name with p() and if_p().
-#   ruby render_erb.rb TEMPLATE PROPERTIES_JSON
+# trim mode "-", properties looked up by dotted name with p() and if_p(), and `spec` (the
+# instance: spec.ip, …) from SPEC_JSON.
+#   ruby render_erb.rb TEMPLATE PROPERTIES_JSON [SPEC_JSON]
 require 'erb'
 require 'json'
+require 'ostruct'
 require 'yaml'
 
 class MissingProperty < StandardError; end
 
 class Context
-  def initialize(properties)
+  attr_reader :spec
+
+  def initialize(properties, spec)
     @properties = properties
+    @spec = OpenStruct.new(spec)
   end
 
   def lookup(name)
@@ -37,5 +42,5 @@ class Context
   end
 end
 
-template, properties = ARGV
-print Context.new(JSON.parse(properties)).render(File.read(template))
+template, properties, spec = ARGV
+print Context.new(JSON.parse(properties), JSON.parse(spec || '{}')).render(File.read(template))
