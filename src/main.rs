@@ -101,7 +101,13 @@ fn main() -> ExitCode {
         eprintln!("bosh-nats-sync: a configuration file is required: bosh-nats-sync -c FILE");
         return ExitCode::from(2);
     };
-    let config = match Config::load(&path, |k| std::env::var(k).ok()) {
+    let env = |k: &str| std::env::var(k).ok();
+    // `init` never asks the director: a pod's init step runs it without the director's secret.
+    let loaded = match command {
+        Command::Init => Config::load_for_init(&path, env),
+        _ => Config::load(&path, env),
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bosh-nats-sync: invalid configuration: {e}");

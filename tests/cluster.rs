@@ -6,7 +6,14 @@
 //! Only what cannot be shared on one machine is changed (see [`node_nats_conf`]), so the test
 //! shows that the chart's cluster block forms a cluster, that every node admits the director's
 //! agents under the same permissions, that messages cross the routes, and that the cluster
-//! survives one node and its sidecar dying and coming back from the BOSH placeholder.
+//! survives one node and its sidecar dying and coming back from the BOSH placeholder — a pod
+//! that comes back turning ready only once a pass has read the director's agents.
+//!
+//! The chart's callout mode (tests/chart/fixtures/callout-cluster) runs the same way, its init
+//! steps as rendered (the issuer seed copied out of its Secret, `bosh-nats-sync init`): every
+//! sidecar answers in the one queue group, a node whose sidecar is gone still admits agents
+//! (another node's sidecar answers), and a fresh pod's sidecar stays out of the queue group
+//! until its admitted set is loaded.
 
 mod common;
 
@@ -36,6 +43,13 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/cluster")
 }
 
+fn callout_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/callout-cluster")
+}
+
+/// The service's certificate in the callout fixture's Secret: a subject of its own.
+const SERVICE_CN: &str = "default.nats-sync.bosh-internal";
+
 /// What the chart rendered for the cluster: the pod layout (mounts, init command, nats-server
 /// command, sidecar arguments) and what names the routes (the StatefulSet's pods, the DNS
 /// suffix of the headless Service, the route port).
@@ -43,7 +57,11 @@ struct Layout(Json);
 
 impl Layout {
     fn load() -> Layout {
-        let path = fixture_dir().join("layout.json");
+        Layout::load_from(&fixture_dir())
+    }
+
+    fn load_from(fixture: &Path) -> Layout {
+        let path = fixture.join("layout.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "{}: {e} (tests/chart/run.sh --update-fixture)",
@@ -336,6 +354,17 @@ fn node_sync_config(
         format!("http://127.0.0.1:{}", ports.monitoring),
     );
     set("http", "listen", format!("127.0.0.1:{}", ports.http));
+    if let Some(callout) = config["nats"].get_mut("callout") {
+        let url = callout
+            .get_mut("url")
+            .expect("the rendered callout config has nats.callout.url");
+        assert_eq!(
+            url.as_str(),
+            Some("tls://127.0.0.1:4222"),
+            "the chart's sidecar reaches its own nats-server on the pod's loopback"
+        );
+        *url = Yaml::String(format!("tls://127.0.0.1:{}", ports.client));
+    }
     serde_yaml_ng::to_string(&config).expect("YAML")
 }
 
@@ -437,11 +466,24 @@ struct World {
     ca: PathBuf,
     director: DirectorSim,
     nodes: Vec<Node>,
+    /// Callout mode: what the issuer Secret holds (the same for every pod).
+    issuer: Option<String>,
 }
 
 impl World {
     async fn start() -> World {
-        let layout = Layout::load();
+        World::start_from(&fixture_dir()).await
+    }
+
+    async fn start_from(fixture_dir: &Path) -> World {
+        let fixture_dir = || fixture_dir.to_owned();
+        let layout = Layout::load_from(&fixture_dir());
+        let callout = layout.0["mounts"]["issuer-seed"].is_object();
+        // The chart's issuer Secret: 32 random bytes in base64, as its template makes them.
+        let issuer = callout.then(|| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+        });
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate().unwrap();
         let pki_dir = dir.path().join("pki");
@@ -487,6 +529,26 @@ impl World {
             std::fs::copy(&pki_files.server.cert, tls_dir.join("tls.crt")).unwrap();
             std::fs::copy(&pki_files.server.key, tls_dir.join("tls.key")).unwrap();
             std::fs::copy(&pki_files.ca_cert, tls_dir.join("ca.crt")).unwrap();
+            if let Some(issuer) = &issuer {
+                // Callout mode's Secrets: the service's certificate, the server Secret's CA,
+                // and the issuer seed as the kubelet mounts it under fsGroup (0440).
+                let mounted = |container: &str, volume: &str| {
+                    let dir = root.join(layout.mount(container, volume).trim_start_matches('/'));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    dir
+                };
+                let service = pki.client(SERVICE_CN).unwrap();
+                let tls = mounted("bosh-nats-sync", "callout-tls");
+                std::fs::write(tls.join("tls.crt"), service.cert_pem()).unwrap();
+                std::fs::write(tls.join("tls.key"), service.key_pem()).unwrap();
+                let ca = mounted("bosh-nats-sync", "nats-ca");
+                std::fs::copy(&pki_files.ca_cert, ca.join("ca.crt")).unwrap();
+                let source = mounted("issuer-seed", "callout-issuer").join("issuer.seed");
+                std::fs::write(&source, issuer).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o440)).unwrap();
+                mounted("bosh-nats-sync", "callout-keys");
+            }
             let sync_dir = root.join(
                 layout
                     .mount("bosh-nats-sync", "sync-config")
@@ -517,6 +579,7 @@ impl World {
             ca: pki_files.ca_cert,
             director,
             nodes,
+            issuer,
         }
     }
 
@@ -557,6 +620,9 @@ impl World {
             .join(self.layout.mount("nats", "state").trim_start_matches('/'));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).unwrap();
+        if self.issuer.is_some() {
+            return self.init_callout(index);
+        }
         let env: Vec<(String, String)> = self.layout.0["init_env"]
             .as_object()
             .expect("layout.json has init_env")
@@ -587,6 +653,167 @@ impl World {
             PLACEHOLDER,
             "node {index}: the init command writes the BOSH placeholder"
         );
+    }
+
+    /// Callout mode's init steps, in the rendered order and as rendered: the shell step that
+    /// copies the issuer seed out of its Secret, then `bosh-nats-sync … init`. The copy is
+    /// owner-only (the program refuses the Secret's group-readable file), and the auth file
+    /// then holds the callout block.
+    fn init_callout(&self, index: usize) {
+        let node = &self.nodes[index];
+        let keys = node.root.join(
+            self.layout
+                .mount("issuer-seed", "callout-keys")
+                .trim_start_matches('/'),
+        );
+        let _ = std::fs::remove_dir_all(&keys);
+        std::fs::create_dir_all(&keys).unwrap();
+        let steps = self.layout.0["init_containers"]
+            .as_array()
+            .expect("layout.json has init_containers");
+        let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["issuer-seed", "callout-init"],
+            "the callout pod's init steps"
+        );
+        for step in steps {
+            let strings = |key: &str| -> Vec<String> {
+                step[key]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("init step {}: no {key}", step["name"]))
+                    .iter()
+                    .map(|a| self.moved(&node.root, a.as_str().expect("a string")))
+                    .collect()
+            };
+            let argv = if step.get("command").is_some() {
+                strings("command")
+            } else {
+                let mut argv = vec![common::binary().to_owned()];
+                argv.extend(strings("args"));
+                argv
+            };
+            let env: Vec<(String, String)> = step["env"]
+                .as_object()
+                .expect("an init step's env")
+                .iter()
+                .map(|(k, v)| (k.clone(), self.moved(&node.root, v.as_str().unwrap())))
+                .collect();
+            let out = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .envs(env)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run the init step {argv:?}: {e}"));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "node {index}: init step {} failed: {}\n{text}",
+                step["name"],
+                out.status
+            );
+            assert!(
+                !text.contains(self.issuer.as_deref().unwrap()),
+                "the seed reached an init step's output"
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let seed = keys.join("issuer.seed");
+        let mode = std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "node {index}: the seed's copy is owner-only");
+        let auth: Json = serde_json::from_str(&std::fs::read_to_string(&node.auth_file).unwrap())
+            .expect("init writes JSON");
+        assert!(
+            auth["authorization"]["auth_callout"]["issuer"]
+                .as_str()
+                .is_some_and(|i| i.starts_with('A')),
+            "node {index}: init wrote the callout block: {auth}"
+        );
+    }
+
+    /// The `/metrics` sample `series` of node `index`'s sidecar (0 while it does not answer).
+    async fn sample(&self, index: usize, series: &str) -> f64 {
+        let Some((200, text)) = http_get(self.nodes[index].ports.http, "/metrics").await else {
+            return 0.0;
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Callout answers that admitted an agent, by node `index`'s sidecar.
+    async fn allowed(&self, index: usize) -> f64 {
+        self.sample(
+            index,
+            r#"bosh_nats_sync_callout_requests_total{result="allowed"}"#,
+        )
+        .await
+    }
+
+    /// Kills node `index`'s sidecar alone; its nats-server keeps running.
+    async fn kill_sync(&mut self, index: usize) {
+        if let Some(process) = self.nodes[index].sync.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Callout answers that admitted an agent, by the sidecars of `nodes` together.
+    async fn allowed_by(&self, nodes: &[usize]) -> f64 {
+        let mut sum = 0.0;
+        for &i in nodes {
+            sum += self.allowed(i).await;
+        }
+        sum
+    }
+
+    /// Connects [`AGENT`] to each of `nodes` in turn until every sidecar of `answering` has
+    /// admitted an agent (nats-server picks the member of the queue group that answers).
+    async fn connect_until_answered(&self, nodes: &[usize], answering: &[usize]) {
+        let mut round = 0;
+        self.wait(
+            &format!("the sidecars of nodes {answering:?} to answer"),
+            || {
+                let node = nodes[round % nodes.len()];
+                round += 1;
+                async move {
+                    self.admitted(node, &agent_cn(AGENT)).await?;
+                    let mut silent = Vec::new();
+                    for &i in answering {
+                        if self.allowed(i).await < 1.0 {
+                            silent.push(i);
+                        }
+                    }
+                    if silent.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "after {round} connects, sidecars {silent:?} answered none"
+                        ))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// `/readyz` of node `index`'s sidecar: the status and the body, once it listens.
+    async fn readyz(&self, index: usize) -> (u16, String) {
+        let port = self.nodes[index].ports.http;
+        let answer = common::poll(WITHIN, || async move {
+            http_get(port, "/readyz")
+                .await
+                .ok_or_else(|| "not listening".to_owned())
+        })
+        .await;
+        answer.unwrap_or_else(|e| {
+            panic!(
+                "node {index}'s sidecar never answered /readyz: {e}\n{}",
+                self.diagnostics()
+            )
+        })
     }
 
     /// Starts node `index`'s nats-server as the pod's command runs it; waits for `/varz`.
@@ -909,7 +1136,39 @@ async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losin
         "the placeholder admits nobody"
     );
     world.wait_cluster(&all).await;
+    // Its sidecar starts while the director is down: the bootstrap users let the director and
+    // the health monitor in, but the pod is not ready — the Service would send it agents it
+    // refuses (the chart sets http.ready_after_full_pass in a cluster).
+    world.director.set_down(true);
     world.start_sync(lost);
+    world
+        .wait(&format!("node {lost} to admit the director"), || {
+            world.admitted(lost, DIRECTOR_CN)
+        })
+        .await;
+    world.admitted(lost, HM_CN).await.unwrap();
+    let port = world.nodes[lost].ports.http;
+    world
+        .wait(
+            &format!("node {lost}'s /readyz to say it waits for the agents"),
+            || async move {
+                match http_get(port, "/readyz").await {
+                    Some((503, body))
+                        if body.contains("no pass has read the director's agents yet") =>
+                    {
+                        Ok(())
+                    }
+                    Some((503, body)) => Err(body),
+                    other => panic!("node {lost}: /readyz {other:?} with the director down"),
+                }
+            },
+        )
+        .await;
+    assert!(
+        world.admitted(lost, &agent_cn(AGENT)).await.is_err(),
+        "no agent before a pass has read the director"
+    );
+    world.director.set_down(false);
     world.wait_admitted(&[lost], &agent_cn(NEW_AGENT)).await;
     world.wait_admitted(&[lost], &agent_cn(AGENT)).await;
     world.wait_ready(lost).await;
@@ -961,6 +1220,177 @@ async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losin
         );
     }
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// The chart's callout mode in a cluster: every node's init steps (as rendered) give its
+/// nats-server the callout block naming the one issuer, and every sidecar answers in the one
+/// queue group — its own server's requests first. With one node's sidecar gone, agents
+/// connecting to that node are still admitted (another node's sidecar answers over the routes)
+/// and the director connects everywhere. A fresh pod whose sidecar cannot reach the director
+/// stays out of the queue group and unready (nothing loaded to answer from), while the other
+/// sidecars answer for its server; once a pass has loaded its set it answers and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_cluster_from_the_chart_answers_for_every_node_through_any_sidecar() {
+    let version = sim::nats::version(&common::nats_server_path()).unwrap();
+    if !sim::nats::has_auth_callout(&version) {
+        eprintln!(
+            "nats-server {version} has no auth callout: the chart's callout mode needs 2.10 or later (tests/init.rs checks the refusal)"
+        );
+        return;
+    }
+    let start = Instant::now();
+    let mut world = World::start_from(&callout_fixture_dir()).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    let all: Vec<usize> = (0..world.nodes.len()).collect();
+    for &i in &all {
+        world.init(i);
+        world.start_nats(i).await;
+    }
+    for &i in &all {
+        world.start_sync(i);
+    }
+    world.wait_cluster(&all).await;
+    for &i in &all {
+        world.wait_ready(i).await;
+    }
+    // Every sidecar answers in the one queue group. nats-server hands each request to any
+    // member, not its own node's first (observed on 2.14.5): agents keep connecting, to every
+    // node in turn, until each sidecar has answered some.
+    for &i in &all {
+        world.wait_admitted(&[i], &agent_cn(AGENT)).await;
+        world.admitted(i, DIRECTOR_CN).await.unwrap();
+        world.admitted(i, HM_CN).await.unwrap();
+    }
+    world.connect_until_answered(&all, &all).await;
+    let last = all.len() - 1;
+    world
+        .delivered(
+            0,
+            DIRECTOR_CN,
+            last,
+            &agent_cn(AGENT),
+            &format!("agent.{AGENT}"),
+        )
+        .await;
+
+    // Node 1's sidecar stops; its nats-server stays. Its agents are still admitted — by
+    // another node's sidecar — and so is a VM created meanwhile; the director and the health
+    // monitor connect everywhere.
+    let gone = 1;
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != gone).collect();
+    world.kill_sync(gone).await;
+    let before = world.allowed_by(&others).await;
+    world.wait_admitted(&[gone], &agent_cn(AGENT)).await;
+    assert!(
+        world.allowed_by(&others).await > before,
+        "another node's sidecar answered for node {gone}\n{}",
+        world.diagnostics()
+    );
+    world.director.create_vm("cf", Vm::agent(NEW_AGENT));
+    world.wait_admitted(&[gone], &agent_cn(NEW_AGENT)).await;
+    for &i in &all {
+        world.admitted(i, DIRECTOR_CN).await.unwrap();
+        world.admitted(i, HM_CN).await.unwrap();
+    }
+
+    // Node 1 comes back as a fresh pod (new emptyDirs, its init steps) while the director is
+    // down: its sidecar has no admitted set — none persisted, no pass — so it stays out of the
+    // queue group, and the other sidecars answer its server's agents from theirs.
+    for &i in &others {
+        let w = &world;
+        w.wait(
+            &format!("node {i}'s sidecar to hold both agents"),
+            || async move {
+                let n = w.sample(i, "bosh_nats_sync_callout_admitted_agents").await;
+                (n == 2.0).then_some(()).ok_or(format!("{n} agents"))
+            },
+        )
+        .await;
+    }
+    world.kill(gone).await;
+    world.director.set_down(true);
+    world.init(gone);
+    world.start_nats(gone).await;
+    world.wait_cluster(&all).await;
+    world.start_sync(gone);
+    let (status, body) = world.readyz(gone).await;
+    assert_eq!(status, 503, "{body}\n{}", world.diagnostics());
+    assert!(body.contains("no admitted set loaded yet"), "{body}");
+    world.admitted(gone, DIRECTOR_CN).await.unwrap();
+    world.wait_admitted(&[gone], &agent_cn(NEW_AGENT)).await;
+    // Had it joined the queue group with nothing to answer from, it would have taken about a
+    // third of every node's requests and refused them: twenty connects, every one admitted.
+    for round in 0..20 {
+        let node = all[round % all.len()];
+        for id in [AGENT, NEW_AGENT] {
+            if let Err(e) = world.admitted(node, &agent_cn(id)).await {
+                panic!(
+                    "round {round}: {e}: a fresh sidecar refused\n{}",
+                    world.diagnostics()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        world.allowed(gone).await,
+        0.0,
+        "the fresh sidecar answered nothing\n{}",
+        world.diagnostics()
+    );
+    assert_eq!(
+        world
+            .sample(
+                gone,
+                r#"bosh_nats_sync_callout_requests_total{result="unknown_agent"}"#
+            )
+            .await,
+        0.0,
+        "and refused nobody"
+    );
+    assert_eq!(world.readyz(gone).await.0, 503, "still unready");
+    // The director is back: its first pass loads the set, it joins the queue group, is ready,
+    // and answers its own server's agents again.
+    world.director.set_down(false);
+    world.wait_ready(gone).await;
+    world.connect_until_answered(&all, &[gone]).await;
+    world
+        .delivered(
+            gone,
+            DIRECTOR_CN,
+            0,
+            &agent_cn(NEW_AGENT),
+            &format!("agent.{NEW_AGENT}"),
+        )
+        .await;
+
+    let issuer = world.issuer.clone().unwrap();
+    for node in &world.nodes {
+        let sync = node.sync.as_ref().expect("every sidecar runs");
+        let log = sync.log();
+        assert!(
+            !log.contains(PASSWORD),
+            "node {}: the password reached the log",
+            node.index
+        );
+        assert!(
+            !log.contains(&issuer),
+            "node {}: the seed reached the log",
+            node.index
+        );
+        assert_eq!(
+            sync.state(),
+            "running",
+            "node {}\n{}",
+            node.index,
+            world.diagnostics()
+        );
+    }
+    eprintln!(
+        "callout cluster test: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// The substitution refuses a rendered file that lost a peer's route, rather than starting a

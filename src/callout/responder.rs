@@ -35,7 +35,8 @@ use super::request::{self, SERVER_XKEY_HEADER};
 /// The subject nats-server publishes authorization requests on.
 pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 /// The queue group every sidecar of a cluster answers in (§12.4): nats-server hands each
-/// request to one of them, its local one first.
+/// request to one of them — on any node of the cluster, not its own first (observed on
+/// 2.14.5: `tests/cluster.rs`).
 pub const QUEUE_GROUP: &str = "bosh-nats-sync";
 /// Event polls asked for by unknown agents come at most this often.
 pub const POLL_SPACING: Duration = Duration::from_millis(250);

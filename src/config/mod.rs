@@ -158,15 +158,42 @@ pub struct Config {
     pub unknown_keys: Vec<String>,
 }
 
+/// Whether a configuration must name the director's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    Required,
+    /// For `init` (§12.3), which never asks the director: a pod's init step is given no
+    /// director secret.
+    Optional,
+}
+
 impl Config {
     /// Reads and validates `path`. `env` looks up environment variables (injected for tests).
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Self::load_with(path, env, Credentials::Required)
+    }
+
+    /// [`Config::load`] for `init`, which reads the configuration, the subject files, the
+    /// certificates and the seeds but never asks the director: the director's credentials may
+    /// be missing (everything else is checked as for `run`).
+    pub fn load_for_init(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::load_with(path, env, Credentials::Optional)
+    }
+
+    fn load_with(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+        credentials: Credentials,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
             key: None,
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        Self::parse(path, &text, env)
+        Self::parse_with(path, &text, env, credentials)
     }
 
     /// Validates YAML `text`, naming `path` in errors.
@@ -174,6 +201,15 @@ impl Config {
         path: &Path,
         text: &str,
         env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::parse_with(path, text, env, Credentials::Required)
+    }
+
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        credentials: Credentials,
     ) -> Result<Config, ConfigError> {
         let error = |key, message: String| ConfigError {
             path: path.to_owned(),
@@ -192,7 +228,7 @@ impl Config {
         let file = Section::<RawFile>::deserialize(Value::Mapping(root.clone()))
             .map_err(|e| error(None, format!("invalid YAML: {e}")))?;
         let unknown_keys = file.unknown_keys(&root);
-        let config = file.keys.validate(path, unknown_keys, env);
+        let config = file.keys.validate(path, unknown_keys, env, credentials);
         config.map_err(|Invalid { key, message }| error(Some(key), message))
     }
 }
@@ -302,6 +338,7 @@ impl RawFile {
         path: &Path,
         unknown_keys: Vec<String>,
         env: impl Fn(&str) -> Option<String>,
+        credentials: Credentials,
     ) -> Result<Config, Invalid> {
         let dir = path.parent().unwrap_or(Path::new("."));
 
@@ -346,7 +383,10 @@ impl RawFile {
             max_concurrency: d.max_concurrency.count("director.max_concurrency", 4)?,
             max_body_bytes: d.max_response_mib.count("director.max_response_mib", 64)? << 20, // MiB
         };
-        if director.basic.is_none() && director.uaa_client.is_none() {
+        if credentials == Credentials::Required
+            && director.basic.is_none()
+            && director.uaa_client.is_none()
+        {
             return Err(invalid(
                 "director",
                 format!(

@@ -924,3 +924,28 @@ fn unknown_keys_of_nats_callout_are_warned_about() {
     let c = parse_in(dir.path(), &text).unwrap();
     assert_eq!(c.unknown_keys, ["nats.callout.colour"]);
 }
+
+#[test]
+fn init_may_go_without_the_director_s_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.yml");
+    let text = BOSH_TEMPLATE
+        .replace("  user: nats\n", "")
+        .replace("  password: nats-password\n", "");
+    assert!(!text.contains("password: nats"), "{text}");
+    std::fs::write(&path, &text).unwrap();
+    let e = Config::load(&path, |_| None).unwrap_err().to_string();
+    assert!(e.contains("director: no credentials"), "{e}");
+    let c = Config::load_for_init(&path, |_| None).unwrap();
+    assert!(c.director.basic.is_none() && c.director.uaa_client.is_none());
+    // Everything else is checked as for `run`.
+    std::fs::write(
+        &path,
+        text.replace("poll_user_sync: 10", "poll_user_sync: -1"),
+    )
+    .unwrap();
+    let e = Config::load_for_init(&path, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("intervals.poll_user_sync"), "{e}");
+}

@@ -186,33 +186,7 @@ OPS_FILE = chartlib.ROOT / "deploy" / "bosh" / "operations" / "callout.yml"
 CALLOUT_CN = "default.nats-sync.bosh-internal"
 
 
-def openssl(*args: str, cwd: pathlib.Path) -> None:
-    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"openssl {' '.join(args)}: {out.stderr}"
-
-
-class Certs:
-    """The NATS CA of bosh-deployment (nats_ca) and the certificates it signs. (BOSH's
-    generator writes C=USA, which the openssl command refuses — a country has two letters — so
-    these subjects are O=Cloud Foundry, CN=…; the job passes subjects through as they are.)"""
-
-    def __init__(self, directory: pathlib.Path):
-        self.dir = directory
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-                "-subj", "/O=Cloud Foundry/CN=default.nats-ca.bosh-internal", cwd=directory)
-        self.ca = (directory / "ca.pem").read_text()
-
-    def issue(self, cn: str) -> tuple[str, str]:
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", f"{cn}.key", "-out", f"{cn}.csr",
-                "-subj", f"/O=Cloud Foundry/CN={cn}", cwd=self.dir)
-        openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-out", f"{cn}.pem", cwd=self.dir)
-        return (self.dir / f"{cn}.pem").read_text(), (self.dir / f"{cn}.key").read_text()
-
-
-def callout_properties(certs: Certs, **callout) -> dict:
+def callout_properties(certs: chartlib.Certs, **callout) -> dict:
     cert, key = certs.issue(CALLOUT_CN)
     return merged(BASE, {
         "nats": {"tls": {"ca": certs.ca,
@@ -293,7 +267,7 @@ class Vm:
 
 def test_callout_properties_become_the_callout_keys():
     with tempfile.TemporaryDirectory() as tmp:
-        props = callout_properties(Certs(pathlib.Path(tmp)), user_ttl=600, timeout=2)
+        props = callout_properties(chartlib.Certs(pathlib.Path(tmp)), user_ttl=600, timeout=2)
     config = yaml.safe_load(render("templates/bosh_nats_sync_config.yml.erb", props))
     assert config["nats"]["admission"] == "callout"
     assert config["nats"]["callout"] == {
@@ -334,7 +308,7 @@ def test_the_pre_start_makes_the_issuer_key_once_and_writes_the_callout_auth_fil
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         (root / "pki").mkdir()
-        props = callout_properties(Certs(root / "pki"))
+        props = callout_properties(chartlib.Certs(root / "pki"))
         vm = Vm(root / "vm")
         vm.deploy(props)
         first = vm.pre_start()
@@ -387,7 +361,7 @@ def test_the_operator_s_issuer_seed_is_used_in_either_form():
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         (root / "pki").mkdir()
-        certs = Certs(root / "pki")
+        certs = chartlib.Certs(root / "pki")
         issuers = []
         for seed in [pairs["ISSUER_SEED"], raw]:
             vm = Vm(root / f"vm-{len(issuers)}")

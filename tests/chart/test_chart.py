@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 import chartlib
-from chartlib import VARIANTS, container, is_cluster, manifests, one, render, workload
+from chartlib import (VARIANTS, container, is_callout, is_cluster, manifests, one, render,
+                      workload)
 
 KUBE_VERSION = "1.30.0"
 
@@ -154,7 +155,8 @@ def test_the_pod_layout_is_consistent(variant):
     assert spec["shareProcessNamespace"] is True
     sync = container(spec, "bosh-nats-sync")
     nats = container(spec, "nats")
-    init = container(spec, "auth-placeholder", init=True)
+    # File mode writes the placeholder; callout mode runs `init` (test_callout_mode_wiring).
+    init = container(spec, "callout-init" if is_callout(values) else "auth-placeholder", init=True)
     config = sidecar_config(objects)
     conf = nats_conf(objects)
 
@@ -172,9 +174,13 @@ def test_the_pod_layout_is_consistent(variant):
     state = mount_of(sync, "state")
     assert mount_of(nats, "state") == state == mount_of(init, "state")
     assert posixpath.dirname(auth_file) == state
-    # The init container writes the placeholder at that very path.
-    assert {e["name"]: e["value"] for e in init["env"]}["AUTH_FILE"] == auth_file
-    assert "{authorization: {token: f0oBar}}" in init["command"][-1]
+    if is_callout(values):
+        # The init step writes the auth file from the sidecar's own configuration.
+        assert init["args"] == sync["args"] + ["init"], init["args"]
+    else:
+        # The init container writes the placeholder at that very path.
+        assert {e["name"]: e["value"] for e in init["env"]}["AUTH_FILE"] == auth_file
+        assert "{authorization: {token: f0oBar}}" in init["command"][-1]
 
     # The pid file nats-server writes is the one the sidecar reads; SIGHUP, not an executable.
     assert conf_value(conf, "pid_file") == config["nats"]["nats_server_pid_file"]
@@ -258,9 +264,10 @@ def test_secrets_never_reach_a_configmap(variant):
     assert env["BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET"]["name"] == secret_name
     created = [o for o in objects if o["kind"] == "Secret"]
     if director.get("existingSecret"):
-        assert not created, f"{name}: an existing Secret means the chart creates none"
+        assert not [o for o in created if o["metadata"]["name"].endswith("-director")], \
+            f"{name}: an existing Secret means the chart creates none"
     else:
-        data = one(objects, "Secret").get("data", {})
+        data = one(objects, "Secret", "-director").get("data", {})
         decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
         if director.get("password"):
             assert decoded[director.get("passwordKey", "password")] == director["password"]
@@ -380,9 +387,11 @@ def test_notes_tell_how_to_check():
 
 
 @pytest.mark.skipif(chartlib.binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")
-@pytest.mark.parametrize("name", [n for n in sorted(VARIANTS) if n != "default"])
+@pytest.mark.parametrize("name", [n for n in sorted(VARIANTS)
+                                  if n != "default" and not is_callout(VARIANTS[n])])
 def test_the_binary_accepts_the_rendered_config(name):
-    """`bosh-nats-sync check-config` on each rendered sidecar config: every key is known."""
+    """`bosh-nats-sync check-config` on each rendered sidecar config: every key is known. (The
+    callout variants name files of their Secrets: test_the_callout_init_steps_run_as_rendered.)"""
     objects = manifests(render(VARIANTS[name]))
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "config.yml"
@@ -397,6 +406,8 @@ def test_the_binary_accepts_the_rendered_config(name):
         watch = VARIANTS[name].get("sync", {}).get("watchInterval", 1)
         want = "watch off" if watch == 0 else f"watch every {watch}s"
         assert want in out.stdout, out.stdout
+        # A pod of a cluster turns ready with the agents, not the bootstrap users.
+        assert ("ready after the first full pass" in out.stdout) == is_cluster(VARIANTS[name]), out.stdout
 
 
 def test_the_sidecar_fixture_is_up_to_date():
@@ -404,4 +415,187 @@ def test_the_sidecar_fixture_is_up_to_date():
     want = chartlib.fixture_files(VARIANTS[chartlib.FIXTURE_VARIANT])
     have = {str(p.relative_to(chartlib.FIXTURE_DIR)): p.read_text()
             for p in chartlib.FIXTURE_DIR.rglob("*") if p.is_file()}
+    assert have == want, "stale fixture: run tests/chart/run.sh --update-fixture"
+
+
+# ---------------------------------------------------------------------------------------
+# Callout mode (admission: callout).
+
+def test_callout_mode_wiring(variant):
+    name, values, _, objects = variant
+    spec = pod_spec(objects)
+    config = sidecar_config(objects)
+    inits = [c["name"] for c in spec["initContainers"]]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    issuer_secrets = [o for o in objects if o["kind"] == "Secret"
+                      and o["metadata"]["name"].endswith("-callout-issuer")]
+    callout_volumes = {"callout-issuer", "callout-keys", "callout-tls", "nats-ca"}
+    if not is_callout(values):
+        assert inits == ["auth-placeholder"], inits
+        assert "admission" not in config["nats"] and "callout" not in config["nats"]
+        assert not issuer_secrets and not callout_volumes & set(volumes)
+        assert "hostAliases" not in spec
+        # A pod of a cluster is ready once a pass has read the director's agents (§7).
+        assert config["http"].get("ready_after_full_pass", False) is is_cluster(values)
+        return
+    assert inits == ["issuer-seed", "callout-init"], inits
+    assert "ready_after_full_pass" not in config["http"], "callout mode's readiness is its own"
+    callout = values.get("callout", {})
+    sync = container(spec, "bosh-nats-sync")
+    nats = container(spec, "nats")
+    seed = container(spec, "issuer-seed", init=True)
+    init = container(spec, "callout-init", init=True)
+    settings = config["nats"]["callout"]
+    assert config["nats"]["admission"] == "callout"
+    assert settings["user_ttl"] == callout.get("userTtl", 3600)
+    assert settings["timeout"] == callout.get("timeout", 1)
+    # The sidecar reaches its own nats-server: by 127.0.0.1, or by the certificate's name
+    # resolved to 127.0.0.1 in the pod.
+    port = values.get("nats", {}).get("port", 4222)
+    if callout.get("serverName"):
+        assert spec["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": [callout["serverName"]]}]
+        assert settings["url"] == f"tls://{callout['serverName']}:{port}"
+    else:
+        assert "hostAliases" not in spec
+        assert settings["url"] == f"tls://127.0.0.1:{port}"
+    # `init` runs with the sidecar's image, configuration and mounts.
+    assert init["image"] == sync["image"] and init["args"] == sync["args"] + ["init"]
+    assert init["volumeMounts"] == sync["volumeMounts"]
+    # The files the configuration names are where the Secrets are mounted.
+    assert settings["cert_file"] == f"{mount_of(sync, 'callout-tls')}/tls.crt"
+    assert settings["key_file"] == f"{mount_of(sync, 'callout-tls')}/tls.key"
+    assert settings["ca_file"] == f"{mount_of(sync, 'nats-ca')}/ca.crt"
+    assert settings["issuer_seed_file"] == f"{mount_of(sync, 'callout-keys')}/issuer.seed"
+    tls_secret = callout.get("tls", {}).get("secretName") or f"{chartlib.RELEASE}-bosh-nats-sync-callout-tls"
+    assert volumes["callout-tls"]["secret"]["secretName"] == tls_secret
+    assert [i["key"] for i in volumes["callout-tls"]["secret"]["items"]] == ["tls.crt", "tls.key"]
+    # Only the server Secret's CA reaches the sidecar, never the server's key.
+    assert volumes["nats-ca"]["secret"]["secretName"] == volumes["nats-tls"]["secret"]["secretName"]
+    assert volumes["nats-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert "nats-tls" not in {m["name"] for m in sync["volumeMounts"]}
+    # The seed: its Secret is mounted into the copying step alone; the owner-only copy lives in
+    # memory, read-only for init and the sidecar, and nats-server sees neither.
+    mounted = {c["name"]: {m["name"]: m for m in c["volumeMounts"]}
+               for c in spec["initContainers"] + spec["containers"]}
+    assert [c for c, m in mounted.items() if "callout-issuer" in m] == ["issuer-seed"]
+    assert sorted(c for c, m in mounted.items() if "callout-keys" in m) == \
+        ["bosh-nats-sync", "callout-init", "issuer-seed"]
+    assert mounted["bosh-nats-sync"]["callout-keys"]["readOnly"] is True
+    assert mounted["callout-init"]["callout-keys"]["readOnly"] is True
+    assert not callout_volumes & set(mounted["nats"]), mounted["nats"]
+    assert volumes["callout-keys"]["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e["value"] for e in seed["env"]}
+    assert env["SEED_FILE"] == settings["issuer_seed_file"]
+    assert env["SEED_SOURCE"] == f"{mount_of(seed, 'callout-issuer')}/issuer.seed"
+    issuer = callout.get("issuer", {})
+    assert volumes["callout-issuer"]["secret"]["items"] == [
+        {"key": issuer.get("key", "issuer.seed"), "path": "issuer.seed"}]
+    if issuer.get("existingSecret"):
+        assert not issuer_secrets, "the user's own Secret: the chart makes none"
+        assert volumes["callout-issuer"]["secret"]["secretName"] == issuer["existingSecret"]
+        return
+    (secret,) = issuer_secrets
+    assert volumes["callout-issuer"]["secret"]["secretName"] == secret["metadata"]["name"]
+    # Made once and kept: upgrades find it (lookup), helm uninstall leaves it.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    text = base64.b64decode(secret["data"][issuer.get("key", "issuer.seed")]).decode()
+    assert len(base64.b64decode(text, validate=True)) == 32, "32 random bytes in base64"
+    # Not in the pod's checksum: a render without a cluster makes a new key each time, which
+    # must not restart the pods.
+    again = one(manifests(render(values)), "Secret", "-callout-issuer")
+    assert again["data"] != secret["data"], "a new key when none exists yet"
+    assert workload(manifests(render(values)))["spec"]["template"] == workload(objects)["spec"]["template"]
+
+
+@pytest.mark.skipif(chartlib.binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")
+@pytest.mark.parametrize("name", [n for n in sorted(VARIANTS) if is_callout(VARIANTS[n])])
+def test_the_callout_init_steps_run_as_rendered(name):
+    """The pod's init steps, run as rendered on its mounts laid out under a temporary root:
+    the Secret's seed file is group-readable as the kubelet leaves it under fsGroup (0440) and
+    bosh-nats-sync refuses it so; the rendered copy makes it owner-only (0600), `init` then
+    writes the auth file with the callout block, and the sidecar's configuration passes
+    check-config. The seed appears in no output."""
+    values = VARIANTS[name]
+    objects = manifests(render(values))
+    spec = pod_spec(objects)
+    config_text = one(objects, "ConfigMap", "-sidecar")["data"]["config.yml"]
+    configmap = one(objects, "ConfigMap", "-sidecar")["data"]
+    mounts = {m["mountPath"] for c in spec["initContainers"] + spec["containers"]
+              for m in c["volumeMounts"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+
+        def moved(text: str) -> str:
+            for m in sorted(mounts, key=len, reverse=True):
+                text = text.replace(f"{m}/", f"{root}{m}/")
+            return text
+
+        def at(path: str) -> pathlib.Path:
+            return pathlib.Path(moved(path))
+
+        for m in mounts:
+            (root / m.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        # The Secrets and ConfigMaps where the pod mounts them.
+        sync = container(spec, "bosh-nats-sync")
+        seed_step = container(spec, "issuer-seed", init=True)
+        issuer = base64.b64encode(os.urandom(32)).decode()
+        source = root / mount_of(seed_step, "callout-issuer").lstrip("/") / "issuer.seed"
+        source.write_text(issuer)
+        source.chmod(0o440)
+        certs = chartlib.Certs(root)
+        cert, key = certs.issue("default.nats-sync.bosh-internal")
+        tls = root / mount_of(sync, "callout-tls").lstrip("/")
+        (tls / "tls.crt").write_text(cert)
+        (tls / "tls.key").write_text(key)
+        (root / mount_of(sync, "nats-ca").lstrip("/") / "ca.crt").write_text(certs.ca)
+        conf = root / mount_of(sync, "sync-config").lstrip("/")
+        for k, v in configmap.items():
+            # (The variants' director CA is a stand-in; the director is never asked here.)
+            (conf / k).write_text(moved(v) if k == "config.yml"
+                                  else certs.ca if k.endswith("-ca.crt") else v)
+        config = yaml.safe_load(config_text)
+        seed_file = at(config["nats"]["callout"]["issuer_seed_file"])
+        exe = chartlib.binary()
+        cfg = str(conf / "config.yml")
+        creds = dict(os.environ, BOSH_NATS_SYNC_DIRECTOR_PASSWORD=chartlib.PASSWORD,
+                     BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET=chartlib.CLIENT_SECRET)
+        run = lambda argv, env=creds: subprocess.run(argv, capture_output=True, text=True,
+                                                    timeout=60, env=env)
+        # The Secret's file as it is mounted: refused.
+        direct = conf / "direct.yml"
+        direct.write_text(moved(config_text).replace(str(seed_file), str(source)))
+        out = run([exe, "-c", str(direct), "check-config"])
+        assert out.returncode == 2 and "mode 0440" in out.stderr, out.stdout + out.stderr
+        # The copying step, as rendered.
+        env = {k: moved(v) for k, v in ((e["name"], e["value"]) for e in seed_step["env"])}
+        out = run(seed_step["command"], dict(os.environ, **env))
+        assert out.returncode == 0, out.stderr
+        assert seed_file.read_text() == issuer
+        assert seed_file.stat().st_mode & 0o777 == 0o600
+        # Run again (a pod whose init steps rerun over the same emptyDir): still the same.
+        assert run(seed_step["command"], dict(os.environ, **env)).returncode == 0
+        assert seed_file.stat().st_mode & 0o777 == 0o600 and seed_file.read_text() == issuer
+        # `init`, as the callout-init step runs it: without the director's secrets, which the
+        # step is not given.
+        init = container(spec, "callout-init", init=True)
+        assert "env" not in init, "no secret reaches the init step"
+        args = [moved(a) for a in init["args"]]
+        out = run([exe, *args], {k: v for k, v in os.environ.items()
+                                 if not k.startswith("BOSH_NATS_SYNC_")})
+        assert out.returncode == 0, out.stdout + out.stderr
+        auth = json.loads(at(config["nats"]["config_file_path"]).read_text())
+        assert auth["authorization"]["auth_callout"]["issuer"].startswith("A")
+        assert auth["authorization"]["auth_callout"]["auth_users"][-1] == \
+            "O=Cloud Foundry, CN=default.nats-sync.bosh-internal"
+        out = run([exe, "-c", cfg, "check-config"])
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "callout mode" in out.stdout and "unknown key" not in out.stdout, out.stdout
+        assert issuer not in out.stdout + out.stderr
+
+
+def test_the_callout_cluster_fixture_is_up_to_date():
+    """tests/cluster.rs runs the rendered callout cluster for real."""
+    want = chartlib.fixture_files(VARIANTS[chartlib.CALLOUT_CLUSTER_FIXTURE_VARIANT])
+    have = {str(p.relative_to(chartlib.CALLOUT_CLUSTER_FIXTURE_DIR)): p.read_text()
+            for p in chartlib.CALLOUT_CLUSTER_FIXTURE_DIR.rglob("*") if p.is_file()}
     assert have == want, "stale fixture: run tests/chart/run.sh --update-fixture"

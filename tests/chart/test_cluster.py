@@ -119,11 +119,13 @@ def test_the_disruption_budget_selects_the_statefulsets_pods(cluster):
 
 
 def test_every_pod_has_its_own_sidecar_and_reload(cluster):
-    _, _, objects = cluster
+    _, values, objects = cluster
     spec = workload(objects)["spec"]["template"]["spec"]
     assert spec["shareProcessNamespace"] is True
     assert [c["name"] for c in spec["containers"]] == ["nats", "bosh-nats-sync"]
-    assert [c["name"] for c in spec["initContainers"]] == ["auth-placeholder"]
+    inits = [c["name"] for c in spec["initContainers"]]
+    assert inits == (["issuer-seed", "callout-init"] if chartlib.is_callout(values)
+                     else ["auth-placeholder"]), inits
     sync = container(spec, "bosh-nats-sync")
     assert sync["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sync["readinessProbe"]["httpGet"]["path"] == "/readyz"

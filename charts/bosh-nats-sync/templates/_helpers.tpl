@@ -51,6 +51,28 @@ directory, then the absolute path without its leading slash.
 {{ repeat $depth "../" }}{{ trimPrefix "/" (include "bosh-nats-sync.authFile" .) }}
 {{- end }}
 
+{{/*
+Callout mode's files. The issuer Secret is mounted only into the init step that copies the
+seed: a Secret volume's files are group-readable under the pod's fsGroup whatever defaultMode
+says (kubernetes/kubernetes#57923), and bosh-nats-sync refuses a seed file group or others
+may read. The copy, owner-only, lives in a memory emptyDir (keysDir) that only the init steps
+and the sidecar mount.
+*/}}
+{{- define "bosh-nats-sync.callout" -}}{{ if eq .Values.admission "callout" }}true{{ end }}{{- end }}
+{{- define "bosh-nats-sync.issuerSourceDir" -}}/etc/bosh-nats-sync-issuer{{- end }}
+{{- define "bosh-nats-sync.keysDir" -}}/var/run/bosh-nats-sync-keys{{- end }}
+{{- define "bosh-nats-sync.issuerSeedFile" -}}{{ include "bosh-nats-sync.keysDir" . }}/issuer.seed{{- end }}
+{{- define "bosh-nats-sync.calloutTlsDir" -}}/etc/bosh-nats-sync-callout-tls{{- end }}
+{{- define "bosh-nats-sync.natsCaDir" -}}/etc/bosh-nats-sync-nats-ca{{- end }}
+
+{{- define "bosh-nats-sync.issuerSecretName" -}}
+{{- default (printf "%s-callout-issuer" (include "bosh-nats-sync.fullname" .)) .Values.callout.issuer.existingSecret }}
+{{- end }}
+
+{{- define "bosh-nats-sync.calloutTlsSecretName" -}}
+{{- default (printf "%s-callout-tls" (include "bosh-nats-sync.fullname" .)) .Values.callout.tls.secretName }}
+{{- end }}
+
 {{- define "bosh-nats-sync.secretName" -}}
 {{- if .Values.director.existingSecret }}
 {{- .Values.director.existingSecret }}
@@ -95,6 +117,23 @@ directory, then the absolute path without its leading slash.
   "log" (dict "format" $s.log.format "level" $s.log.level)
   "http" (dict "enabled" true "listen" (printf "0.0.0.0:%d" (int $s.httpPort)))
 }}
+{{- if include "bosh-nats-sync.callout" . }}
+{{- $c := .Values.callout }}
+{{- $_ := set $config.nats "admission" "callout" }}
+{{- $_ := set $config.nats "callout" (dict
+  "url" (printf "tls://%s:%d" (default "127.0.0.1" $c.serverName) (int .Values.nats.port))
+  "cert_file" (printf "%s/tls.crt" (include "bosh-nats-sync.calloutTlsDir" .))
+  "key_file" (printf "%s/tls.key" (include "bosh-nats-sync.calloutTlsDir" .))
+  "ca_file" (printf "%s/ca.crt" (include "bosh-nats-sync.natsCaDir" .))
+  "issuer_seed_file" (include "bosh-nats-sync.issuerSeedFile" .)
+  "user_ttl" $c.userTtl
+  "timeout" $c.timeout) }}
+{{- else if .Values.cluster.enabled }}
+{{- /* A pod of the cluster is ready once a pass has read the director's agents: the Service
+would otherwise send agents to a server that holds the director's and health monitor's users
+only, and it would refuse them (docs/contract.md §7). */}}
+{{- $_ := set $config.http "ready_after_full_pass" true }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 

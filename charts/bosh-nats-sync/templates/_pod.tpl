@@ -41,7 +41,58 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- if include "bosh-nats-sync.callout" . }}
+  {{- with .Values.callout.serverName }}
+  # The sidecar reaches its own nats-server under the name the server's certificate holds.
+  hostAliases:
+    - ip: 127.0.0.1
+      hostnames: [{{ . | quote }}]
+  {{- end }}
+  {{- end }}
   initContainers:
+    {{- if include "bosh-nats-sync.callout" . }}
+    # The issuer seed, copied where only this pod's user may read it: mounted from its Secret
+    # the file is group-readable under fsGroup whatever defaultMode says, and bosh-nats-sync
+    # refuses such a seed file. The copy lives in memory (an emptyDir of medium Memory).
+    - name: issuer-seed
+      image: {{ include "bosh-nats-sync.image" $initImage }}
+      imagePullPolicy: {{ .Values.init.image.pullPolicy }}
+      command:
+        - /bin/sh
+        - -c
+        - 'umask 077 && cat "$SEED_SOURCE" > "$SEED_FILE.tmp" && mv -f "$SEED_FILE.tmp" "$SEED_FILE"'
+      env:
+        - name: SEED_SOURCE
+          value: {{ printf "%s/issuer.seed" (include "bosh-nats-sync.issuerSourceDir" .) | quote }}
+        - name: SEED_FILE
+          value: {{ include "bosh-nats-sync.issuerSeedFile" . | quote }}
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.init.resources | nindent 8 }}
+      volumeMounts:
+        - name: callout-issuer
+          mountPath: {{ include "bosh-nats-sync.issuerSourceDir" . }}
+          readOnly: true
+        - name: callout-keys
+          mountPath: {{ include "bosh-nats-sync.keysDir" . }}
+    # The auth file nats-server starts with: the director and the health monitor as static
+    # users, the service's user, auth_callout naming the issuer (nats-server cannot take that
+    # block on a reload). From the configuration and the certificates alone: no director.
+    - name: callout-init
+      image: {{ include "bosh-nats-sync.image" (dict "repository" .Values.sync.image.repository "tag" (default .Chart.AppVersion .Values.sync.image.tag)) }}
+      imagePullPolicy: {{ .Values.sync.image.pullPolicy }}
+      args:
+        - -c
+        - {{ printf "%s/config.yml" (include "bosh-nats-sync.syncConfDir" .) }}
+        - init
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.init.resources | nindent 8 }}
+      volumeMounts:
+        {{- include "bosh-nats-sync.syncMounts" . | nindent 8 }}
+    {{- else }}
     # nats-server refuses to start while an included file is missing; write BOSH's
     # placeholder (valid NATS syntax, holds no users) unless a file is already there.
     - name: auth-placeholder
@@ -61,6 +112,7 @@ spec:
       volumeMounts:
         - name: state
           mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+    {{- end }}
   containers:
     - name: nats
       image: {{ include "bosh-nats-sync.image" .Values.nats.image }}
@@ -136,7 +188,9 @@ spec:
           path: /healthz
           port: http
         {{- toYaml .Values.sync.livenessProbe | nindent 8 }}
-      # Ready once nats-server has loaded a usable auth file; stays ready afterwards.
+      # Ready once nats-server has loaded a usable auth file (in a cluster: with the agents of a
+      # pass that read the director; in callout mode: once the admitted set is loaded and the
+      # sidecar answers); stays ready afterwards.
       readinessProbe:
         httpGet:
           path: /readyz
@@ -147,11 +201,7 @@ spec:
       resources:
         {{- toYaml .Values.sync.resources | nindent 8 }}
       volumeMounts:
-        - name: sync-config
-          mountPath: {{ include "bosh-nats-sync.syncConfDir" . }}
-          readOnly: true
-        - name: state
-          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+        {{- include "bosh-nats-sync.syncMounts" . | nindent 8 }}
   volumes:
     - name: nats-config
       configMap:
@@ -163,6 +213,36 @@ spec:
       secret:
         secretName: {{ include "bosh-nats-sync.tlsSecretName" . }}
         defaultMode: 0440
+    {{- if include "bosh-nats-sync.callout" . }}
+    # Only the CA of the server's Secret reaches the sidecar, not the server's key.
+    - name: nats-ca
+      secret:
+        secretName: {{ include "bosh-nats-sync.tlsSecretName" . }}
+        defaultMode: 0440
+        items:
+          - key: ca.crt
+            path: ca.crt
+    - name: callout-tls
+      secret:
+        secretName: {{ include "bosh-nats-sync.calloutTlsSecretName" . }}
+        defaultMode: 0440
+        items:
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
+    - name: callout-issuer
+      secret:
+        secretName: {{ include "bosh-nats-sync.issuerSecretName" . }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.callout.issuer.key }}
+            path: issuer.seed
+    - name: callout-keys
+      emptyDir:
+        medium: Memory
+        sizeLimit: 1Mi
+    {{- end }}
     - name: state
       {{- if and .Values.cluster.enabled .Values.state.volume (not (hasKey .Values.state.volume "emptyDir")) }}
       {{- fail "cluster.enabled: state.volume would be one volume for every pod, but each pod needs its own auth file and pid file: leave state.volume empty (an emptyDir per pod) or give an emptyDir" }}
@@ -188,4 +268,24 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* What the sidecar mounts, and in callout mode the init step that runs `init` as well. */}}
+{{- define "bosh-nats-sync.syncMounts" -}}
+- name: sync-config
+  mountPath: {{ include "bosh-nats-sync.syncConfDir" . }}
+  readOnly: true
+- name: state
+  mountPath: {{ include "bosh-nats-sync.stateDir" . }}
+{{- if include "bosh-nats-sync.callout" . }}
+- name: callout-keys
+  mountPath: {{ include "bosh-nats-sync.keysDir" . }}
+  readOnly: true
+- name: callout-tls
+  mountPath: {{ include "bosh-nats-sync.calloutTlsDir" . }}
+  readOnly: true
+- name: nats-ca
+  mountPath: {{ include "bosh-nats-sync.natsCaDir" . }}
+  readOnly: true
+{{- end }}
 {{- end }}
