@@ -593,6 +593,27 @@ def test_the_callout_init_steps_run_as_rendered(name):
         assert issuer not in out.stdout + out.stderr
 
 
+def test_the_placeholder_step_replaces_a_callout_auth_file_only():
+    """Back from callout mode on a kept state volume: the file mode's init step replaces the
+    auth file holding auth_callout (nats-server cannot drop it on a reload) and keeps any
+    other file (the agents of a users file survive a restart)."""
+    spec = pod_spec(manifests(render(VARIANTS["custom-paths"])))
+    step = container(spec, "auth-placeholder", init=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        auth = pathlib.Path(tmp) / "auth.json"
+        env = dict(os.environ, AUTH_FILE=str(auth))
+        run = lambda: subprocess.run(step["command"], env=env, capture_output=True, text=True,
+                                     timeout=60)
+        assert run().returncode == 0
+        assert auth.read_text() == "{authorization: {token: f0oBar}}\n", "absent: the placeholder"
+        users = '{"authorization": {"users": [{"user": "CN=x"}]}}\n'
+        auth.write_text(users)
+        assert run().returncode == 0 and auth.read_text() == users, "a users file stays"
+        auth.write_text('{"authorization": {"users": [], "auth_callout": {"issuer": "A"}}}\n')
+        assert run().returncode == 0
+        assert auth.read_text() == "{authorization: {token: f0oBar}}\n", "the callout block goes"
+
+
 def test_the_callout_cluster_fixture_is_up_to_date():
     """tests/cluster.rs runs the rendered callout cluster for real."""
     want = chartlib.fixture_files(VARIANTS[chartlib.CALLOUT_CLUSTER_FIXTURE_VARIANT])

@@ -94,14 +94,16 @@ spec:
         {{- include "bosh-nats-sync.syncMounts" . | nindent 8 }}
     {{- else }}
     # nats-server refuses to start while an included file is missing; write BOSH's
-    # placeholder (valid NATS syntax, holds no users) unless a file is already there.
+    # placeholder (valid NATS syntax, holds no users) unless a file is already there — or the
+    # one there holds callout mode's auth_callout block (a state volume kept from callout
+    # mode), which nats-server would refuse to drop on a reload.
     - name: auth-placeholder
       image: {{ include "bosh-nats-sync.image" $initImage }}
       imagePullPolicy: {{ .Values.init.image.pullPolicy }}
       command:
         - /bin/sh
         - -c
-        - '[ -e "$AUTH_FILE" ] || printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"'
+        - 'if [ ! -e "$AUTH_FILE" ] || grep -q auth_callout "$AUTH_FILE"; then printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"; fi'
       env:
         - name: AUTH_FILE
           value: {{ include "bosh-nats-sync.authFile" . | quote }}
