@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Tests of the Helm chart (charts/bosh-nats-sync) and the BOSH job templates (deploy/bosh):
-# lint, values schema, Kubernetes schemas, pod invariants, the cluster mode's wiring, the
-# freshness of the fixtures tests/sidecar.rs and tests/cluster.rs run, and the rendered configs
-# checked by the binary itself.
+# lint, values schema, Kubernetes schemas, pod invariants, the cluster mode's and callout mode's
+# wiring, the freshness of the fixtures tests/sidecar.rs and tests/cluster.rs run, the rendered
+# configs checked by the binary itself, and the BOSH job's callout pre-start run for real.
 #
 #   tests/chart/run.sh                   run the tests
-#   tests/chart/run.sh --update-fixture  re-render tests/chart/fixtures/{sidecar,cluster}, then test
+#   tests/chart/run.sh --update-fixture  re-render tests/chart/fixtures/{sidecar,cluster,callout-cluster}, then test
 #   tests/chart/run.sh -- -k secret      pass arguments on to pytest
 #
 # No helm binary and no cluster: helm-python-sdk carries Helm's Go SDK as a shared library,
