@@ -331,13 +331,20 @@ async fn an_observation_pages_through_every_connection() {
         .await
         .expect("the service's certificate connects");
     let total = env.nats.connz().await.unwrap()["total"].as_u64().unwrap() as usize;
-    assert!(total >= 8, "4 agents, the director, the health monitor, two services");
+    assert!(
+        total >= 8,
+        "4 agents, the director, the health monitor, two services"
+    );
     let gather = Gather {
         page: 2,
         ..Gather::default()
     };
     let observation = observe(system.client(), &gather).await.expect("observed");
-    assert!(observation.incomplete.is_empty(), "{:?}", observation.incomplete);
+    assert!(
+        observation.incomplete.is_empty(),
+        "{:?}",
+        observation.incomplete
+    );
     assert_eq!(observation.servers.len(), 1);
     let seen: Vec<u64> = observation.servers[0]
         .connections
@@ -345,7 +352,10 @@ async fn an_observation_pages_through_every_connection() {
         .map(|c| c.cid)
         .collect();
     for (cn, cid) in &held.cids {
-        assert!(seen.contains(cid), "{cn}'s connection {cid} seen in {seen:?}");
+        assert!(
+            seen.contains(cid),
+            "{cn}'s connection {cid} seen in {seen:?}"
+        );
     }
     assert!(seen.len() >= total, "{} of {total} seen", seen.len());
     assert_eq!(

@@ -429,6 +429,23 @@ pub fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Co
     c
 }
 
+/// The JSON log lines from `offset` on whose message starts with `message`.
+pub fn log_lines(log: &Path, offset: u64, message: &str) -> anyhow::Result<Vec<Value>> {
+    let Ok(text) = std::fs::read(log) else {
+        return Ok(Vec::new());
+    };
+    let from = (offset as usize).min(text.len());
+    Ok(String::from_utf8_lossy(&text[from..])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .collect())
+}
+
 /// The pass summary lines (JSON) of the log from byte `offset`, and the offset after the
 /// last complete line.
 pub fn pass_lines(log: &Path, offset: u64) -> anyhow::Result<(Vec<Value>, u64)> {

@@ -83,6 +83,10 @@ pub struct Args {
     /// VMs created one after another per callout-mode run.
     #[arg(long, default_value_t = 20)]
     pub callout_creations: usize,
+    /// Connected agents' VMs deleted one after another per run of the admission benchmark
+    /// (revocation, §12.6; 0: none).
+    #[arg(long, default_value_t = 20)]
+    pub deletions: usize,
     /// VMs created per file-mode run (default: as many as in callout mode; fewer when a
     /// file-mode run would take too long).
     #[arg(long)]
@@ -252,6 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             vms: args.vms,
             latency: Duration::from_millis(args.watch_latency_ms),
             creations: args.callout_creations,
+            deletions: args.deletions,
             file_creations: args.file_creations.unwrap_or(args.callout_creations),
             spacing: Duration::from_millis(700),
             retry: Duration::from_millis(100),

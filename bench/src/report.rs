@@ -500,7 +500,10 @@ impl Report<'_> {
              each new VM's agent connects with its bootstrap certificate from its VM's second \
              `create`/`vm` event on, again 100 ms after each refusal, until it is let in. \
              Meanwhile a director client (the director's certificate) connects, disconnects \
-             and connects again 100 ms later, each connect timed.\n",
+             and connects again 100 ms later, each connect timed. Then (in callout mode after \
+             a restart of nats-server) the revocation: {} of the N agents' VMs deleted one \
+             after another, 0.7–1.4 s apart, each agent holding its connection; timed from the \
+             VM's `delete`/`vm` events until the agent's client sees its connection closed.\n",
             self.command,
             self.elapsed.as_secs_f64(),
             first.nats_version,
@@ -511,6 +514,10 @@ impl Report<'_> {
                 .find(|r| r.mode == Mode::File)
                 .map_or(first.users, |r| r.users),
             first.latency.as_millis(),
+            first
+                .revocation
+                .as_ref()
+                .map_or(0, |x| x.closed.len() + x.not_closed),
         );
         let _ = writeln!(md, "| machine | |\n|---|---|");
         for (k, v) in machine() {
@@ -706,7 +713,7 @@ impl Report<'_> {
         );
         row(
             &mut md,
-            "restart: reconnects refused (`Authorization Violation`) / other failed attempts (what async-nats said)",
+            "restart: reconnects refused (`Authorization Violation`; of them before the program answered again) / other failed attempts (what async-nats said)",
             &|r| {
                 r.restart.as_ref().map_or("–".to_owned(), |x| {
                     let kinds: Vec<String> = x
@@ -715,8 +722,9 @@ impl Report<'_> {
                         .map(|(k, n)| format!("{k}: {n}"))
                         .collect();
                     format!(
-                        "{} / {} ({})",
+                        "{} ({}) / {} ({})",
                         x.refused,
+                        x.refused_before_responder,
                         x.failed_attempts,
                         kinds.join("; ")
                     )
@@ -736,6 +744,108 @@ impl Report<'_> {
                         results.join(", "),
                         bound(&x.answers),
                         x.answers.mean().map_or("–".to_owned(), ms)
+                    )
+                })
+            },
+        );
+        let revocation = |r: &AdmissionRun| r.revocation.clone();
+        row(
+            &mut md,
+            "**revocation**: deleted VMs' connected agents closed, after their delete events: p50 / **p99** / max s (closed of deleted)",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "{} / **{}** / {} ({} of {}{})",
+                        secs(quantile(&x.closed, 0.5)),
+                        secs(quantile(&x.closed, 0.99)),
+                        secs(quantile(&x.closed, 1.0)),
+                        x.closed.len(),
+                        x.closed.len() + x.not_closed,
+                        if x.not_closed > 0 {
+                            format!(", the rest still connected after {} s", secs(x.waited))
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: **other agents disconnected** / **reloads** (`config_load_time`)",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "**{}** / **{}** ({})",
+                        x.others_closed,
+                        x.reloads,
+                        if x.config_load_time_moved {
+                            "moved"
+                        } else {
+                            "unchanged"
+                        }
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: the program's passes that changed something: count, p50 / max s",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "{}, {} / {}",
+                        x.passes.len(),
+                        secs(quantile(&x.passes, 0.5)),
+                        secs(quantile(&x.passes, 1.0))
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: **one observation** of every connection (CONNZ, beside the passes): checks; connections; requests / replies / bytes; time p50 / max",
+            &|r| {
+                revocation(r)
+                    .filter(|x| !x.observations.is_empty())
+                    .map_or("–".to_owned(), |x| {
+                        let o = &x.observations;
+                        let took: Vec<Duration> = o.iter().map(|o| o.took).collect();
+                        let last = o.last().expect("not empty");
+                        format!(
+                            "{}; {}; {} / {} / {:.0} KiB; {} / **{}**",
+                            o.len(),
+                            last.connections,
+                            last.requests,
+                            last.replies,
+                            last.bytes as f64 / 1024.0,
+                            ms(quantile(&took, 0.5).as_secs_f64()),
+                            ms(quantile(&took, 1.0).as_secs_f64())
+                        )
+                    })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: the program's revocations by result; CPU of nats-server / bosh-nats-sync meanwhile",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    let results: Vec<String> = x
+                        .results
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect();
+                    format!(
+                        "{}; {} s / {} s over {} s",
+                        if results.is_empty() {
+                            "–".to_owned()
+                        } else {
+                            results.join(", ")
+                        },
+                        secs(x.nats_cpu),
+                        secs(x.program_cpu),
+                        secs(x.phase)
                     )
                 })
             },
@@ -807,6 +917,25 @@ impl Report<'_> {
                     verdict(b.is_some_and(|b| b <= 0.005)),
                 ));
             }
+            if let Some(x) = &r.revocation {
+                let p99 = quantile(&x.closed, 0.99);
+                goals.push((
+                    format!(
+                        "N = {n}: a deleted VM's connected agent closed within 2 s of its delete event at the 99th percentile"
+                    ),
+                    if x.not_closed > 0 {
+                        format!("{} of {} not closed", x.not_closed, x.not_closed + x.closed.len())
+                    } else {
+                        format!("{} s", secs(p99))
+                    },
+                    verdict(x.not_closed == 0 && p99 <= Duration::from_secs(2)),
+                ));
+                goals.push((
+                    format!("N = {n}: revocation: 0 reloads, 0 other connections closed"),
+                    format!("{} reloads, {} others closed", x.reloads, x.others_closed),
+                    verdict(x.reloads == 0 && !x.config_load_time_moved && x.others_closed == 0),
+                ));
+            }
         }
         if !goals.is_empty() {
             let _ = writeln!(md, "| goal (callout mode) | measured | |\n|---|---|---|");
@@ -875,6 +1004,7 @@ fn admission_json(r: &AdmissionRun) -> Value {
             "exited_s": x.exited.as_secs_f64(), "listening_s": x.listening.as_secs_f64(),
             "readmitted_s": x.readmitted.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "waited_s": x.waited.as_secs_f64(), "refused": x.refused,
+            "refused_before_responder": x.refused_before_responder,
             "failed_attempts": x.failed_attempts, "failures": x.failures,
             "answers": histogram_json(&x.answers),
             "results": x.results,
@@ -883,6 +1013,23 @@ fn admission_json(r: &AdmissionRun) -> Value {
             "nats_cpu_s": x.nats_cpu.as_secs_f64(),
             "program_cpu_s": x.program_cpu.as_secs_f64(),
             "driver_cpu_s": x.driver_cpu.as_secs_f64(),
+        })
+    });
+    let revocation = r.revocation.as_ref().map(|x| {
+        json!({
+            "closed_s": x.closed.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "not_closed": x.not_closed, "waited_s": x.waited.as_secs_f64(),
+            "others_closed": x.others_closed, "reloads": x.reloads,
+            "config_load_time_moved": x.config_load_time_moved,
+            "passes_s": x.passes.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "observations": x.observations.iter().map(|o| json!({
+                "connections": o.connections, "requests": o.requests, "replies": o.replies,
+                "bytes": o.bytes, "s": o.took.as_secs_f64(),
+            })).collect::<Vec<_>>(),
+            "results": x.results,
+            "nats_cpu_s": x.nats_cpu.as_secs_f64(),
+            "program_cpu_s": x.program_cpu.as_secs_f64(),
+            "phase_s": x.phase.as_secs_f64(),
         })
     });
     json!({
@@ -900,6 +1047,7 @@ fn admission_json(r: &AdmissionRun) -> Value {
         "program_cpu_s": r.program_cpu.as_secs_f64(),
         "answers": r.answers.as_ref().map(histogram_json),
         "restart": restart,
+        "revocation": revocation,
         "load_before": r.load_before, "load_after": r.load_after,
         "wall_s": r.wall.as_secs_f64(),
     })
