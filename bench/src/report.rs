@@ -385,7 +385,20 @@ impl Report<'_> {
         );
         row(
             &mut md,
-            "`once` (placeholder file → bootstrap → full write → reload verified via `/varz`): wall / CPU",
+            "**the same reload with the director's agents connected** (N agents, each its own certificate; the time to connect them)",
+            &|n| match n.reload_with_agents {
+                Some(r) => format!(
+                    "**{} s** (N = {}; {} s)",
+                    secs(r),
+                    n.agents,
+                    secs(n.connect_all)
+                ),
+                None => "– (no agent asked for)".to_owned(),
+            },
+        );
+        row(
+            &mut md,
+            "`once` (placeholder file → bootstrap → full write → reload verified via `/varz`, no agent connected): wall / CPU",
             &|n| format!("{} s / {} s", secs(n.once.wall), secs(n.once.cpu)),
         );
         row(&mut md, "`once`: peak RSS (private)", &|n| {
@@ -424,7 +437,9 @@ impl Report<'_> {
              `create`/`vm` event (its row inserted) until nats-server accepted a TLS connection \
              with the VM's bootstrap certificate, tried every {} ms; one VM created every 0.7–1.4 s \
              on a deployment of its own turn. *quiet*: every director request over {:.0} s in \
-             which nothing changed, per minute.\n",
+             which nothing changed, per minute. {} agents connected to nats-server throughout, \
+             each with its own certificate (a director's VMs' agents: a reload costs nats-server \
+             connected clients × users).\n",
             self.command,
             first.deployments,
             first.vms,
@@ -433,17 +448,20 @@ impl Report<'_> {
             first.poll_seconds,
             first.probe_every.as_millis(),
             first.quiet_window.as_secs_f64(),
+            first.agents,
         );
         let _ = writeln!(
             md,
-            "| mode | nats-server | creations | admitted p50 s | p99 s | max s | quiet requests/min (`/events` of them) | partial pass p50 s | nats-server reload alone s |\n|---|---|---|---|---|---|---|---|---|"
+            "| mode | nats-server | agents connected (disconnections) | creations | admitted p50 s | p99 s | max s | quiet requests/min (`/events` of them) | partial pass p50 s | nats-server reload alone s |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for w in self.watch {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {:.0} ({}) | {} | {} |",
+                "| {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} ({}) | {} | {} |",
                 w.label(),
                 w.nats_version,
+                w.agents,
+                w.disconnects,
                 w.admissions.len(),
                 secs(w.quantile(0.5)),
                 secs(w.quantile(0.99)),
@@ -463,7 +481,8 @@ impl Report<'_> {
             "\n*partial pass*: the median duration of the watch's passes that wrote (one `/vms`, \
              the desired state, the write, nats-server's reload and its verification), from their \
              log lines. *reload alone*: a SIGHUP to the same nats-server, with the same file, \
-             until `/varz` `config_load_time` advanced, with nothing else running.\n"
+             until `/varz` `config_load_time` advanced, with nothing else running but the \
+             connected agents.\n"
         );
         if let Some(on) = self.watch.iter().find(|w| w.watch.is_some()) {
             let p99 = on.quantile(0.99);
@@ -984,6 +1003,8 @@ impl Report<'_> {
                 "admissions_s": w.admissions.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 "nats_version": w.nats_version,
                 "partial_pass_p50_s": w.partial_pass_p50.as_secs_f64(),
+                "agents": w.agents, "connect_all_s": w.connect_all.as_secs_f64(),
+                "disconnects": w.disconnects,
                 "reload_alone_s": w.reload_alone.as_secs_f64(),
             })).collect::<Vec<_>>(),
             "admission": self.admission.iter().map(admission_json).collect::<Vec<_>>(),
@@ -992,6 +1013,8 @@ impl Report<'_> {
                 "file_bytes": n.file_bytes, "once_wall_s": n.once.wall.as_secs_f64(),
                 "once_max_rss_kib": n.once.max_rss_kib, "once_cpu_s": n.once.cpu.as_secs_f64(),
                 "reload_s": n.reload.as_secs_f64(), "nats_rss_kib": n.nats_rss_kib,
+                "agents": n.agents, "connect_all_s": n.connect_all.as_secs_f64(),
+                "reload_with_agents_s": n.reload_with_agents.map(|d| d.as_secs_f64()),
                 "agent_admitted": n.agent_admitted, "stranger_refused": n.stranger_refused,
             })).collect::<Vec<_>>(),
         })
