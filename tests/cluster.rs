@@ -3,7 +3,7 @@
 //! (tests/chart/fixtures/cluster, kept fresh by tests/chart/run.sh) join into one cluster over
 //! routes on 127.0.0.1, each with its own auth file, pid file and bosh-nats-sync sidecar (the
 //! chart's rendered sidecar config, reloading by SIGHUP) against one simulated director.
-//! Only what cannot be shared on one machine is changed (see [`node_nats_conf`]), so the test
+//! Only what cannot be shared on one machine is changed (see [`node_config`]), so the test
 //! shows that the chart's cluster block forms a cluster, that every node admits the director's
 //! agents under the same permissions, that messages cross the routes, and that the cluster
 //! survives one node and its sidecar dying and coming back from the BOSH placeholder.
@@ -32,8 +32,74 @@ const PLACEHOLDER: &str = "{authorization: {token: f0oBar}}";
 /// How long a cluster may take to form, an agent to be admitted, a server to start.
 const WITHIN: Duration = Duration::from_secs(30);
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/cluster")
+/// The rendered cluster: `cluster` (route authorization, the chart's default) or `cluster-tls`.
+fn fixture_dir(fixture: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/chart/fixtures")
+        .join(fixture)
+}
+
+/// The route credentials the test puts in the Secret the chart's environment refers to (the
+/// chart makes its own password at install; any value of letters and digits behaves alike).
+const ROUTE_USER: &str = "route";
+const ROUTE_PASSWORD: &str = "RoutePw0Sekr1t9x";
+
+/// The value of `key` in the Secret `name`, as the test provides it: the route credentials.
+fn secret_value(name: &str, key: &str) -> String {
+    match key {
+        "user" => ROUTE_USER.to_owned(),
+        "password" => ROUTE_PASSWORD.to_owned(),
+        _ => panic!("the test provides no key {key} of Secret {name}"),
+    }
+}
+
+/// A container's environment as Kubernetes builds it from the rendered entries: a Secret's key
+/// (`valueFrom.secretKeyRef`) or a literal `value` in which `$(NAME)` is replaced by a variable
+/// defined before it (`$$` escapes `$`). Panics naming the variable when a reference is
+/// undefined, as the kubelet would leave it unexpanded and the server would not start.
+fn kubernetes_env(entries: &Json) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in entries.as_array().expect("an env list") {
+        let name = entry["name"].as_str().expect("an env name").to_owned();
+        let value = if let Some(reference) = entry["valueFrom"]["secretKeyRef"].as_object() {
+            secret_value(
+                reference["name"].as_str().expect("a Secret name"),
+                reference["key"].as_str().expect("a Secret key"),
+            )
+        } else {
+            let literal = entry["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("env {name}: neither a value nor a Secret key"));
+            let mut out = String::new();
+            let mut rest = literal;
+            while let Some(at) = rest.find('$') {
+                out.push_str(&rest[..at]);
+                rest = &rest[at..];
+                if let Some(tail) = rest.strip_prefix("$$") {
+                    out.push('$');
+                    rest = tail;
+                } else if let Some(tail) = rest.strip_prefix("$(") {
+                    let end = tail
+                        .find(')')
+                        .unwrap_or_else(|| panic!("env {name}: unclosed $( in {literal}"));
+                    let var = &tail[..end];
+                    let (_, v) = env
+                        .iter()
+                        .find(|(n, _)| n == var)
+                        .unwrap_or_else(|| panic!("env {name}: $({var}) is not defined before it"));
+                    out.push_str(v);
+                    rest = &tail[end + 1..];
+                } else {
+                    out.push('$');
+                    rest = &rest[1..];
+                }
+            }
+            out.push_str(rest);
+            out
+        };
+        env.push((name, value));
+    }
+    env
 }
 
 /// What the chart rendered for the cluster: the pod layout (mounts, init command, nats-server
@@ -42,8 +108,8 @@ fn fixture_dir() -> PathBuf {
 struct Layout(Json);
 
 impl Layout {
-    fn load() -> Layout {
-        let path = fixture_dir().join("layout.json");
+    fn load(fixture: &str) -> Layout {
+        let path = fixture_dir(fixture).join("layout.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "{}: {e} (tests/chart/run.sh --update-fixture)",
@@ -131,47 +197,61 @@ impl Ports {
     }
 }
 
-/// Where the parser of [`node_nats_conf`] is in the rendered file.
+/// Where the parser of [`node_config`] is in the rendered file.
 #[derive(Debug, PartialEq, Eq)]
 enum Section {
     Top,
     Cluster,
+    /// Inside a block of the cluster block (`authorization { … }`, `tls { … }`); `true` when
+    /// the test removes it.
+    ClusterBlock(bool),
     Routes,
 }
 
-/// The chart's rendered nats.conf as node `index` of a cluster on this machine runs it. Every
-/// pod of the StatefulSet gets the same file; on one machine only this must differ:
+/// How a node runs the rendered route security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// As the chart renders it.
+    AsRendered,
+    /// The cluster block's `authorization` and `tls` blocks removed: routes anyone may join.
+    /// Only to show that the rogue-server test can fail.
+    Removed,
+}
+
+/// The chart's rendered nats.conf and the nats container's environment as node `index` of a
+/// cluster on this machine runs them. Every pod of the StatefulSet gets the same file and the
+/// same environment; on one machine only this must differ:
 ///
-/// - quoted absolute paths inside the pod's mounts (the pid file, the TLS files) move under the
-///   node's `root`; the relative `include` of the auth file stays as rendered (it resolves
-///   against the config's directory, which moved too);
+/// - quoted absolute paths inside the pod's mounts (the pid file, the TLS files, the route TLS
+///   files) move under the node's `root`; the relative `include` of the auth file stays as
+///   rendered (it resolves against the config's directory, which moved too);
 /// - the top-level `listen` and `http` become this node's client and monitoring ports on
 ///   127.0.0.1;
-/// - in the `cluster { … }` block, `listen` becomes this node's route port on 127.0.0.1, and
-///   each route `nats://<pod><dns suffix>:<route port>` becomes `nats://127.0.0.1:<the route
-///   port of that pod's node>`. Everything else (the cluster's name, `no_advertise`, TLS with
-///   `verify_and_map`, comments) is kept line for line.
+/// - in the `cluster { … }` block, `listen` becomes this node's route port on 127.0.0.1. The
+///   routes stay as rendered (`$NATS_ROUTE_<i>`, references to the environment); in the
+///   environment, built from the rendered entries as Kubernetes builds it (Secret keys from
+///   [`secret_value`], `$(VAR)` expanded), each route URL's `<pod><dns suffix>:<route port>`
+///   becomes `127.0.0.1:<the route port of that pod's node>`, credentials untouched.
+///
+/// Everything else (the cluster's name, `no_advertise`, route `authorization` and `tls`, lame
+/// duck, TLS with `verify_and_map`, comments) is kept line for line, unless `security` is
+/// [`Security::Removed`].
 ///
 /// Panics, quoting the file, when it is not shaped as expected: exactly one top-level
 /// `listen` and `http`, one `cluster` block closed by `}` with one `listen` of the layout's
-/// route port and one `routes: [` list whose entries are quoted URLs naming each pod of the
-/// layout exactly once — so a chart that stops rendering a route to every peer fails here.
-fn node_nats_conf(
+/// route port and one `routes: [` list whose entries are environment references whose URLs
+/// name each pod of the layout exactly once — so a chart that stops rendering a route to every
+/// peer fails here.
+fn node_config(
     rendered: &str,
     layout: &Layout,
     root: &Path,
     ports: &[Ports],
     index: usize,
-) -> String {
+    security: Security,
+) -> (String, Vec<(String, String)>) {
     let pods = layout.pods();
     assert_eq!(pods.len(), ports.len(), "one node per rendered pod");
-    let peer_of = |url: &str| -> Option<usize> {
-        let host = url
-            .strip_prefix("nats://")?
-            .strip_suffix(&format!(":{}", layout.route_port()))?
-            .strip_suffix(layout.dns_suffix())?;
-        pods.iter().position(|p| p == host)
-    };
     let mounts = layout.mounts();
     let move_paths = |line: &str| {
         mounts.iter().fold(line.to_owned(), |line, m| {
@@ -181,7 +261,7 @@ fn node_nats_conf(
     };
     let me = ports[index];
     let (mut top_listen, mut top_http, mut blocks, mut cluster_listen) = (0, 0, 0, 0);
-    let mut routed = Vec::new();
+    let mut route_vars = Vec::new();
     let mut section = Section::Top;
     let mut out = Vec::new();
     for line in rendered.lines() {
@@ -216,6 +296,14 @@ fn node_nats_conf(
                 }
                 out.push(format!("  listen: \"127.0.0.1:{}\"", me.route));
             }
+            Section::Cluster if trimmed.ends_with('{') => {
+                let removed = security == Security::Removed
+                    && (trimmed.starts_with("authorization") || trimmed.starts_with("tls"));
+                section = Section::ClusterBlock(removed);
+                if !removed {
+                    out.push(line.to_owned());
+                }
+            }
             Section::Cluster if trimmed == "routes: [" => {
                 section = Section::Routes;
                 out.push(line.to_owned());
@@ -229,32 +317,29 @@ fn node_nats_conf(
                 );
             }
             Section::Cluster => out.push(line.to_owned()),
+            Section::ClusterBlock(removed) => {
+                if trimmed == "}" {
+                    section = Section::Cluster;
+                }
+                if !removed {
+                    out.push(move_paths(line));
+                }
+            }
             Section::Routes if trimmed == "]" => {
                 section = Section::Cluster;
                 out.push(line.to_owned());
             }
             Section::Routes => {
-                let url = trimmed
-                    .strip_prefix('"')
-                    .and_then(|s| s.strip_suffix('"'))
-                    .unwrap_or_else(|| {
-                        unexpected_conf(
-                            rendered,
-                            &format!("route line `{line}` is not one quoted URL"),
-                        )
-                    });
-                let peer = peer_of(url).unwrap_or_else(|| {
+                let var = trimmed.strip_prefix('$').unwrap_or_else(|| {
                     unexpected_conf(
                         rendered,
                         &format!(
-                            "route {url} names none of the pods {pods:?} as nats://<pod>{}:{}",
-                            layout.dns_suffix(),
-                            layout.route_port()
+                            "route line `{line}` is not one `$NAME` reference to the environment"
                         ),
                     )
                 });
-                routed.push(peer);
-                out.push(format!("    \"nats://127.0.0.1:{}\"", ports[peer].route));
+                route_vars.push(var.to_owned());
+                out.push(line.to_owned());
             }
         }
     }
@@ -274,6 +359,50 @@ fn node_nats_conf(
             unexpected_conf(rendered, &format!("want one {what}, found {count}"));
         }
     }
+    // The environment, and in it each route's peer.
+    let mut env = kubernetes_env(&layout.0["nats_env"]);
+    let mut routed = Vec::new();
+    for var in &route_vars {
+        let (_, value) = env
+            .iter_mut()
+            .find(|(name, _)| name == var)
+            .unwrap_or_else(|| {
+                unexpected_conf(
+                    rendered,
+                    &format!("route ${var} is not in the nats container's environment"),
+                )
+            });
+        let peer = pods
+            .iter()
+            .position(|pod| {
+                value.contains(&format!(
+                    "{pod}{}:{}\"",
+                    layout.dns_suffix(),
+                    layout.route_port()
+                ))
+            })
+            .unwrap_or_else(|| {
+                unexpected_conf(
+                    rendered,
+                    &format!(
+                        "route ${var} ({}) names none of the pods {pods:?} as <pod>{}:{}",
+                        value.replace(ROUTE_PASSWORD, "<password>"),
+                        layout.dns_suffix(),
+                        layout.route_port()
+                    ),
+                )
+            });
+        *value = value.replace(
+            &format!(
+                "{}{}:{}",
+                pods[peer],
+                layout.dns_suffix(),
+                layout.route_port()
+            ),
+            &format!("127.0.0.1:{}", ports[peer].route),
+        );
+        routed.push(peer);
+    }
     let mut sorted = routed.clone();
     sorted.sort_unstable();
     if sorted != (0..pods.len()).collect::<Vec<_>>() {
@@ -282,10 +411,10 @@ fn node_nats_conf(
             &format!("the routes name pods {routed:?} of {pods:?}: want every pod exactly once"),
         );
     }
-    out.join("\n") + "\n"
+    (out.join("\n") + "\n", env)
 }
 
-/// Fails the test: the rendered nats.conf is not shaped as [`node_nats_conf`] expects.
+/// Fails the test: the rendered nats.conf is not shaped as [`node_config`] expects.
 fn unexpected_conf(rendered: &str, why: &str) -> ! {
     panic!(
         "the chart's cluster nats.conf (tests/chart/fixtures/cluster) is not what tests/cluster.rs \
@@ -425,6 +554,8 @@ struct Node {
     root: PathBuf,
     ports: Ports,
     auth_file: PathBuf,
+    /// The nats container's environment (route credentials and URLs).
+    env: Vec<(String, String)>,
     nats: Option<Process>,
     sync: Option<Process>,
 }
@@ -435,20 +566,26 @@ struct World {
     layout: Layout,
     pki: Pki,
     ca: PathBuf,
+    /// The cluster CA of the route TLS Secret (the `cluster-tls` fixture).
+    route_ca: sim::pki::TestCa,
     director: DirectorSim,
     nodes: Vec<Node>,
+    /// The cluster's name in the rendered nats.conf.
+    cluster_name: String,
 }
 
 impl World {
-    async fn start() -> World {
-        let layout = Layout::load();
+    async fn start(fixture: &str, security: Security) -> World {
+        let layout = Layout::load(fixture);
+        let route_ca = sim::pki::TestCa::new("route CA").unwrap();
+        let route_cert = route_ca.route_cert().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate().unwrap();
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).unwrap();
         let pki_files = pki.write_to(&pki_dir).unwrap();
         let rendered_sync =
-            std::fs::read_to_string(fixture_dir().join("sync-config/config.yml")).unwrap();
+            std::fs::read_to_string(fixture_dir(fixture).join("sync-config/config.yml")).unwrap();
         let user: Yaml = serde_yaml_ng::from_str(&rendered_sync).unwrap();
         let user = user["director"]["user"]
             .as_str()
@@ -460,7 +597,13 @@ impl World {
         .await
         .unwrap();
         let rendered_nats =
-            std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
+            std::fs::read_to_string(fixture_dir(fixture).join("nats-config/nats.conf")).unwrap();
+        let cluster_name = rendered_nats
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: "))
+            .expect("the cluster block names the cluster")
+            .trim_matches('"')
+            .to_owned();
         let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
         let mut nodes = Vec::new();
         for (index, ports_of) in ports.iter().enumerate() {
@@ -470,17 +613,22 @@ impl World {
             {
                 let target = root.join(layout.mount(container, volume).trim_start_matches('/'));
                 std::fs::create_dir_all(&target).unwrap();
-                for entry in std::fs::read_dir(fixture_dir().join(volume)).unwrap() {
+                for entry in std::fs::read_dir(fixture_dir(fixture).join(volume)).unwrap() {
                     let entry = entry.unwrap();
                     std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
                 }
             }
             let conf_dir = root.join(layout.mount("nats", "nats-config").trim_start_matches('/'));
-            std::fs::write(
-                conf_dir.join("nats.conf"),
-                node_nats_conf(&rendered_nats, &layout, &root, &ports, index),
-            )
-            .unwrap();
+            let (conf, env) = node_config(&rendered_nats, &layout, &root, &ports, index, security);
+            std::fs::write(conf_dir.join("nats.conf"), conf).unwrap();
+            // The route TLS Secret, when the chart mounts one.
+            if let Some(dir) = layout.0["mounts"]["nats"]["cluster-tls"].as_str() {
+                let dir = root.join(dir.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("tls.crt"), route_cert.cert_pem()).unwrap();
+                std::fs::write(dir.join("tls.key"), route_cert.key_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), route_ca.cert_pem()).unwrap();
+            }
             // The TLS Secret.
             let tls_dir = root.join(layout.mount("nats", "nats-tls").trim_start_matches('/'));
             std::fs::create_dir_all(&tls_dir).unwrap();
@@ -506,6 +654,7 @@ impl World {
                 root,
                 ports: *ports_of,
                 auth_file,
+                env,
                 nats: None,
                 sync: None,
             });
@@ -515,8 +664,10 @@ impl World {
             layout,
             pki,
             ca: pki_files.ca_cert,
+            route_ca,
             director,
             nodes,
+            cluster_name,
         }
     }
 
@@ -571,6 +722,7 @@ impl World {
                         .to_string(),
                 )
             })
+            .chain(kubernetes_env(&self.layout.0["init_secret_env"]))
             .collect();
         let init = self.layout.strings("init_command");
         let status = std::process::Command::new(&init[0])
@@ -600,11 +752,16 @@ impl World {
             .dir
             .path()
             .join(format!("node-{index}-nats-server.log"));
+        let env: Vec<(&str, &str)> = self.nodes[index]
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         self.nodes[index].nats = Some(Process::spawn(
             format!("node {index} nats-server"),
             &argv,
             log,
-            &[],
+            &env,
         ));
         let port = self.nodes[index].ports.monitoring;
         self.wait(
@@ -817,7 +974,7 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losing_one() {
     let start = Instant::now();
-    let mut world = World::start().await;
+    let mut world = World::start("cluster", Security::AsRendered).await;
     world
         .director
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
@@ -968,25 +1125,27 @@ async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losin
 #[test]
 #[should_panic(expected = "want every pod exactly once")]
 fn a_rendered_config_without_a_route_to_every_peer_is_refused() {
-    let layout = Layout::load();
-    let rendered = std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
-    let last = layout.pods().pop().unwrap();
+    let layout = Layout::load("cluster");
+    let rendered =
+        std::fs::read_to_string(fixture_dir("cluster").join("nats-config/nats.conf")).unwrap();
+    let last = layout.pods().len() - 1;
     let without: Vec<&str> = rendered
         .lines()
-        .filter(|l| !l.contains(&format!("nats://{last}.")))
+        .filter(|l| l.trim() != format!("$NATS_ROUTE_{last}"))
         .collect();
     assert_ne!(
         without.len(),
         rendered.lines().count(),
-        "the fixture routes to {last}"
+        "the fixture routes to pod {last}"
     );
     let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
-    node_nats_conf(
+    node_config(
         &(without.join("\n") + "\n"),
         &layout,
         Path::new("/x"),
         &ports,
         0,
+        Security::AsRendered,
     );
 }
 
@@ -994,15 +1153,16 @@ fn a_rendered_config_without_a_route_to_every_peer_is_refused() {
 #[test]
 #[should_panic(expected = "want one cluster block, found 0")]
 fn a_rendered_config_without_a_cluster_block_is_refused() {
-    let layout = Layout::load();
+    let layout = Layout::load("cluster");
     let single = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/chart/fixtures/sidecar/nats-config/nats.conf");
     let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
-    node_nats_conf(
+    node_config(
         &std::fs::read_to_string(single).unwrap(),
         &layout,
         Path::new("/x"),
         &ports,
         0,
+        Security::AsRendered,
     );
 }

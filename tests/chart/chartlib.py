@@ -85,7 +85,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # Mutual TLS on the routes and no route password (tests/cluster.rs runs it too).
     "cluster-tls": {
-        "director": {"user": "nats-sync", "password": PASSWORD},
+        "director": {"url": "https://director.bosh.example:25555", "user": "nats-sync",
+                     "password": PASSWORD, "caCert": EXAMPLE_CA},
         "cluster": {"enabled": True, "tls": {"secretName": "nats-routes-tls", "timeout": 3},
                     "networkPolicy": {"enabled": False}},
     },
