@@ -1166,3 +1166,274 @@ fn a_rendered_config_without_a_cluster_block_is_refused() {
         Security::AsRendered,
     );
 }
+
+/// A nats-server that is not one of the StatefulSet's pods: it routes to every node (with a
+/// certificate of its own when `tls` is given, but without the route credentials), and a
+/// client of its own subscribes to everything.
+struct Rogue {
+    process: Process,
+    client_port: u16,
+    monitoring_port: u16,
+}
+
+impl World {
+    /// Starts the rogue server; `tls`: its route certificate (issued by `ca`), trusting the
+    /// real cluster CA so that only the nodes' side of the handshake can refuse it.
+    async fn start_rogue(&self, tls: Option<(&sim::pki::TestCa, &str)>) -> Rogue {
+        let dir = self.dir.path().join("rogue");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client_port, monitoring_port, route_port) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("    \"nats://127.0.0.1:{}\"", n.ports.route))
+            .collect();
+        let tls_block = match tls {
+            None => String::new(),
+            Some((ca, _)) => {
+                let cert = ca.route_cert().unwrap();
+                std::fs::write(dir.join("tls.crt"), cert.cert_pem()).unwrap();
+                std::fs::write(dir.join("tls.key"), cert.key_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), self.route_ca.cert_pem()).unwrap();
+                format!(
+                    "  tls {{\n    cert_file: \"{0}/tls.crt\"\n    key_file: \"{0}/tls.key\"\n    ca_file: \"{0}/ca.crt\"\n    timeout: 3\n  }}\n",
+                    dir.display()
+                )
+            }
+        };
+        let conf = format!(
+            "listen: \"127.0.0.1:{client_port}\"\nhttp: \"127.0.0.1:{monitoring_port}\"\n\
+             cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{route_port}\"\n{tls_block}  routes: [\n{}\n  ]\n}}\n",
+            self.cluster_name,
+            routes.join("\n")
+        );
+        std::fs::write(dir.join("rogue.conf"), &conf).unwrap();
+        let argv = vec![
+            common::nats_server_path().display().to_string(),
+            "--config".to_owned(),
+            dir.join("rogue.conf").display().to_string(),
+        ];
+        let what = tls.map_or("without route credentials".to_owned(), |(_, w)| {
+            w.to_owned()
+        });
+        let process = Process::spawn(
+            format!("the rogue server ({what})"),
+            &argv,
+            self.dir.path().join("rogue-nats-server.log"),
+            &[],
+        );
+        self.wait("the rogue server to serve /varz", || async move {
+            match http_get(monitoring_port, "/varz").await {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("/varz: {other:?}")),
+            }
+        })
+        .await;
+        Rogue {
+            process,
+            client_port,
+            monitoring_port,
+        }
+    }
+
+    /// The server ids of the rogue's routes, by its `/routez`.
+    async fn rogue_routes(&self, rogue: &Rogue) -> BTreeSet<String> {
+        let (_, routez) = http_get(rogue.monitoring_port, "/routez")
+            .await
+            .expect("the rogue serves /routez");
+        let routez: Json = serde_json::from_str(&routez).unwrap();
+        routez["routes"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r["remote_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn server_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for node in &self.nodes {
+            let (_, varz) = http_get(node.ports.monitoring, "/varz")
+                .await
+                .expect("a node serves /varz");
+            let varz: Json = serde_json::from_str(&varz).unwrap();
+            ids.push(varz["server_id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+
+    /// Starts every node (init, nats-server, sidecar) and waits until the cluster has formed
+    /// and every node admits `agent`.
+    async fn start_all(&mut self, agent: &str) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for &i in &all {
+            self.init(i);
+            self.start_nats(i).await;
+        }
+        for &i in &all {
+            self.start_sync(i);
+        }
+        self.wait_cluster(&all).await;
+        self.wait_admitted(&all, &agent_cn(agent)).await;
+    }
+}
+
+/// What the rogue's subscriber to `>` gets while the director, on the first node, publishes
+/// to the agent subscribed on the last node, until the agent has its message and (when
+/// `until_rogue`) the rogue has one too: the rogue's messages.
+async fn publish_while_watching(world: &World, rogue: &Rogue, until_rogue: bool) -> Vec<String> {
+    use futures::StreamExt;
+    let spy = async_nats::connect(format!("nats://127.0.0.1:{}", rogue.client_port))
+        .await
+        .expect("a client of the rogue server connects to it");
+    let mut spied = spy.subscribe(">").await.unwrap();
+    spy.flush().await.unwrap();
+    let last = world.nodes.len() - 1;
+    let agent = world.client(last, &agent_cn(AGENT)).await;
+    let mut inbox = agent
+        .client()
+        .subscribe(format!("agent.{AGENT}"))
+        .await
+        .unwrap();
+    agent.client().flush().await.unwrap();
+    let director = world.client(0, DIRECTOR_CN).await;
+    let mut got_agent = false;
+    let mut got_rogue = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    while Instant::now() < deadline && !(got_agent && (!until_rogue || !got_rogue.is_empty())) {
+        director
+            .client()
+            .publish(format!("agent.{AGENT}"), "{\"method\":\"ping\"}".into())
+            .await
+            .unwrap();
+        director.client().flush().await.unwrap();
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                Some(_) = inbox.next() => got_agent = true,
+                Some(m) = spied.next() => got_rogue.push(m.subject.to_string()),
+                () = &mut tick => break,
+            }
+        }
+    }
+    assert!(
+        got_agent,
+        "the agent on node {last} never received the director's message\n{}",
+        world.diagnostics()
+    );
+    // Whatever reached the rogue server is in its subscriber's hands once it has flushed.
+    spy.flush().await.unwrap();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), spied.next()).await {
+        got_rogue.push(m.subject.to_string());
+    }
+    got_rogue
+}
+
+/// Routes are a trust boundary: a nats-server that is not one of the pods and holds no route
+/// credentials tries to route to every node of the cluster the chart renders (route
+/// authorization, its default). Every node refuses it, and its subscriber to `>` receives
+/// nothing of what the director sends an agent across the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_route_credentials_is_refused_by_every_node() {
+    let mut world = World::start("cluster", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    let rogue = world.start_rogue(None).await;
+    // Each node answers the rogue's route with an authorization violation (in the rogue's log,
+    // by the node's route port).
+    let log = world.dir.path().join("rogue-nats-server.log");
+    let ports: Vec<u16> = world.nodes.iter().map(|n| n.ports.route).collect();
+    world
+        .wait("every node to refuse the rogue's route", || {
+            let (log, ports) = (log.clone(), ports.clone());
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let missing: Vec<u16> = ports
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        !text.lines().any(|l| {
+                            l.contains(&format!("127.0.0.1:{p} "))
+                                && l.contains("Authorization Violation")
+                        })
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no refusal yet from the nodes with route ports {missing:?}"
+                    ))
+                }
+            }
+        })
+        .await;
+    let received = publish_while_watching(&world, &rogue, false).await;
+    assert!(
+        received.is_empty(),
+        "the rogue server received {received:?}\n{}",
+        rogue.process.tail()
+    );
+    assert!(
+        world.rogue_routes(&rogue).await.is_empty(),
+        "the rogue has routes\n{}",
+        rogue.process.tail()
+    );
+    // The cluster itself is whole, and the route password is in no log.
+    world
+        .wait_cluster(&(0..world.nodes.len()).collect::<Vec<_>>())
+        .await;
+    for node in &world.nodes {
+        for process in [&node.nats, &node.sync].into_iter().flatten() {
+            assert!(
+                !process.log().contains(ROUTE_PASSWORD),
+                "{}: the route password is in its log",
+                process.name
+            );
+        }
+    }
+}
+
+/// The same rogue against the same cluster with the route security removed from nats.conf
+/// (what the chart rendered before): it joins every node and reads the director's command to
+/// the agent. This is what the test above would see if the chart stopped authenticating
+/// routes, so that test can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_route_security_the_same_rogue_joins_and_reads_the_bus() {
+    let mut world = World::start("cluster", Security::Removed).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    let rogue = world.start_rogue(None).await;
+    let ids: BTreeSet<String> = world.server_ids().await.into_iter().collect();
+    world
+        .wait("the rogue to route to every node", || {
+            let ids = ids.clone();
+            let rogue = &rogue;
+            let world = &world;
+            async move {
+                let routes = world.rogue_routes(rogue).await;
+                if ids.is_subset(&routes) {
+                    Ok(())
+                } else {
+                    Err(format!("rogue routes {routes:?}, nodes {ids:?}"))
+                }
+            }
+        })
+        .await;
+    let received = publish_while_watching(&world, &rogue, true).await;
+    assert!(
+        received.contains(&format!("agent.{AGENT}")),
+        "the rogue server received {received:?}"
+    );
+}
