@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -521,6 +521,17 @@ impl Process {
                 Some(status) => format!("exited: {status}"),
             },
         }
+    }
+
+    /// Sends SIGTERM, as the kubelet does once a container's preStop hook has returned.
+    fn terminate(&self) {
+        let pid = self.child.lock().unwrap().as_ref().and_then(Child::id);
+        let pid = pid.unwrap_or_else(|| panic!("{} is not running", self.name));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("SIGTERM to {}: {e}", self.name));
     }
 
     async fn kill(&self) {
@@ -1436,4 +1447,236 @@ async fn without_route_security_the_same_rogue_joins_and_reads_the_bus() {
         received.contains(&format!("agent.{AGENT}")),
         "the rogue server received {received:?}"
     );
+}
+
+/// One agent's connection as a BOSH agent holds it: TLS with its client certificate, every
+/// node's client URL (the Service's endpoints) tried in order, reconnecting without limit;
+/// what happened to it, with when.
+struct HeldAgent {
+    id: String,
+    client: async_nats::Client,
+    inbox: async_nats::Subscriber,
+    events: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl World {
+    async fn hold_agent(&self, id: &str) -> HeldAgent {
+        let cert = self.cert(&agent_cn(id));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!("tls://127.0.0.1:{}", n.ports.client)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(self.ca.clone())
+            .add_client_certificate(cert.cert.clone(), cert.key.clone())
+            .connection_timeout(Duration::from_secs(5))
+            .retain_servers_order()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempt| Duration::from_millis(50 * attempt.min(10) as u64))
+            .event_callback(move |event| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock()
+                        .unwrap()
+                        .push((Instant::now(), event.to_string()));
+                }
+            })
+            .connect(servers)
+            .await
+            .unwrap_or_else(|e| panic!("agent {id} cannot connect: {e}\n{}", self.diagnostics()));
+        let inbox = client.subscribe(format!("agent.{id}")).await.unwrap();
+        client.flush().await.unwrap();
+        HeldAgent {
+            id: id.to_owned(),
+            client,
+            inbox,
+            events,
+        }
+    }
+}
+
+/// Rolling restarts lose nothing: the chart's preStop hook (`nats-server --signal ldm=<pid
+/// file>`, run as rendered) puts a node into lame duck, and the kubelet's SIGTERM that follows
+/// does not cut it short. The node stops accepting clients, waits the rendered grace period,
+/// then closes its agents one by one (not all at once); each reconnects to another node, is
+/// admitted there (its certificate is a user on every node) and receives the director's next
+/// command; the node then exits on its own and the other two stay a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_lame_duck_hands_its_agents_to_the_others() {
+    use futures::StreamExt;
+    const AGENTS: usize = 4;
+    let ids: Vec<String> = (0..AGENTS)
+        .map(|i| format!("1a3ed0c0-0000-4000-8000-00000000000{i}"))
+        .collect();
+    let mut world = World::start("cluster", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", ids.iter().map(|id| Vm::agent(id)).collect::<Vec<_>>());
+    world.start_all(&ids[AGENTS - 1]).await;
+    let all: Vec<usize> = (0..world.nodes.len()).collect();
+    for id in &ids {
+        world.wait_admitted(&all, &agent_cn(id)).await;
+    }
+    let leaving = 0;
+    let leaving_port = world.nodes[leaving].ports.client;
+    let mut agents = Vec::new();
+    for id in &ids {
+        let agent = world.hold_agent(id).await;
+        assert_eq!(
+            agent.client.server_info().port,
+            leaving_port,
+            "agent {id} starts on node {leaving} (the first URL)"
+        );
+        agents.push(agent);
+    }
+    let grace: f64 = {
+        let conf =
+            std::fs::read_to_string(fixture_dir("cluster").join("nats-config/nats.conf")).unwrap();
+        let value = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("lame_duck_grace_period: "))
+            .expect("the rendered nats.conf sets lame_duck_grace_period");
+        value
+            .trim_matches('"')
+            .trim_end_matches('s')
+            .parse()
+            .unwrap()
+    };
+
+    // The pod leaves: the preStop hook as rendered, then SIGTERM to both containers.
+    let root = world.nodes[leaving].root.clone();
+    let mut hook = world.layout.strings("nats_pre_stop");
+    assert_eq!(
+        hook[0], "nats-server",
+        "the hook runs the nats image's nats-server"
+    );
+    hook[0] = common::nats_server_path().display().to_string();
+    let hook: Vec<String> = hook
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, path)) => format!("{k}={}", world.moved(&root, path)),
+            None => a.clone(),
+        })
+        .collect();
+    let signalled = Instant::now();
+    let status = std::process::Command::new(&hook[0])
+        .args(&hook[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the preStop hook {hook:?}: {e}"));
+    assert!(
+        status.success(),
+        "the preStop hook {hook:?} failed: {status}"
+    );
+    for process in [&world.nodes[leaving].nats, &world.nodes[leaving].sync]
+        .into_iter()
+        .flatten()
+    {
+        process.terminate();
+    }
+
+    // Every agent moves to another node.
+    for agent in &agents {
+        world
+            .wait(
+                &format!("agent {} to reconnect to another node", agent.id),
+                || async {
+                    let port = agent.client.server_info().port;
+                    let state = agent.client.connection_state();
+                    if port != leaving_port && state == async_nats::connection::State::Connected {
+                        Ok(())
+                    } else {
+                        Err(format!("on port {port}, {state:?}"))
+                    }
+                },
+            )
+            .await;
+    }
+    // nats-server leaves on its own once lame duck is over (SIGTERM did not stop it earlier).
+    let nats = world.nodes[leaving].nats.as_ref().unwrap();
+    world
+        .wait(&format!("node {leaving}'s nats-server to exit"), || async {
+            match nats.state() {
+                s if s == "running" => Err(s),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    let log = nats.log();
+    assert!(
+        log.contains("Entering lame duck mode") && log.contains("Closing existing clients"),
+        "node {leaving} went through lame duck\n{}",
+        nats.tail()
+    );
+
+    // They were closed one by one after the grace period, not all at once.
+    let disconnects: Vec<Instant> = agents
+        .iter()
+        .map(|a| {
+            let events = a.events.lock().unwrap();
+            events
+                .iter()
+                .find(|(_, e)| e == "disconnected")
+                .unwrap_or_else(|| panic!("agent {}: no disconnect in {events:?}", a.id))
+                .0
+        })
+        .collect();
+    let first = *disconnects.iter().min().unwrap();
+    let last = *disconnects.iter().max().unwrap();
+    let after = first.duration_since(signalled).as_secs_f64();
+    let spread = last.duration_since(first).as_secs_f64();
+    eprintln!(
+        "lame duck: first agent closed {after:.2} s after the hook, the last {spread:.2} s later"
+    );
+    assert!(
+        after >= grace - 0.25,
+        "the first agent was closed {after:.2} s after the hook, before the {grace} s grace period"
+    );
+    // Between two closes nats-server sleeps a random time in [si/2, si), si = (duration −
+    // grace period) / clients, at most 1 s: here si = 1 s, so at least 3 × 0.5 s (less what the
+    // clients' noticing may skew).
+    assert!(
+        spread >= (AGENTS - 1) as f64 * 0.5 - 0.2,
+        "the agents were closed within {spread:.2} s: all at once, not handed over"
+    );
+
+    // Each agent is admitted where it landed and receives the director's next command.
+    world.wait_cluster(&[1, 2]).await;
+    let director = world.client(1, DIRECTOR_CN).await;
+    for agent in &mut agents {
+        let subject = format!("agent.{}", agent.id);
+        let deadline = Instant::now() + WITHIN;
+        let mut received = false;
+        while !received && Instant::now() < deadline {
+            director
+                .client()
+                .publish(subject.clone(), "{\"method\":\"ping\"}".into())
+                .await
+                .unwrap();
+            director.client().flush().await.unwrap();
+            received = tokio::time::timeout(Duration::from_millis(200), agent.inbox.next())
+                .await
+                .is_ok_and(|m| m.is_some());
+        }
+        assert!(
+            received,
+            "agent {} on port {} never received {subject}\n{}",
+            agent.id,
+            agent.client.server_info().port,
+            world.diagnostics()
+        );
+        let events = agent.events.lock().unwrap().clone();
+        assert!(
+            !events.iter().any(|(_, e)| e.contains("rror")),
+            "agent {}: {events:?}",
+            agent.id
+        );
+    }
 }
