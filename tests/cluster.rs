@@ -214,8 +214,11 @@ enum Security {
     /// As the chart renders it.
     AsRendered,
     /// The cluster block's `authorization` and `tls` blocks removed: routes anyone may join.
-    /// Only to show that the rogue-server test can fail.
+    /// Only to show that the rogue-server tests can fail.
     Removed,
+    /// Route TLS without `verify_cert_and_check_known_urls`: any certificate of the cluster CA
+    /// is a route. Only to show why the chart sets it.
+    AnyCertificateOfTheCa,
 }
 
 /// The chart's rendered nats.conf and the nats container's environment as node `index` of a
@@ -231,7 +234,8 @@ enum Security {
 ///   routes stay as rendered (`$NATS_ROUTE_<i>`, references to the environment); in the
 ///   environment, built from the rendered entries as Kubernetes builds it (Secret keys from
 ///   [`secret_value`], `$(VAR)` expanded), each route URL's `<pod><dns suffix>:<route port>`
-///   becomes `127.0.0.1:<the route port of that pod's node>`, credentials untouched.
+///   becomes `127.0.0.1:<the route port of that pod's node>` (`localhost:…` with route TLS,
+///   whose certificate names it), credentials untouched.
 ///
 /// Everything else (the cluster's name, `no_advertise`, route `authorization` and `tls`, lame
 /// duck, TLS with `verify_and_map`, comments) is kept line for line, unless `security` is
@@ -321,7 +325,9 @@ fn node_config(
                 if trimmed == "}" {
                     section = Section::Cluster;
                 }
-                if !removed {
+                let dropped = security == Security::AnyCertificateOfTheCa
+                    && trimmed.starts_with("verify_cert_and_check_known_urls:");
+                if !removed && !dropped {
                     out.push(move_paths(line));
                 }
             }
@@ -359,7 +365,13 @@ fn node_config(
             unexpected_conf(rendered, &format!("want one {what}, found {count}"));
         }
     }
-    // The environment, and in it each route's peer.
+    // The environment, and in it each route's peer. With route TLS the peer is dialled by a
+    // name its certificate holds (a DNS name, as the pods' are), otherwise by address.
+    let host = if layout.0["mounts"]["nats"]["cluster-tls"].is_string() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
     let mut env = kubernetes_env(&layout.0["nats_env"]);
     let mut routed = Vec::new();
     for var in &route_vars {
@@ -399,7 +411,7 @@ fn node_config(
                 layout.dns_suffix(),
                 layout.route_port()
             ),
-            &format!("127.0.0.1:{}", ports[peer].route),
+            &format!("{host}:{}", ports[peer].route),
         );
         routed.push(peer);
     }
@@ -577,8 +589,6 @@ struct World {
     layout: Layout,
     pki: Pki,
     ca: PathBuf,
-    /// The cluster CA of the route TLS Secret (the `cluster-tls` fixture).
-    route_ca: sim::pki::TestCa,
     director: DirectorSim,
     nodes: Vec<Node>,
     /// The cluster's name in the rendered nats.conf.
@@ -588,10 +598,11 @@ struct World {
 impl World {
     async fn start(fixture: &str, security: Security) -> World {
         let layout = Layout::load(fixture);
-        let route_ca = sim::pki::TestCa::new("route CA").unwrap();
-        let route_cert = route_ca.route_cert().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate().unwrap();
+        // The route TLS Secret's CA is the clients' CA, which the chart allows: then every
+        // agent holds a certificate of the cluster CA.
+        let route_cert = pki.ca.route_cert().unwrap();
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).unwrap();
         let pki_files = pki.write_to(&pki_dir).unwrap();
@@ -638,7 +649,7 @@ impl World {
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(dir.join("tls.crt"), route_cert.cert_pem()).unwrap();
                 std::fs::write(dir.join("tls.key"), route_cert.key_pem()).unwrap();
-                std::fs::write(dir.join("ca.crt"), route_ca.cert_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), pki.ca.cert_pem()).unwrap();
             }
             // The TLS Secret.
             let tls_dir = root.join(layout.mount("nats", "nats-tls").trim_start_matches('/'));
@@ -675,7 +686,6 @@ impl World {
             layout,
             pki,
             ca: pki_files.ca_cert,
-            route_ca,
             director,
             nodes,
             cluster_name,
@@ -1178,6 +1188,13 @@ fn a_rendered_config_without_a_cluster_block_is_refused() {
     );
 }
 
+/// How a node's refusal of the rogue's route shows.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    InRogueLog(&'static str),
+    InNodeLog(&'static str),
+}
+
 /// A nats-server that is not one of the StatefulSet's pods: it routes to every node (with a
 /// certificate of its own when `tls` is given, but without the route credentials), and a
 /// client of its own subscribes to everything.
@@ -1188,9 +1205,9 @@ struct Rogue {
 }
 
 impl World {
-    /// Starts the rogue server; `tls`: its route certificate (issued by `ca`), trusting the
-    /// real cluster CA so that only the nodes' side of the handshake can refuse it.
-    async fn start_rogue(&self, tls: Option<(&sim::pki::TestCa, &str)>) -> Rogue {
+    /// Starts the rogue server; `tls`: the certificate it presents (and what it is), trusting
+    /// the real cluster CA so that only the nodes' side of the handshake can refuse it.
+    async fn start_rogue(&self, tls: Option<(sim::pki::CertifiedKeyPem, &str)>) -> Rogue {
         let dir = self.dir.path().join("rogue");
         std::fs::create_dir_all(&dir).unwrap();
         let (client_port, monitoring_port, route_port) = (
@@ -1203,13 +1220,12 @@ impl World {
             .iter()
             .map(|n| format!("    \"nats://127.0.0.1:{}\"", n.ports.route))
             .collect();
-        let tls_block = match tls {
+        let tls_block = match &tls {
             None => String::new(),
-            Some((ca, _)) => {
-                let cert = ca.route_cert().unwrap();
+            Some((cert, _)) => {
                 std::fs::write(dir.join("tls.crt"), cert.cert_pem()).unwrap();
                 std::fs::write(dir.join("tls.key"), cert.key_pem()).unwrap();
-                std::fs::write(dir.join("ca.crt"), self.route_ca.cert_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), self.pki.ca.cert_pem()).unwrap();
                 format!(
                     "  tls {{\n    cert_file: \"{0}/tls.crt\"\n    key_file: \"{0}/tls.key\"\n    ca_file: \"{0}/ca.crt\"\n    timeout: 3\n  }}\n",
                     dir.display()
@@ -1228,15 +1244,11 @@ impl World {
             "--config".to_owned(),
             dir.join("rogue.conf").display().to_string(),
         ];
-        let what = tls.map_or("without route credentials".to_owned(), |(_, w)| {
-            w.to_owned()
-        });
-        let process = Process::spawn(
-            format!("the rogue server ({what})"),
-            &argv,
-            self.dir.path().join("rogue-nats-server.log"),
-            &[],
-        );
+        let what = tls
+            .as_ref()
+            .map_or("without route credentials", |(_, w)| *w);
+        let log = self.dir.path().join("rogue-nats-server.log");
+        let process = Process::spawn(format!("the rogue server ({what})"), &argv, log, &[]);
         self.wait("the rogue server to serve /varz", || async move {
             match http_get(monitoring_port, "/varz").await {
                 Some((200, _)) => Ok(()),
@@ -1249,6 +1261,55 @@ impl World {
             client_port,
             monitoring_port,
         }
+    }
+
+    /// Waits until every node has refused the rogue's route: for each node, a line naming the
+    /// refusal, either in the rogue's log naming the node's route port, or (a refusal in the
+    /// TLS handshake, which the rogue only sees as a closed connection) in the node's own log.
+    async fn wait_refused(&self, rogue: &Rogue, refusal: Refusal) {
+        self.wait("every node to refuse the rogue's route", || async move {
+            let rogue_log = rogue.process.log();
+            let missing: Vec<usize> = self
+                .nodes
+                .iter()
+                .filter(|node| match refusal {
+                    Refusal::InRogueLog(needle) => !rogue_log.lines().any(|l| {
+                        l.contains(&format!("127.0.0.1:{} ", node.ports.route))
+                            && l.contains(needle)
+                    }),
+                    Refusal::InNodeLog(needle) => {
+                        !node.nats.as_ref().is_some_and(|p| p.log().contains(needle))
+                    }
+                })
+                .map(|node| node.index)
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no {refusal:?} yet from nodes {missing:?}\n{}",
+                    rogue.process.tail()
+                ))
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the rogue routes to every node.
+    async fn wait_joined(&self, rogue: &Rogue) {
+        let ids: BTreeSet<String> = self.server_ids().await.into_iter().collect();
+        self.wait("the rogue to route to every node", || {
+            let ids = ids.clone();
+            async move {
+                let routes = self.rogue_routes(rogue).await;
+                if ids.is_subset(&routes) {
+                    Ok(())
+                } else {
+                    Err(format!("rogue routes {routes:?}, nodes {ids:?}"))
+                }
+            }
+        })
+        .await;
     }
 
     /// The server ids of the rogue's routes, by its `/routez`.
@@ -1359,34 +1420,8 @@ async fn a_server_without_the_route_credentials_is_refused_by_every_node() {
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
     world.start_all(AGENT).await;
     let rogue = world.start_rogue(None).await;
-    // Each node answers the rogue's route with an authorization violation (in the rogue's log,
-    // by the node's route port).
-    let log = world.dir.path().join("rogue-nats-server.log");
-    let ports: Vec<u16> = world.nodes.iter().map(|n| n.ports.route).collect();
     world
-        .wait("every node to refuse the rogue's route", || {
-            let (log, ports) = (log.clone(), ports.clone());
-            async move {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let missing: Vec<u16> = ports
-                    .iter()
-                    .copied()
-                    .filter(|p| {
-                        !text.lines().any(|l| {
-                            l.contains(&format!("127.0.0.1:{p} "))
-                                && l.contains("Authorization Violation")
-                        })
-                    })
-                    .collect();
-                if missing.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "no refusal yet from the nodes with route ports {missing:?}"
-                    ))
-                }
-            }
-        })
+        .wait_refused(&rogue, Refusal::InRogueLog("Authorization Violation"))
         .await;
     let received = publish_while_watching(&world, &rogue, false).await;
     assert!(
@@ -1426,22 +1461,7 @@ async fn without_route_security_the_same_rogue_joins_and_reads_the_bus() {
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
     world.start_all(AGENT).await;
     let rogue = world.start_rogue(None).await;
-    let ids: BTreeSet<String> = world.server_ids().await.into_iter().collect();
-    world
-        .wait("the rogue to route to every node", || {
-            let ids = ids.clone();
-            let rogue = &rogue;
-            let world = &world;
-            async move {
-                let routes = world.rogue_routes(rogue).await;
-                if ids.is_subset(&routes) {
-                    Ok(())
-                } else {
-                    Err(format!("rogue routes {routes:?}, nodes {ids:?}"))
-                }
-            }
-        })
-        .await;
+    world.wait_joined(&rogue).await;
     let received = publish_while_watching(&world, &rogue, true).await;
     assert!(
         received.contains(&format!("agent.{AGENT}")),
@@ -1678,5 +1698,100 @@ async fn a_node_in_lame_duck_hands_its_agents_to_the_others() {
             "agent {}: {events:?}",
             agent.id
         );
+    }
+}
+
+/// The rogue must be refused and read nothing, or (`joins`) must join and read.
+async fn rogue_outcome(world: &World, rogue: &Rogue, joins: bool) {
+    if joins {
+        world.wait_joined(rogue).await;
+        let received = publish_while_watching(world, rogue, true).await;
+        assert!(
+            received.contains(&format!("agent.{AGENT}")),
+            "the rogue server received {received:?}"
+        );
+    } else {
+        let received = publish_while_watching(world, rogue, false).await;
+        assert!(
+            received.is_empty(),
+            "the rogue server received {received:?}\n{}",
+            rogue.process.tail()
+        );
+        assert!(
+            world.rogue_routes(rogue).await.is_empty(),
+            "the rogue has routes\n{}",
+            rogue.process.tail()
+        );
+    }
+}
+
+/// Route TLS (cluster.tls.secretName, no route password), with the clients' CA as the
+/// cluster CA: the nodes route to each other with the route certificate; a rogue with no
+/// TLS, one with a route certificate of another CA, and one holding an agent's certificate of
+/// the very CA the nodes trust are each refused by every node and read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_route_tls_servers_without_a_route_certificate_are_refused() {
+    let mut world = World::start("cluster-tls", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    // Each with what a node's refusal looks like from the rogue: a node demands TLS, which the
+    // first cannot speak (it closes the route itself); it rejects the second's certificate in
+    // the handshake; the third completes the handshake and is refused as a route.
+    let rogues = [
+        (
+            None,
+            Refusal::InRogueLog("Router connection closed: Client Closed"),
+        ),
+        (
+            Some((
+                world.pki.other_ca.route_cert().unwrap(),
+                "a route certificate of another CA",
+            )),
+            Refusal::InNodeLog("TLS route handshake error"),
+        ),
+        (
+            Some((
+                world.pki.client(&agent_cn(AGENT)).unwrap(),
+                "an agent's certificate of the cluster CA",
+            )),
+            Refusal::InRogueLog("Authorization Violation"),
+        ),
+    ];
+    for (tls, refusal) in rogues {
+        let rogue = world.start_rogue(tls).await;
+        world.wait_refused(&rogue, refusal).await;
+        rogue_outcome(&world, &rogue, false).await;
+        rogue.process.kill().await;
+    }
+    world
+        .wait_cluster(&(0..world.nodes.len()).collect::<Vec<_>>())
+        .await;
+}
+
+/// Why the chart sets `verify_cert_and_check_known_urls` with route TLS: without it, any
+/// certificate of the cluster CA is a route, so when that CA is the clients' CA a server
+/// holding an agent's certificate joins and reads the bus; and with the route TLS removed
+/// altogether, so does a server without any certificate. So the test above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_route_name_check_an_agents_certificate_joins() {
+    for (security, tls) in [
+        (Security::AnyCertificateOfTheCa, true),
+        (Security::Removed, false),
+    ] {
+        let mut world = World::start("cluster-tls", security).await;
+        world
+            .director
+            .create_deployment("cf", vec![Vm::agent(AGENT)]);
+        world.start_all(AGENT).await;
+        let cert = tls.then(|| {
+            (
+                world.pki.client(&agent_cn(AGENT)).unwrap(),
+                "an agent's certificate of the cluster CA",
+            )
+        });
+        let rogue = world.start_rogue(cert).await;
+        rogue_outcome(&world, &rogue, true).await;
     }
 }

@@ -98,6 +98,11 @@ def route_security(objects, values) -> set[str]:
     if tls is not None:
         assert re.search(r"(?m)^\s*verify:\s*true\s*$", tls), tls
         assert not re.search(r"(?mi)^\s*insecure\b", tls), tls
+        # Without a password, a certificate must name one of the routes (an agent's
+        # certificate from a shared CA is no route); with one, the check stays off, as
+        # nats-server would skip the password when it is on.
+        check_known = bool(re.search(r"(?m)^\s*verify_cert_and_check_known_urls:\s*true\s*$", tls))
+        assert check_known == (auth is None), tls
         files = dict(re.findall(r'(?m)^\s*(cert_file|key_file|ca_file):\s*"([^"]+)"\s*$', tls))
         assert set(files) == {"cert_file", "key_file", "ca_file"}, tls
         mounts = {m["mountPath"]: m["name"] for m in nats["volumeMounts"]}
