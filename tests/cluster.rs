@@ -1660,10 +1660,10 @@ async fn a_node_in_lame_duck_hands_its_agents_to_the_others() {
         "the first agent was closed {after:.2} s after the hook, before the {grace} s grace period"
     );
     // Between two closes nats-server sleeps a random time in [si/2, si), si = (duration −
-    // grace period) / clients, at most 1 s: here si = 1 s, so at least 3 × 0.5 s (less what the
-    // clients' noticing may skew).
+    // grace period) / clients, at most 1 s: here si = 1 s, so at least 3 × 0.5 s, less what a
+    // late-noticed first close may take off (closed at once would be about 0 s).
     assert!(
-        spread >= (AGENTS - 1) as f64 * 0.5 - 0.2,
+        spread >= (AGENTS - 1) as f64 * 0.5 - 0.5,
         "the agents were closed within {spread:.2} s: all at once, not handed over"
     );
 
