@@ -1,12 +1,16 @@
 //! High availability (docs/kubernetes.md), run for real on one machine: three nats-server processes
-//! started from the nats.conf the Helm chart renders in cluster mode
-//! (tests/chart/fixtures/cluster, kept fresh by tests/chart/run.sh) join into one cluster over
-//! routes on 127.0.0.1, each with its own auth file, pid file and bosh-nats-sync sidecar (the
-//! chart's rendered sidecar config, reloading by SIGHUP) against one simulated director.
-//! Only what cannot be shared on one machine is changed (see [`node_config`]), so the test
-//! shows that the chart's cluster block forms a cluster, that every node admits the director's
-//! agents under the same permissions, that messages cross the routes, and that the cluster
-//! survives one node and its sidecar dying and coming back from the BOSH placeholder.
+//! started from the nats.conf and the environment the Helm chart renders in cluster mode
+//! (tests/chart/fixtures/cluster with route authorization, cluster-tls with route TLS, kept
+//! fresh by tests/chart/run.sh) join into one cluster over authenticated routes on 127.0.0.1,
+//! each with its own auth file, pid file and bosh-nats-sync sidecar (the chart's rendered
+//! sidecar config, reloading by SIGHUP) against one simulated director.
+//! Only what cannot be shared on one machine is changed (see [`node_config`]), so the tests
+//! show that the chart's cluster block forms a cluster, that every node admits the director's
+//! agents under the same permissions, that messages cross the routes, that the cluster
+//! survives one node and its sidecar dying and coming back from the BOSH placeholder, that a
+//! rogue server without the route credentials or certificate is refused by every node and
+//! reads nothing (and joins once the security is removed, so those tests can fail), and that a
+//! node leaving in lame duck (the chart's preStop hook) hands its agents to the others.
 
 mod common;
 
