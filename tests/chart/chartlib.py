@@ -19,6 +19,7 @@ DASHBOARD = CHART / "dashboards" / "bosh-nats-sync.json"
 FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "sidecar"
 # The cluster mode's rendered files, which tests/cluster.rs starts three servers from.
 CLUSTER_FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "cluster"
+CLUSTER_TLS_FIXTURE_DIR = pathlib.Path(__file__).resolve().parent / "fixtures" / "cluster-tls"
 RELEASE = "bns"
 NAMESPACE = "bosh"
 
@@ -75,15 +76,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "nats": {"port": 4333, "monitoringPort": 8333, "extraConfig": "ping_interval: 5\nping_max: 2"},
     },
     # High availability: the StatefulSet, as tests/cluster.rs runs it.
+    # Only the lame-duck grace period is shortened (nats-server's minimum duration, 30 s, is
+    # kept), so the lame-duck test hands agents over in seconds.
     "cluster": {
         "director": {"url": "https://director.bosh.example:25555", "user": "nats-sync",
                      "password": PASSWORD, "caCert": EXAMPLE_CA},
-        "cluster": {"enabled": True},
+        "cluster": {"enabled": True, "lameDuck": {"gracePeriod": 1, "duration": 30}},
+    },
+    # Mutual TLS on the routes and no route password (tests/cluster.rs runs it too).
+    "cluster-tls": {
+        "director": {"url": "https://director.bosh.example:25555", "user": "nats-sync",
+                     "password": PASSWORD, "caCert": EXAMPLE_CA},
+        "cluster": {"enabled": True, "tls": {"secretName": "nats-routes-tls", "timeout": 3},
+                    "networkPolicy": {"enabled": False}},
     },
     "cluster-custom": {
         "director": {"clientId": "nats-sync-client", "clientSecret": CLIENT_SECRET},
         "cluster": {"enabled": True, "replicas": 5, "port": 7222, "name": "bosh-nats",
-                    "podAntiAffinity": "required", "topologyKey": "topology.kubernetes.io/zone"},
+                    "podAntiAffinity": "required", "topologyKey": "topology.kubernetes.io/zone",
+                    "authorization": {"existingSecret": "my-routes", "userKey": "u", "passwordKey": "p"},
+                    "tls": {"secretName": "my-routes-tls"},
+                    "lameDuck": {"gracePeriod": 20, "duration": 120},
+                    "networkPolicy": {"extraIngress": [{"ports": [{"port": 9999}]}]}},
+        "terminationGracePeriodSeconds": 150,
         "clusterDomain": "k8s.example.org",
         "nats": {"port": 4333, "monitoringPort": 8333},
         "state": {"mountPath": "/srv/nats", "volume": {"emptyDir": {"medium": "Memory"}}},
@@ -93,8 +108,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 # The variant the sidecar integration test (tests/sidecar.rs) runs for real.
 FIXTURE_VARIANT = "basic-auth"
-# The variant the cluster integration test (tests/cluster.rs) runs for real.
+# The variants the cluster integration test (tests/cluster.rs) runs for real: route
+# authorization (the default) and route TLS.
 CLUSTER_FIXTURE_VARIANT = "cluster"
+CLUSTER_TLS_FIXTURE_VARIANT = "cluster-tls"
 
 
 def is_cluster(values: dict[str, Any]) -> bool:
@@ -158,7 +175,7 @@ def fixture_files(values: dict[str, Any]) -> dict[str, str]:
         },
         "volumes": {v["name"]: sorted(k for k in v if k != "name") for v in pod["volumes"]},
         "init_command": init["command"],
-        "init_env": {e["name"]: e["value"] for e in init["env"]},
+        "init_env": {e["name"]: e["value"] for e in init["env"] if "value" in e},
         "nats_command": container(pod, "nats")["command"],
         "sidecar_args": container(pod, "bosh-nats-sync")["args"],
         "sidecar_env": sorted(e["name"] for e in container(pod, "bosh-nats-sync")["env"]),
@@ -179,6 +196,12 @@ def fixture_files(values: dict[str, Any]) -> dict[str, str]:
             "dns_suffix": f".{svc['metadata']['name']}.{NAMESPACE}.svc.{values.get('clusterDomain', 'cluster.local')}",
             "port": port_number(nats, "cluster"),
         }
+        # The environment as Kubernetes gives it: literal values (with $(VAR) references) and
+        # Secret keys, in order; the init step's Secret keys; what a leaving pod runs.
+        layout["init_secret_env"] = [e for e in init["env"] if "value" not in e]
+        layout["nats_env"] = nats.get("env", [])
+        layout["nats_pre_stop"] = nats["lifecycle"]["preStop"]["exec"]["command"]
+        layout["termination_grace_period_seconds"] = pod["terminationGracePeriodSeconds"]
     # Files by the volume that carries them, so a test can place them where the pod mounts them.
     configmaps = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
     files = {"layout.json": json.dumps(layout, indent=2, sort_keys=True) + "\n"}

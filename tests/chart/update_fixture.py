@@ -1,4 +1,4 @@
-"""Writes tests/chart/fixtures/sidecar/ and tests/chart/fixtures/cluster/ from the chart (see
+"""Writes tests/chart/fixtures/{sidecar,cluster,cluster-tls}/ from the chart (see
 chartlib.fixture_files)."""
 
 import shutil
@@ -8,7 +8,8 @@ import chartlib
 
 def main() -> None:
     for variant, directory in [(chartlib.FIXTURE_VARIANT, chartlib.FIXTURE_DIR),
-                               (chartlib.CLUSTER_FIXTURE_VARIANT, chartlib.CLUSTER_FIXTURE_DIR)]:
+                               (chartlib.CLUSTER_FIXTURE_VARIANT, chartlib.CLUSTER_FIXTURE_DIR),
+                               (chartlib.CLUSTER_TLS_FIXTURE_VARIANT, chartlib.CLUSTER_TLS_FIXTURE_DIR)]:
         files = chartlib.fixture_files(chartlib.VARIANTS[variant])
         shutil.rmtree(directory, ignore_errors=True)
         for rel, text in files.items():
