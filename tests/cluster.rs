@@ -1,13 +1,17 @@
 //! High availability (docs/kubernetes.md), run for real on one machine: three nats-server processes
-//! started from the nats.conf the Helm chart renders in cluster mode
-//! (tests/chart/fixtures/cluster, kept fresh by tests/chart/run.sh) join into one cluster over
-//! routes on 127.0.0.1, each with its own auth file, pid file and bosh-nats-sync sidecar (the
-//! chart's rendered sidecar config, reloading by SIGHUP) against one simulated director.
-//! Only what cannot be shared on one machine is changed (see [`node_nats_conf`]), so the test
-//! shows that the chart's cluster block forms a cluster, that every node admits the director's
-//! agents under the same permissions, that messages cross the routes, and that the cluster
-//! survives one node and its sidecar dying and coming back from the BOSH placeholder — a pod
-//! that comes back turning ready only once a pass has read the director's agents.
+//! started from the nats.conf and the environment the Helm chart renders in cluster mode
+//! (tests/chart/fixtures/cluster with route authorization, cluster-tls with route TLS, kept
+//! fresh by tests/chart/run.sh) join into one cluster over authenticated routes on 127.0.0.1,
+//! each with its own auth file, pid file and bosh-nats-sync sidecar (the chart's rendered
+//! sidecar config, reloading by SIGHUP) against one simulated director.
+//! Only what cannot be shared on one machine is changed (see [`node_config`]), so the tests
+//! show that the chart's cluster block forms a cluster, that every node admits the director's
+//! agents under the same permissions, that messages cross the routes, that the cluster
+//! survives one node and its sidecar dying and coming back from the BOSH placeholder, that a
+//! rogue server without the route credentials or certificate is refused by every node and
+//! reads nothing (and joins once the security is removed, so those tests can fail), and that a
+//! node leaving in lame duck (the chart's preStop hook) hands its agents to the others. A pod
+//! that comes back turns ready only once a pass has read the director's agents.
 //!
 //! The chart's callout mode (tests/chart/fixtures/callout-cluster) runs the same way, its init
 //! steps as rendered (the issuer seed copied out of its Secret, `bosh-nats-sync init`): every
@@ -20,7 +24,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -39,12 +43,74 @@ const PLACEHOLDER: &str = "{authorization: {token: f0oBar}}";
 /// How long a cluster may take to form, an agent to be admitted, a server to start.
 const WITHIN: Duration = Duration::from_secs(30);
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/cluster")
+/// The rendered cluster: `cluster` (route authorization, the chart's default) or `cluster-tls`.
+fn fixture_dir(fixture: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/chart/fixtures")
+        .join(fixture)
 }
 
-fn callout_fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/callout-cluster")
+/// The route credentials the test puts in the Secret the chart's environment refers to (the
+/// chart makes its own password at install; any value of letters and digits behaves alike).
+const ROUTE_USER: &str = "route";
+const ROUTE_PASSWORD: &str = "RoutePw0Sekr1t9x";
+
+/// The value of `key` in the Secret `name`, as the test provides it: the route credentials.
+fn secret_value(name: &str, key: &str) -> String {
+    match key {
+        "user" => ROUTE_USER.to_owned(),
+        "password" => ROUTE_PASSWORD.to_owned(),
+        _ => panic!("the test provides no key {key} of Secret {name}"),
+    }
+}
+
+/// A container's environment as Kubernetes builds it from the rendered entries: a Secret's key
+/// (`valueFrom.secretKeyRef`) or a literal `value` in which `$(NAME)` is replaced by a variable
+/// defined before it (`$$` escapes `$`). Panics naming the variable when a reference is
+/// undefined, as the kubelet would leave it unexpanded and the server would not start.
+fn kubernetes_env(entries: &Json) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in entries.as_array().expect("an env list") {
+        let name = entry["name"].as_str().expect("an env name").to_owned();
+        let value = if let Some(reference) = entry["valueFrom"]["secretKeyRef"].as_object() {
+            secret_value(
+                reference["name"].as_str().expect("a Secret name"),
+                reference["key"].as_str().expect("a Secret key"),
+            )
+        } else {
+            let literal = entry["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("env {name}: neither a value nor a Secret key"));
+            let mut out = String::new();
+            let mut rest = literal;
+            while let Some(at) = rest.find('$') {
+                out.push_str(&rest[..at]);
+                rest = &rest[at..];
+                if let Some(tail) = rest.strip_prefix("$$") {
+                    out.push('$');
+                    rest = tail;
+                } else if let Some(tail) = rest.strip_prefix("$(") {
+                    let end = tail
+                        .find(')')
+                        .unwrap_or_else(|| panic!("env {name}: unclosed $( in {literal}"));
+                    let var = &tail[..end];
+                    let (_, v) = env
+                        .iter()
+                        .find(|(n, _)| n == var)
+                        .unwrap_or_else(|| panic!("env {name}: $({var}) is not defined before it"));
+                    out.push_str(v);
+                    rest = &tail[end + 1..];
+                } else {
+                    out.push('$');
+                    rest = &rest[1..];
+                }
+            }
+            out.push_str(rest);
+            out
+        };
+        env.push((name, value));
+    }
+    env
 }
 
 /// The service's certificate in the callout fixture's Secret: a subject of its own.
@@ -56,12 +122,8 @@ const SERVICE_CN: &str = "default.nats-sync.bosh-internal";
 struct Layout(Json);
 
 impl Layout {
-    fn load() -> Layout {
-        Layout::load_from(&fixture_dir())
-    }
-
-    fn load_from(fixture: &Path) -> Layout {
-        let path = fixture.join("layout.json");
+    fn load(fixture: &str) -> Layout {
+        let path = fixture_dir(fixture).join("layout.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "{}: {e} (tests/chart/run.sh --update-fixture)",
@@ -149,47 +211,65 @@ impl Ports {
     }
 }
 
-/// Where the parser of [`node_nats_conf`] is in the rendered file.
+/// Where the parser of [`node_config`] is in the rendered file.
 #[derive(Debug, PartialEq, Eq)]
 enum Section {
     Top,
     Cluster,
+    /// Inside a block of the cluster block (`authorization { … }`, `tls { … }`); `true` when
+    /// the test removes it.
+    ClusterBlock(bool),
     Routes,
 }
 
-/// The chart's rendered nats.conf as node `index` of a cluster on this machine runs it. Every
-/// pod of the StatefulSet gets the same file; on one machine only this must differ:
+/// How a node runs the rendered route security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// As the chart renders it.
+    AsRendered,
+    /// The cluster block's `authorization` and `tls` blocks removed: routes anyone may join.
+    /// Only to show that the rogue-server tests can fail.
+    Removed,
+    /// Route TLS without `verify_cert_and_check_known_urls`: any certificate of the cluster CA
+    /// is a route. Only to show why the chart sets it.
+    AnyCertificateOfTheCa,
+}
+
+/// The chart's rendered nats.conf and the nats container's environment as node `index` of a
+/// cluster on this machine runs them. Every pod of the StatefulSet gets the same file and the
+/// same environment; on one machine only this must differ:
 ///
-/// - quoted absolute paths inside the pod's mounts (the pid file, the TLS files) move under the
-///   node's `root`; the relative `include` of the auth file stays as rendered (it resolves
-///   against the config's directory, which moved too);
+/// - quoted absolute paths inside the pod's mounts (the pid file, the TLS files, the route TLS
+///   files) move under the node's `root`; the relative `include` of the auth file stays as
+///   rendered (it resolves against the config's directory, which moved too);
 /// - the top-level `listen` and `http` become this node's client and monitoring ports on
 ///   127.0.0.1;
-/// - in the `cluster { … }` block, `listen` becomes this node's route port on 127.0.0.1, and
-///   each route `nats://<pod><dns suffix>:<route port>` becomes `nats://127.0.0.1:<the route
-///   port of that pod's node>`. Everything else (the cluster's name, `no_advertise`, TLS with
-///   `verify_and_map`, comments) is kept line for line.
+/// - in the `cluster { … }` block, `listen` becomes this node's route port on 127.0.0.1. The
+///   routes stay as rendered (`$NATS_ROUTE_<i>`, references to the environment); in the
+///   environment, built from the rendered entries as Kubernetes builds it (Secret keys from
+///   [`secret_value`], `$(VAR)` expanded), each route URL's `<pod><dns suffix>:<route port>`
+///   becomes `127.0.0.1:<the route port of that pod's node>` (`localhost:…` with route TLS,
+///   whose certificate names it), credentials untouched.
+///
+/// Everything else (the cluster's name, `no_advertise`, route `authorization` and `tls`, lame
+/// duck, TLS with `verify_and_map`, comments) is kept line for line, unless `security` is
+/// [`Security::Removed`].
 ///
 /// Panics, quoting the file, when it is not shaped as expected: exactly one top-level
 /// `listen` and `http`, one `cluster` block closed by `}` with one `listen` of the layout's
-/// route port and one `routes: [` list whose entries are quoted URLs naming each pod of the
-/// layout exactly once — so a chart that stops rendering a route to every peer fails here.
-fn node_nats_conf(
+/// route port and one `routes: [` list whose entries are environment references whose URLs
+/// name each pod of the layout exactly once — so a chart that stops rendering a route to every
+/// peer fails here.
+fn node_config(
     rendered: &str,
     layout: &Layout,
     root: &Path,
     ports: &[Ports],
     index: usize,
-) -> String {
+    security: Security,
+) -> (String, Vec<(String, String)>) {
     let pods = layout.pods();
     assert_eq!(pods.len(), ports.len(), "one node per rendered pod");
-    let peer_of = |url: &str| -> Option<usize> {
-        let host = url
-            .strip_prefix("nats://")?
-            .strip_suffix(&format!(":{}", layout.route_port()))?
-            .strip_suffix(layout.dns_suffix())?;
-        pods.iter().position(|p| p == host)
-    };
     let mounts = layout.mounts();
     let move_paths = |line: &str| {
         mounts.iter().fold(line.to_owned(), |line, m| {
@@ -199,7 +279,7 @@ fn node_nats_conf(
     };
     let me = ports[index];
     let (mut top_listen, mut top_http, mut blocks, mut cluster_listen) = (0, 0, 0, 0);
-    let mut routed = Vec::new();
+    let mut route_vars = Vec::new();
     let mut section = Section::Top;
     let mut out = Vec::new();
     for line in rendered.lines() {
@@ -234,6 +314,14 @@ fn node_nats_conf(
                 }
                 out.push(format!("  listen: \"127.0.0.1:{}\"", me.route));
             }
+            Section::Cluster if trimmed.ends_with('{') => {
+                let removed = security == Security::Removed
+                    && (trimmed.starts_with("authorization") || trimmed.starts_with("tls"));
+                section = Section::ClusterBlock(removed);
+                if !removed {
+                    out.push(line.to_owned());
+                }
+            }
             Section::Cluster if trimmed == "routes: [" => {
                 section = Section::Routes;
                 out.push(line.to_owned());
@@ -247,32 +335,31 @@ fn node_nats_conf(
                 );
             }
             Section::Cluster => out.push(line.to_owned()),
+            Section::ClusterBlock(removed) => {
+                if trimmed == "}" {
+                    section = Section::Cluster;
+                }
+                let dropped = security == Security::AnyCertificateOfTheCa
+                    && trimmed.starts_with("verify_cert_and_check_known_urls:");
+                if !removed && !dropped {
+                    out.push(move_paths(line));
+                }
+            }
             Section::Routes if trimmed == "]" => {
                 section = Section::Cluster;
                 out.push(line.to_owned());
             }
             Section::Routes => {
-                let url = trimmed
-                    .strip_prefix('"')
-                    .and_then(|s| s.strip_suffix('"'))
-                    .unwrap_or_else(|| {
-                        unexpected_conf(
-                            rendered,
-                            &format!("route line `{line}` is not one quoted URL"),
-                        )
-                    });
-                let peer = peer_of(url).unwrap_or_else(|| {
+                let var = trimmed.strip_prefix('$').unwrap_or_else(|| {
                     unexpected_conf(
                         rendered,
                         &format!(
-                            "route {url} names none of the pods {pods:?} as nats://<pod>{}:{}",
-                            layout.dns_suffix(),
-                            layout.route_port()
+                            "route line `{line}` is not one `$NAME` reference to the environment"
                         ),
                     )
                 });
-                routed.push(peer);
-                out.push(format!("    \"nats://127.0.0.1:{}\"", ports[peer].route));
+                route_vars.push(var.to_owned());
+                out.push(line.to_owned());
             }
         }
     }
@@ -292,6 +379,56 @@ fn node_nats_conf(
             unexpected_conf(rendered, &format!("want one {what}, found {count}"));
         }
     }
+    // The environment, and in it each route's peer. With route TLS the peer is dialled by a
+    // name its certificate holds (a DNS name, as the pods' are), otherwise by address.
+    let host = if layout.0["mounts"]["nats"]["cluster-tls"].is_string() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    let mut env = kubernetes_env(&layout.0["nats_env"]);
+    let mut routed = Vec::new();
+    for var in &route_vars {
+        let (_, value) = env
+            .iter_mut()
+            .find(|(name, _)| name == var)
+            .unwrap_or_else(|| {
+                unexpected_conf(
+                    rendered,
+                    &format!("route ${var} is not in the nats container's environment"),
+                )
+            });
+        let peer = pods
+            .iter()
+            .position(|pod| {
+                value.contains(&format!(
+                    "{pod}{}:{}\"",
+                    layout.dns_suffix(),
+                    layout.route_port()
+                ))
+            })
+            .unwrap_or_else(|| {
+                unexpected_conf(
+                    rendered,
+                    &format!(
+                        "route ${var} ({}) names none of the pods {pods:?} as <pod>{}:{}",
+                        value.replace(ROUTE_PASSWORD, "<password>"),
+                        layout.dns_suffix(),
+                        layout.route_port()
+                    ),
+                )
+            });
+        *value = value.replace(
+            &format!(
+                "{}{}:{}",
+                pods[peer],
+                layout.dns_suffix(),
+                layout.route_port()
+            ),
+            &format!("{host}:{}", ports[peer].route),
+        );
+        routed.push(peer);
+    }
     let mut sorted = routed.clone();
     sorted.sort_unstable();
     if sorted != (0..pods.len()).collect::<Vec<_>>() {
@@ -300,10 +437,10 @@ fn node_nats_conf(
             &format!("the routes name pods {routed:?} of {pods:?}: want every pod exactly once"),
         );
     }
-    out.join("\n") + "\n"
+    (out.join("\n") + "\n", env)
 }
 
-/// Fails the test: the rendered nats.conf is not shaped as [`node_nats_conf`] expects.
+/// Fails the test: the rendered nats.conf is not shaped as [`node_config`] expects.
 fn unexpected_conf(rendered: &str, why: &str) -> ! {
     panic!(
         "the chart's cluster nats.conf (tests/chart/fixtures/cluster) is not what tests/cluster.rs \
@@ -423,6 +560,17 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM, as the kubelet does once a container's preStop hook has returned.
+    fn terminate(&self) {
+        let pid = self.child.lock().unwrap().as_ref().and_then(Child::id);
+        let pid = pid.unwrap_or_else(|| panic!("{} is not running", self.name));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("SIGTERM to {}: {e}", self.name));
+    }
+
     async fn kill(&self) {
         let child = self.child.lock().unwrap().take();
         if let Some(mut child) = child {
@@ -454,6 +602,8 @@ struct Node {
     root: PathBuf,
     ports: Ports,
     auth_file: PathBuf,
+    /// The nats container's environment (route credentials and URLs).
+    env: Vec<(String, String)>,
     nats: Option<Process>,
     sync: Option<Process>,
 }
@@ -466,18 +616,15 @@ struct World {
     ca: PathBuf,
     director: DirectorSim,
     nodes: Vec<Node>,
+    /// The cluster's name in the rendered nats.conf.
+    cluster_name: String,
     /// Callout mode: what the issuer Secret holds (the same for every pod).
     issuer: Option<String>,
 }
 
 impl World {
-    async fn start() -> World {
-        World::start_from(&fixture_dir()).await
-    }
-
-    async fn start_from(fixture_dir: &Path) -> World {
-        let fixture_dir = || fixture_dir.to_owned();
-        let layout = Layout::load_from(&fixture_dir());
+    async fn start(fixture: &str, security: Security) -> World {
+        let layout = Layout::load(fixture);
         let callout = layout.0["mounts"]["issuer-seed"].is_object();
         // The chart's issuer Secret: 32 random bytes in base64, as its template makes them.
         let issuer = callout.then(|| {
@@ -486,11 +633,14 @@ impl World {
         });
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate().unwrap();
+        // The route TLS Secret's CA is the clients' CA, which the chart allows: then every
+        // agent holds a certificate of the cluster CA.
+        let route_cert = pki.ca.route_cert().unwrap();
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).unwrap();
         let pki_files = pki.write_to(&pki_dir).unwrap();
         let rendered_sync =
-            std::fs::read_to_string(fixture_dir().join("sync-config/config.yml")).unwrap();
+            std::fs::read_to_string(fixture_dir(fixture).join("sync-config/config.yml")).unwrap();
         let user: Yaml = serde_yaml_ng::from_str(&rendered_sync).unwrap();
         let user = user["director"]["user"]
             .as_str()
@@ -502,7 +652,13 @@ impl World {
         .await
         .unwrap();
         let rendered_nats =
-            std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
+            std::fs::read_to_string(fixture_dir(fixture).join("nats-config/nats.conf")).unwrap();
+        let cluster_name = rendered_nats
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: "))
+            .expect("the cluster block names the cluster")
+            .trim_matches('"')
+            .to_owned();
         let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
         let mut nodes = Vec::new();
         for (index, ports_of) in ports.iter().enumerate() {
@@ -512,17 +668,22 @@ impl World {
             {
                 let target = root.join(layout.mount(container, volume).trim_start_matches('/'));
                 std::fs::create_dir_all(&target).unwrap();
-                for entry in std::fs::read_dir(fixture_dir().join(volume)).unwrap() {
+                for entry in std::fs::read_dir(fixture_dir(fixture).join(volume)).unwrap() {
                     let entry = entry.unwrap();
                     std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
                 }
             }
             let conf_dir = root.join(layout.mount("nats", "nats-config").trim_start_matches('/'));
-            std::fs::write(
-                conf_dir.join("nats.conf"),
-                node_nats_conf(&rendered_nats, &layout, &root, &ports, index),
-            )
-            .unwrap();
+            let (conf, env) = node_config(&rendered_nats, &layout, &root, &ports, index, security);
+            std::fs::write(conf_dir.join("nats.conf"), conf).unwrap();
+            // The route TLS Secret, when the chart mounts one.
+            if let Some(dir) = layout.0["mounts"]["nats"]["cluster-tls"].as_str() {
+                let dir = root.join(dir.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("tls.crt"), route_cert.cert_pem()).unwrap();
+                std::fs::write(dir.join("tls.key"), route_cert.key_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), pki.ca.cert_pem()).unwrap();
+            }
             // The TLS Secret.
             let tls_dir = root.join(layout.mount("nats", "nats-tls").trim_start_matches('/'));
             std::fs::create_dir_all(&tls_dir).unwrap();
@@ -568,6 +729,7 @@ impl World {
                 root,
                 ports: *ports_of,
                 auth_file,
+                env,
                 nats: None,
                 sync: None,
             });
@@ -579,6 +741,7 @@ impl World {
             ca: pki_files.ca_cert,
             director,
             nodes,
+            cluster_name,
             issuer,
         }
     }
@@ -620,9 +783,6 @@ impl World {
             .join(self.layout.mount("nats", "state").trim_start_matches('/'));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).unwrap();
-        if self.issuer.is_some() {
-            return self.init_callout(index);
-        }
         let env: Vec<(String, String)> = self.layout.0["init_env"]
             .as_object()
             .expect("layout.json has init_env")
@@ -637,6 +797,7 @@ impl World {
                         .to_string(),
                 )
             })
+            .chain(kubernetes_env(&self.layout.0["init_secret_env"]))
             .collect();
         let init = self.layout.strings("init_command");
         let status = std::process::Command::new(&init[0])
@@ -653,10 +814,14 @@ impl World {
             PLACEHOLDER,
             "node {index}: the init command writes the BOSH placeholder"
         );
+        if self.issuer.is_some() {
+            self.init_callout(index);
+        }
     }
 
-    /// Callout mode's init steps, in the rendered order and as rendered: the shell step that
-    /// copies the issuer seed out of its Secret, then `bosh-nats-sync … init`. The copy is
+    /// Callout mode's init steps after the placeholder's, in the rendered order and as
+    /// rendered: the shell step that copies the issuer seed out of its Secret, then
+    /// `bosh-nats-sync … init`. The copy is
     /// owner-only (the program refuses the Secret's group-readable file), and the auth file
     /// then holds the callout block.
     fn init_callout(&self, index: usize) {
@@ -674,10 +839,10 @@ impl World {
         let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
         assert_eq!(
             names,
-            ["issuer-seed", "callout-init"],
+            ["auth-placeholder", "issuer-seed", "callout-init"],
             "the callout pod's init steps"
         );
-        for step in steps {
+        for step in &steps[1..] {
             let strings = |key: &str| -> Vec<String> {
                 step[key]
                     .as_array()
@@ -827,11 +992,16 @@ impl World {
             .dir
             .path()
             .join(format!("node-{index}-nats-server.log"));
+        let env: Vec<(&str, &str)> = self.nodes[index]
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         self.nodes[index].nats = Some(Process::spawn(
             format!("node {index} nats-server"),
             &argv,
             log,
-            &[],
+            &env,
         ));
         let port = self.nodes[index].ports.monitoring;
         self.wait(
@@ -1044,7 +1214,7 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losing_one() {
     let start = Instant::now();
-    let mut world = World::start().await;
+    let mut world = World::start("cluster", Security::AsRendered).await;
     world
         .director
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
@@ -1239,7 +1409,7 @@ async fn a_callout_cluster_from_the_chart_answers_for_every_node_through_any_sid
         return;
     }
     let start = Instant::now();
-    let mut world = World::start_from(&callout_fixture_dir()).await;
+    let mut world = World::start("callout-cluster", Security::AsRendered).await;
     world
         .director
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
@@ -1398,25 +1568,27 @@ async fn a_callout_cluster_from_the_chart_answers_for_every_node_through_any_sid
 #[test]
 #[should_panic(expected = "want every pod exactly once")]
 fn a_rendered_config_without_a_route_to_every_peer_is_refused() {
-    let layout = Layout::load();
-    let rendered = std::fs::read_to_string(fixture_dir().join("nats-config/nats.conf")).unwrap();
-    let last = layout.pods().pop().unwrap();
+    let layout = Layout::load("cluster");
+    let rendered =
+        std::fs::read_to_string(fixture_dir("cluster").join("nats-config/nats.conf")).unwrap();
+    let last = layout.pods().len() - 1;
     let without: Vec<&str> = rendered
         .lines()
-        .filter(|l| !l.contains(&format!("nats://{last}.")))
+        .filter(|l| l.trim() != format!("$NATS_ROUTE_{last}"))
         .collect();
     assert_ne!(
         without.len(),
         rendered.lines().count(),
-        "the fixture routes to {last}"
+        "the fixture routes to pod {last}"
     );
     let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
-    node_nats_conf(
+    node_config(
         &(without.join("\n") + "\n"),
         &layout,
         Path::new("/x"),
         &ports,
         0,
+        Security::AsRendered,
     );
 }
 
@@ -1424,15 +1596,624 @@ fn a_rendered_config_without_a_route_to_every_peer_is_refused() {
 #[test]
 #[should_panic(expected = "want one cluster block, found 0")]
 fn a_rendered_config_without_a_cluster_block_is_refused() {
-    let layout = Layout::load();
+    let layout = Layout::load("cluster");
     let single = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/chart/fixtures/sidecar/nats-config/nats.conf");
     let ports: Vec<Ports> = layout.pods().iter().map(|_| Ports::free()).collect();
-    node_nats_conf(
+    node_config(
         &std::fs::read_to_string(single).unwrap(),
         &layout,
         Path::new("/x"),
         &ports,
         0,
+        Security::AsRendered,
     );
+}
+
+/// How a node's refusal of the rogue's route shows.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    InRogueLog(&'static str),
+    InNodeLog(&'static str),
+}
+
+/// A nats-server that is not one of the StatefulSet's pods: it routes to every node (with a
+/// certificate of its own when `tls` is given, but without the route credentials), and a
+/// client of its own subscribes to everything.
+struct Rogue {
+    process: Process,
+    client_port: u16,
+    monitoring_port: u16,
+}
+
+impl World {
+    /// Starts the rogue server; `tls`: the certificate it presents (and what it is), trusting
+    /// the real cluster CA so that only the nodes' side of the handshake can refuse it.
+    async fn start_rogue(&self, tls: Option<(sim::pki::CertifiedKeyPem, &str)>) -> Rogue {
+        let dir = self.dir.path().join("rogue");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client_port, monitoring_port, route_port) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("    \"nats://127.0.0.1:{}\"", n.ports.route))
+            .collect();
+        let tls_block = match &tls {
+            None => String::new(),
+            Some((cert, _)) => {
+                std::fs::write(dir.join("tls.crt"), cert.cert_pem()).unwrap();
+                std::fs::write(dir.join("tls.key"), cert.key_pem()).unwrap();
+                std::fs::write(dir.join("ca.crt"), self.pki.ca.cert_pem()).unwrap();
+                format!(
+                    "  tls {{\n    cert_file: \"{0}/tls.crt\"\n    key_file: \"{0}/tls.key\"\n    ca_file: \"{0}/ca.crt\"\n    timeout: 3\n  }}\n",
+                    dir.display()
+                )
+            }
+        };
+        let conf = format!(
+            "listen: \"127.0.0.1:{client_port}\"\nhttp: \"127.0.0.1:{monitoring_port}\"\n\
+             cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{route_port}\"\n{tls_block}  routes: [\n{}\n  ]\n}}\n",
+            self.cluster_name,
+            routes.join("\n")
+        );
+        std::fs::write(dir.join("rogue.conf"), &conf).unwrap();
+        let argv = vec![
+            common::nats_server_path().display().to_string(),
+            "--config".to_owned(),
+            dir.join("rogue.conf").display().to_string(),
+        ];
+        let what = tls
+            .as_ref()
+            .map_or("without route credentials", |(_, w)| *w);
+        let log = self.dir.path().join("rogue-nats-server.log");
+        let process = Process::spawn(format!("the rogue server ({what})"), &argv, log, &[]);
+        self.wait("the rogue server to serve /varz", || async move {
+            match http_get(monitoring_port, "/varz").await {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("/varz: {other:?}")),
+            }
+        })
+        .await;
+        Rogue {
+            process,
+            client_port,
+            monitoring_port,
+        }
+    }
+
+    /// Waits until every node has refused the rogue's route: for each node, a line naming the
+    /// refusal, either in the rogue's log naming the node's route port, or (a refusal in the
+    /// TLS handshake, which the rogue only sees as a closed connection) in the node's own log.
+    async fn wait_refused(&self, rogue: &Rogue, refusal: Refusal) {
+        self.wait("every node to refuse the rogue's route", || async move {
+            let rogue_log = rogue.process.log();
+            let missing: Vec<usize> = self
+                .nodes
+                .iter()
+                .filter(|node| match refusal {
+                    Refusal::InRogueLog(needle) => !rogue_log.lines().any(|l| {
+                        l.contains(&format!("127.0.0.1:{} ", node.ports.route))
+                            && l.contains(needle)
+                    }),
+                    Refusal::InNodeLog(needle) => {
+                        !node.nats.as_ref().is_some_and(|p| p.log().contains(needle))
+                    }
+                })
+                .map(|node| node.index)
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no {refusal:?} yet from nodes {missing:?}\n{}",
+                    rogue.process.tail()
+                ))
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the rogue routes to every node.
+    async fn wait_joined(&self, rogue: &Rogue) {
+        let ids: BTreeSet<String> = self.server_ids().await.into_iter().collect();
+        self.wait("the rogue to route to every node", || {
+            let ids = ids.clone();
+            async move {
+                let routes = self.rogue_routes(rogue).await;
+                if ids.is_subset(&routes) {
+                    Ok(())
+                } else {
+                    Err(format!("rogue routes {routes:?}, nodes {ids:?}"))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The server ids of the rogue's routes, by its `/routez`.
+    async fn rogue_routes(&self, rogue: &Rogue) -> BTreeSet<String> {
+        let (_, routez) = http_get(rogue.monitoring_port, "/routez")
+            .await
+            .expect("the rogue serves /routez");
+        let routez: Json = serde_json::from_str(&routez).unwrap();
+        routez["routes"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r["remote_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn server_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for node in &self.nodes {
+            let (_, varz) = http_get(node.ports.monitoring, "/varz")
+                .await
+                .expect("a node serves /varz");
+            let varz: Json = serde_json::from_str(&varz).unwrap();
+            ids.push(varz["server_id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+
+    /// Starts every node (init, nats-server, sidecar) and waits until the cluster has formed
+    /// and every node admits `agent`.
+    async fn start_all(&mut self, agent: &str) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for &i in &all {
+            self.init(i);
+            self.start_nats(i).await;
+        }
+        for &i in &all {
+            self.start_sync(i);
+        }
+        self.wait_cluster(&all).await;
+        self.wait_admitted(&all, &agent_cn(agent)).await;
+    }
+}
+
+/// What the rogue's subscriber to `>` gets while the director, on the first node, publishes
+/// to the agent subscribed on the last node, until the agent has its message and (when
+/// `until_rogue`) the rogue has one too: the rogue's messages.
+async fn publish_while_watching(world: &World, rogue: &Rogue, until_rogue: bool) -> Vec<String> {
+    use futures::StreamExt;
+    let spy = async_nats::connect(format!("nats://127.0.0.1:{}", rogue.client_port))
+        .await
+        .expect("a client of the rogue server connects to it");
+    let mut spied = spy.subscribe(">").await.unwrap();
+    spy.flush().await.unwrap();
+    let last = world.nodes.len() - 1;
+    let agent = world.client(last, &agent_cn(AGENT)).await;
+    let mut inbox = agent
+        .client()
+        .subscribe(format!("agent.{AGENT}"))
+        .await
+        .unwrap();
+    agent.client().flush().await.unwrap();
+    let director = world.client(0, DIRECTOR_CN).await;
+    let mut got_agent = false;
+    let mut got_rogue = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    while Instant::now() < deadline && !(got_agent && (!until_rogue || !got_rogue.is_empty())) {
+        director
+            .client()
+            .publish(format!("agent.{AGENT}"), "{\"method\":\"ping\"}".into())
+            .await
+            .unwrap();
+        director.client().flush().await.unwrap();
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                Some(_) = inbox.next() => got_agent = true,
+                Some(m) = spied.next() => got_rogue.push(m.subject.to_string()),
+                () = &mut tick => break,
+            }
+        }
+    }
+    assert!(
+        got_agent,
+        "the agent on node {last} never received the director's message\n{}",
+        world.diagnostics()
+    );
+    // Whatever reached the rogue server is in its subscriber's hands once it has flushed.
+    spy.flush().await.unwrap();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), spied.next()).await {
+        got_rogue.push(m.subject.to_string());
+    }
+    got_rogue
+}
+
+/// Routes are a trust boundary: a nats-server that is not one of the pods and holds no route
+/// credentials tries to route to every node of the cluster the chart renders (route
+/// authorization, its default). Every node refuses it, and its subscriber to `>` receives
+/// nothing of what the director sends an agent across the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_route_credentials_is_refused_by_every_node() {
+    let mut world = World::start("cluster", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    let rogue = world.start_rogue(None).await;
+    world
+        .wait_refused(&rogue, Refusal::InRogueLog("Authorization Violation"))
+        .await;
+    let received = publish_while_watching(&world, &rogue, false).await;
+    assert!(
+        received.is_empty(),
+        "the rogue server received {received:?}\n{}",
+        rogue.process.tail()
+    );
+    assert!(
+        world.rogue_routes(&rogue).await.is_empty(),
+        "the rogue has routes\n{}",
+        rogue.process.tail()
+    );
+    // The cluster itself is whole, and the route password is in no log.
+    world
+        .wait_cluster(&(0..world.nodes.len()).collect::<Vec<_>>())
+        .await;
+    for node in &world.nodes {
+        for process in [&node.nats, &node.sync].into_iter().flatten() {
+            assert!(
+                !process.log().contains(ROUTE_PASSWORD),
+                "{}: the route password is in its log",
+                process.name
+            );
+        }
+    }
+}
+
+/// The same rogue against the same cluster with the route security removed from nats.conf
+/// (what the chart rendered before): it joins every node and reads the director's command to
+/// the agent. This is what the test above would see if the chart stopped authenticating
+/// routes, so that test can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_route_security_the_same_rogue_joins_and_reads_the_bus() {
+    let mut world = World::start("cluster", Security::Removed).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    let rogue = world.start_rogue(None).await;
+    world.wait_joined(&rogue).await;
+    let received = publish_while_watching(&world, &rogue, true).await;
+    assert!(
+        received.contains(&format!("agent.{AGENT}")),
+        "the rogue server received {received:?}"
+    );
+}
+
+/// One agent's connection as a BOSH agent holds it: TLS with its client certificate, every
+/// node's client URL (the Service's endpoints) tried in order, reconnecting without limit;
+/// what happened to it, with when.
+struct HeldAgent {
+    id: String,
+    client: async_nats::Client,
+    inbox: async_nats::Subscriber,
+    events: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl World {
+    async fn hold_agent(&self, id: &str) -> HeldAgent {
+        let cert = self.cert(&agent_cn(id));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!("tls://127.0.0.1:{}", n.ports.client)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(self.ca.clone())
+            .add_client_certificate(cert.cert.clone(), cert.key.clone())
+            .connection_timeout(Duration::from_secs(5))
+            .retain_servers_order()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempt| Duration::from_millis(50 * attempt.min(10) as u64))
+            .event_callback(move |event| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock()
+                        .unwrap()
+                        .push((Instant::now(), event.to_string()));
+                }
+            })
+            .connect(servers)
+            .await
+            .unwrap_or_else(|e| panic!("agent {id} cannot connect: {e}\n{}", self.diagnostics()));
+        let inbox = client.subscribe(format!("agent.{id}")).await.unwrap();
+        client.flush().await.unwrap();
+        HeldAgent {
+            id: id.to_owned(),
+            client,
+            inbox,
+            events,
+        }
+    }
+}
+
+/// Rolling restarts lose nothing: the chart's preStop hook (`nats-server --signal ldm=<pid
+/// file>`, run as rendered) puts a node into lame duck, and the kubelet's SIGTERM that follows
+/// does not cut it short. The node stops accepting clients, waits the rendered grace period,
+/// then closes its agents one by one (not all at once); each reconnects to another node, is
+/// admitted there (its certificate is a user on every node) and receives the director's next
+/// command; the node then exits on its own and the other two stay a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_lame_duck_hands_its_agents_to_the_others() {
+    use futures::StreamExt;
+    const AGENTS: usize = 4;
+    let ids: Vec<String> = (0..AGENTS)
+        .map(|i| format!("1a3ed0c0-0000-4000-8000-00000000000{i}"))
+        .collect();
+    let mut world = World::start("cluster", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", ids.iter().map(|id| Vm::agent(id)).collect::<Vec<_>>());
+    world.start_all(&ids[AGENTS - 1]).await;
+    let all: Vec<usize> = (0..world.nodes.len()).collect();
+    for id in &ids {
+        world.wait_admitted(&all, &agent_cn(id)).await;
+    }
+    let leaving = 0;
+    let leaving_port = world.nodes[leaving].ports.client;
+    let mut agents = Vec::new();
+    for id in &ids {
+        let agent = world.hold_agent(id).await;
+        assert_eq!(
+            agent.client.server_info().port,
+            leaving_port,
+            "agent {id} starts on node {leaving} (the first URL)"
+        );
+        agents.push(agent);
+    }
+    let grace: f64 = {
+        let conf =
+            std::fs::read_to_string(fixture_dir("cluster").join("nats-config/nats.conf")).unwrap();
+        let value = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("lame_duck_grace_period: "))
+            .expect("the rendered nats.conf sets lame_duck_grace_period");
+        value
+            .trim_matches('"')
+            .trim_end_matches('s')
+            .parse()
+            .unwrap()
+    };
+
+    // The pod leaves: the preStop hook as rendered, then SIGTERM to both containers.
+    let root = world.nodes[leaving].root.clone();
+    let mut hook = world.layout.strings("nats_pre_stop");
+    assert_eq!(
+        hook[0], "nats-server",
+        "the hook runs the nats image's nats-server"
+    );
+    hook[0] = common::nats_server_path().display().to_string();
+    let hook: Vec<String> = hook
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, path)) => format!("{k}={}", world.moved(&root, path)),
+            None => a.clone(),
+        })
+        .collect();
+    let signalled = Instant::now();
+    let status = std::process::Command::new(&hook[0])
+        .args(&hook[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the preStop hook {hook:?}: {e}"));
+    assert!(
+        status.success(),
+        "the preStop hook {hook:?} failed: {status}"
+    );
+    for process in [&world.nodes[leaving].nats, &world.nodes[leaving].sync]
+        .into_iter()
+        .flatten()
+    {
+        process.terminate();
+    }
+
+    // Every agent moves to another node.
+    for agent in &agents {
+        world
+            .wait(
+                &format!("agent {} to reconnect to another node", agent.id),
+                || async {
+                    let port = agent.client.server_info().port;
+                    let state = agent.client.connection_state();
+                    if port != leaving_port && state == async_nats::connection::State::Connected {
+                        Ok(())
+                    } else {
+                        Err(format!("on port {port}, {state:?}"))
+                    }
+                },
+            )
+            .await;
+    }
+    // nats-server leaves on its own once lame duck is over (SIGTERM did not stop it earlier).
+    let nats = world.nodes[leaving].nats.as_ref().unwrap();
+    world
+        .wait(&format!("node {leaving}'s nats-server to exit"), || async {
+            match nats.state() {
+                s if s == "running" => Err(s),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    let log = nats.log();
+    assert!(
+        log.contains("Entering lame duck mode") && log.contains("Closing existing clients"),
+        "node {leaving} went through lame duck\n{}",
+        nats.tail()
+    );
+
+    // They were closed one by one after the grace period, not all at once.
+    let disconnects: Vec<Instant> = agents
+        .iter()
+        .map(|a| {
+            let events = a.events.lock().unwrap();
+            events
+                .iter()
+                .find(|(_, e)| e == "disconnected")
+                .unwrap_or_else(|| panic!("agent {}: no disconnect in {events:?}", a.id))
+                .0
+        })
+        .collect();
+    let first = *disconnects.iter().min().unwrap();
+    let last = *disconnects.iter().max().unwrap();
+    let after = first.duration_since(signalled).as_secs_f64();
+    let spread = last.duration_since(first).as_secs_f64();
+    eprintln!(
+        "lame duck: first agent closed {after:.2} s after the hook, the last {spread:.2} s later"
+    );
+    assert!(
+        after >= grace - 0.25,
+        "the first agent was closed {after:.2} s after the hook, before the {grace} s grace period"
+    );
+    // Between two closes nats-server sleeps a random time in [si/2, si), si = (duration −
+    // grace period) / clients, at most 1 s: here si = 1 s, so at least 3 × 0.5 s, less what a
+    // late-noticed first close may take off (closed at once would be about 0 s).
+    assert!(
+        spread >= (AGENTS - 1) as f64 * 0.5 - 0.5,
+        "the agents were closed within {spread:.2} s: all at once, not handed over"
+    );
+
+    // Each agent is admitted where it landed and receives the director's next command.
+    world.wait_cluster(&[1, 2]).await;
+    let director = world.client(1, DIRECTOR_CN).await;
+    for agent in &mut agents {
+        let subject = format!("agent.{}", agent.id);
+        let deadline = Instant::now() + WITHIN;
+        let mut received = false;
+        while !received && Instant::now() < deadline {
+            director
+                .client()
+                .publish(subject.clone(), "{\"method\":\"ping\"}".into())
+                .await
+                .unwrap();
+            director.client().flush().await.unwrap();
+            received = tokio::time::timeout(Duration::from_millis(200), agent.inbox.next())
+                .await
+                .is_ok_and(|m| m.is_some());
+        }
+        assert!(
+            received,
+            "agent {} on port {} never received {subject}\n{}",
+            agent.id,
+            agent.client.server_info().port,
+            world.diagnostics()
+        );
+        let events = agent.events.lock().unwrap().clone();
+        assert!(
+            !events.iter().any(|(_, e)| e.contains("rror")),
+            "agent {}: {events:?}",
+            agent.id
+        );
+    }
+}
+
+/// The rogue must be refused and read nothing, or (`joins`) must join and read.
+async fn rogue_outcome(world: &World, rogue: &Rogue, joins: bool) {
+    if joins {
+        world.wait_joined(rogue).await;
+        let received = publish_while_watching(world, rogue, true).await;
+        assert!(
+            received.contains(&format!("agent.{AGENT}")),
+            "the rogue server received {received:?}"
+        );
+    } else {
+        let received = publish_while_watching(world, rogue, false).await;
+        assert!(
+            received.is_empty(),
+            "the rogue server received {received:?}\n{}",
+            rogue.process.tail()
+        );
+        assert!(
+            world.rogue_routes(rogue).await.is_empty(),
+            "the rogue has routes\n{}",
+            rogue.process.tail()
+        );
+    }
+}
+
+/// Route TLS (cluster.tls.secretName, no route password), with the clients' CA as the
+/// cluster CA: the nodes route to each other with the route certificate; a rogue with no
+/// TLS, one with a route certificate of another CA, and one holding an agent's certificate of
+/// the very CA the nodes trust are each refused by every node and read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_route_tls_servers_without_a_route_certificate_are_refused() {
+    let mut world = World::start("cluster-tls", Security::AsRendered).await;
+    world
+        .director
+        .create_deployment("cf", vec![Vm::agent(AGENT)]);
+    world.start_all(AGENT).await;
+    // Each with what a node's refusal looks like from the rogue: a node demands TLS, which the
+    // first cannot speak (it closes the route itself); it rejects the second's certificate in
+    // the handshake; the third completes the handshake and is refused as a route.
+    let rogues = [
+        (
+            None,
+            Refusal::InRogueLog("Router connection closed: Client Closed"),
+        ),
+        (
+            Some((
+                world.pki.other_ca.route_cert().unwrap(),
+                "a route certificate of another CA",
+            )),
+            Refusal::InNodeLog("TLS route handshake error"),
+        ),
+        (
+            Some((
+                world.pki.client(&agent_cn(AGENT)).unwrap(),
+                "an agent's certificate of the cluster CA",
+            )),
+            Refusal::InRogueLog("Authorization Violation"),
+        ),
+    ];
+    for (tls, refusal) in rogues {
+        let rogue = world.start_rogue(tls).await;
+        world.wait_refused(&rogue, refusal).await;
+        rogue_outcome(&world, &rogue, false).await;
+        rogue.process.kill().await;
+    }
+    world
+        .wait_cluster(&(0..world.nodes.len()).collect::<Vec<_>>())
+        .await;
+}
+
+/// Why the chart sets `verify_cert_and_check_known_urls` with route TLS: without it, any
+/// certificate of the cluster CA is a route, so when that CA is the clients' CA a server
+/// holding an agent's certificate joins and reads the bus; and with the route TLS removed
+/// altogether, so does a server without any certificate. So the test above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_route_name_check_an_agents_certificate_joins() {
+    for (security, tls) in [
+        (Security::AnyCertificateOfTheCa, true),
+        (Security::Removed, false),
+    ] {
+        let mut world = World::start("cluster-tls", security).await;
+        world
+            .director
+            .create_deployment("cf", vec![Vm::agent(AGENT)]);
+        world.start_all(AGENT).await;
+        let cert = tls.then(|| {
+            (
+                world.pki.client(&agent_cn(AGENT)).unwrap(),
+                "an agent's certificate of the cluster CA",
+            )
+        });
+        let rogue = world.start_rogue(cert).await;
+        rogue_outcome(&world, &rogue, true).await;
+    }
 }

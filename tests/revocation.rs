@@ -292,6 +292,79 @@ async fn a_deleted_vm_s_agent_is_closed_within_two_seconds_and_nobody_else() {
         line.contains(A) && line.contains("unknown agent"),
         "the agent and the reason: {line}"
     );
+    // Each check's observation is logged with what it cost.
+    let observed = log
+        .lines()
+        .rfind(|l| l.contains("observed nats-server's connections"))
+        .unwrap_or_else(|| panic!("a log line per observation\n{log}"));
+    let field = |name: &str| -> f64 {
+        observed
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}= in {observed}"))
+    };
+    assert_eq!(field("servers"), 1.0, "{observed}");
+    assert!(field("connections") >= 5.0, "{observed}");
+    assert_eq!(field("requests"), 1.0, "one page holds them: {observed}");
+    assert_eq!(field("replies"), 1.0, "{observed}");
+    assert!(field("bytes") > 1000.0, "{observed}");
+    assert!(field("duration_ms") > 0.0, "{observed}");
+}
+
+/// nats-server lists at most a page of connections per CONNZ reply (1024 unless asked
+/// otherwise; a large director holds more): the observation asks again from the next
+/// offset until every connection has been seen. Shown on a real server with pages of 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observation_pages_through_every_connection() {
+    use bosh_nats_sync::callout::connz::{Gather, observe};
+    if !has_callout() {
+        return;
+    }
+    let ids = [A, B, C, N];
+    let vms = ids.iter().map(|id| Vm::agent(id).permanent(true)).collect();
+    let env = callout_env(vms).await;
+    let (_run, _base) = running(&env, &[]).await;
+    let held = Held::connect(&env, &env.nats, &the_usual(&ids)).await;
+    // The system account's view, through the service's own certificate as the program has it.
+    let service = &env.callout.as_ref().unwrap().service;
+    let system = sim::nats::connect(env.nats.client_url(), &env.files.ca_cert, service)
+        .await
+        .expect("the service's certificate connects");
+    let total = env.nats.connz().await.unwrap()["total"].as_u64().unwrap() as usize;
+    assert!(
+        total >= 8,
+        "4 agents, the director, the health monitor, two services"
+    );
+    let gather = Gather {
+        page: 2,
+        ..Gather::default()
+    };
+    let observation = observe(system.client(), &gather).await.expect("observed");
+    assert!(
+        observation.incomplete.is_empty(),
+        "{:?}",
+        observation.incomplete
+    );
+    assert_eq!(observation.servers.len(), 1);
+    let seen: Vec<u64> = observation.servers[0]
+        .connections
+        .iter()
+        .map(|c| c.cid)
+        .collect();
+    for (cn, cid) in &held.cids {
+        assert!(
+            seen.contains(cid),
+            "{cn}'s connection {cid} seen in {seen:?}"
+        );
+    }
+    assert!(seen.len() >= total, "{} of {total} seen", seen.len());
+    assert_eq!(
+        observation.requests,
+        total.div_ceil(2),
+        "one request per page of 2"
+    );
+    assert_eq!(observation.replies, observation.requests);
+    assert!(observation.bytes > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,18 +11,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
-use async_nats::{ClientError, ConnectOptions, Event, ServerError};
+use anyhow::{Context, ensure};
 use sim::director::Vm;
 use sim::nats::NatsServer;
 use sim::pki::CertFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::cells::{command, pass_lines};
+use crate::cells::{command, log_lines, pass_lines};
+use crate::fleet::{Fleet, connect_fleet, options};
 use crate::measure;
 use crate::world::{CalloutKeys, CellConfig, CellFiles, World, agent_id, deployment_name};
 
@@ -51,6 +51,9 @@ pub struct Plan {
     pub latency: Duration,
     /// VMs created during the churn, per mode.
     pub creations: usize,
+    /// Connected agents' VMs deleted one after another, per mode (after the churn, and in
+    /// callout mode after the restart).
+    pub deletions: usize,
     pub file_creations: usize,
     /// Between two creations, plus a deterministic jitter of up to the same again (as the
     /// watch's benchmark does).
@@ -150,6 +153,9 @@ pub struct Restart {
     pub waited: Duration,
     /// Reconnects nats-server refused (`Authorization Violation`) and other failed attempts.
     pub refused: u64,
+    /// Of the refusals, those before the program's responder was connected again (nats-server
+    /// had nobody to ask).
+    pub refused_before_responder: u64,
     pub failed_attempts: u64,
     /// The failed attempts (since the fleet connected) by what async-nats said.
     pub failures: BTreeMap<String, u64>,
@@ -168,6 +174,45 @@ pub struct Restart {
     pub nats_cpu: Duration,
     pub program_cpu: Duration,
     pub driver_cpu: Duration,
+}
+
+/// One revocation check's observation of nats-server's connections, as the program logged it
+/// (`observed nats-server's connections`, callout mode).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub connections: u64,
+    pub requests: u64,
+    pub replies: u64,
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// Connected agents' VMs deleted one after another (§12.6): how soon each agent's connection
+/// was closed, and what else happened meanwhile.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The deleted VMs' agents: delete event → connection closed, for each that was closed.
+    pub closed: Vec<Duration>,
+    /// Deleted VMs' agents still connected when the driver stopped waiting.
+    pub not_closed: usize,
+    /// How long the driver waited for the last of them.
+    pub waited: Duration,
+    /// Disconnections of the other connected agents meanwhile.
+    pub others_closed: u64,
+    /// nats-server's reloads meanwhile, and whether `config_load_time` moved.
+    pub reloads: u64,
+    pub config_load_time_moved: bool,
+    /// The program's passes that changed something meanwhile: their durations.
+    pub passes: Vec<Duration>,
+    /// Callout mode: every revocation check's observation meanwhile.
+    pub observations: Vec<Observed>,
+    /// Callout mode: `bosh_nats_sync_callout_revocations_total` meanwhile, by result.
+    pub results: BTreeMap<String, u64>,
+    /// CPU (user + system) meanwhile: nats-server's and the program's.
+    pub nats_cpu: Duration,
+    pub program_cpu: Duration,
+    /// First delete → the last agent closed (or the driver gave up).
+    pub phase: Duration,
 }
 
 /// One mode's figures at one N.
@@ -211,6 +256,7 @@ pub struct AdmissionRun {
     /// Callout mode: the program's answers during the churn.
     pub answers: Option<Histogram>,
     pub restart: Option<Restart>,
+    pub revocation: Option<Revocation>,
     /// `/proc/loadavg` when the run began and ended.
     pub load_before: String,
     pub load_after: String,
@@ -270,139 +316,6 @@ impl AdmissionRun {
             )),
         )
     }
-}
-
-/// The agents' certificates, written once and shared by every run: agent `i` is VM
-/// `i / deployments` of deployment `i % deployments` (its permanent certificate, which
-/// every VM's user list holds), so they spread over the whole director.
-pub fn agent_certs(world: &World, n: usize, deployments: usize) -> anyhow::Result<Vec<CertFiles>> {
-    let dir = world.dir.path().join("agents");
-    std::fs::create_dir_all(&dir)?;
-    (0..n)
-        .map(|i| {
-            let id = agent_id(i % deployments, i / deployments);
-            Ok(world
-                .pki
-                .client(&sim::pki::agent_cn(&id))?
-                .write_to(&dir, &format!("agent-{i}"))?)
-        })
-        .collect()
-}
-
-/// What the N connected agents' clients reported.
-struct FleetEvents {
-    base: std::time::Instant,
-    /// Per agent: nanoseconds after `base` of its last `Connected` event (0: none yet).
-    connected_at: Vec<AtomicU64>,
-    disconnects: AtomicU64,
-    refused: AtomicU64,
-    failed_attempts: AtomicU64,
-    /// The failed attempts by what async-nats said (`timed out`, `io error`, …).
-    failures: std::sync::Mutex<BTreeMap<String, u64>>,
-}
-
-impl FleetEvents {
-    fn record(&self, agent: usize, event: &Event) {
-        match event {
-            Event::Connected => {
-                let at = self.base.elapsed().as_nanos().max(1) as u64;
-                self.connected_at[agent].store(at, Ordering::SeqCst);
-            }
-            Event::Disconnected => {
-                self.disconnects.fetch_add(1, Ordering::SeqCst);
-            }
-            // A refused reconnect: nats-server's `-ERR` on the connection, or the connect
-            // attempt's error (async-nats reports it as a client error naming its kind).
-            Event::ServerError(ServerError::AuthorizationViolation) => {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-            }
-            Event::ClientError(ClientError::Other(e)) if e.contains("authorization violation") => {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-            }
-            Event::ClientError(e) => {
-                self.failed_attempts.fetch_add(1, Ordering::SeqCst);
-                let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-                *failures.entry(e.to_string()).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-
-    /// Nanoseconds after `base`.
-    fn at(&self, instant: std::time::Instant) -> u64 {
-        instant.saturating_duration_since(self.base).as_nanos() as u64
-    }
-}
-
-/// The N agents, connected; their connections end when this is dropped.
-struct Fleet {
-    _clients: Vec<async_nats::Client>,
-    events: Arc<FleetEvents>,
-}
-
-/// A TLS client of `url` presenting `cert`, trusting `ca`: the agents reconnect by
-/// themselves, forever (async-nats' default backoff), as an agent does.
-fn options(ca: &Path, cert: &CertFiles, timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(ca.to_owned())
-        .add_client_certificate(cert.cert.clone(), cert.key.clone())
-        .connection_timeout(timeout)
-}
-
-/// Connects every agent of `certs`, `parallel` at a time.
-async fn connect_fleet(
-    url: &str,
-    ca: &Path,
-    certs: &[CertFiles],
-    parallel: usize,
-) -> anyhow::Result<Fleet> {
-    let events = Arc::new(FleetEvents {
-        base: std::time::Instant::now(),
-        connected_at: (0..certs.len()).map(|_| AtomicU64::new(0)).collect(),
-        disconnects: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        failed_attempts: AtomicU64::new(0),
-        failures: Default::default(),
-    });
-    let permits = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, cert) in certs.iter().enumerate() {
-        let (url, ca, cert) = (url.to_owned(), ca.to_owned(), cert.clone());
-        let (events, permits) = (events.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let sink = events.clone();
-                let connected = options(&ca, &cert, Duration::from_secs(120))
-                    .event_callback(move |event| {
-                        let sink = sink.clone();
-                        async move { sink.record(i, &event) }
-                    })
-                    .connect(url.as_str())
-                    .await;
-                match connected {
-                    Ok(client) => return anyhow::Ok((i, client)),
-                    // A loaded machine may time a handshake out; a refusal is a real error.
-                    Err(e) if tries < 3 && !sim::nats::is_authorization_violation(&e) => {
-                        eprintln!("bench:   agent {i}: {e}; again");
-                    }
-                    Err(e) => bail!("agent {i} ({}) cannot connect: {e}", cert.cert.display()),
-                }
-            }
-        });
-    }
-    let mut clients: Vec<Option<async_nats::Client>> = vec![None; certs.len()];
-    while let Some(joined) = tasks.join_next().await {
-        let (i, client) = joined??;
-        clients[i] = Some(client);
-    }
-    Ok(Fleet {
-        _clients: clients.into_iter().flatten().collect(),
-        events,
-    })
 }
 
 /// One connect, held as long as nats-server holds it (up to `timeout`); the client is
@@ -834,6 +747,40 @@ pub async fn measure(
         Mode::Callout => Some(restart(&mut nats, &fleet, http, program_pid).await?),
         Mode::File => None,
     };
+    let revocation = if plan.deletions > 0 {
+        eprintln!(
+            "bench:   deleting {} connected agents' VMs ...",
+            plan.deletions
+        );
+        let r = revoke(
+            world,
+            plan,
+            mode,
+            &nats,
+            &fleet,
+            &files.log,
+            http,
+            program_pid,
+        )
+        .await?;
+        eprintln!(
+            "bench:   {} of {} closed: p50 {:.3} s, p99 {:.3} s after their delete events; \
+             {} others disconnected, {} reloads",
+            r.closed.len(),
+            plan.deletions,
+            quantile(&r.closed, 0.5).as_secs_f64(),
+            quantile(&r.closed, 0.99).as_secs_f64(),
+            r.others_closed,
+            r.reloads
+        );
+        ensure!(
+            child.0.try_wait()?.is_none(),
+            "the binary exited during the deletions"
+        );
+        Some(r)
+    } else {
+        None
+    };
     drop(fleet);
     drop(child);
     world.set_latency(Duration::ZERO);
@@ -861,10 +808,173 @@ pub async fn measure(
         program_cpu,
         answers,
         restart,
+        revocation,
         load_before,
         load_after: loadavg(),
         wall: run_started.elapsed(),
     })
+}
+
+/// How long a deleted VM's agent may stay connected before the driver stops waiting (file
+/// mode closes it with a reload, which takes minutes with thousands connected).
+const CLOSE_LIMIT: Duration = Duration::from_secs(900);
+
+/// Deletes `plan.deletions` connected agents' VMs one after another (spaced as the churn's
+/// creations) and waits until each agent's connection is closed: the agents are spread over
+/// the fleet, each the VM of its own deployment. Reads the revocation checks' observations
+/// from the program's log `log`.
+#[allow(clippy::too_many_arguments)]
+async fn revoke(
+    world: &World,
+    plan: &Plan,
+    mode: Mode,
+    nats: &NatsServer,
+    fleet: &Fleet,
+    log: &Path,
+    http: std::net::SocketAddr,
+    program_pid: u32,
+) -> anyhow::Result<Revocation> {
+    let events = &fleet.events;
+    let n = events.connected_at.len();
+    ensure!(
+        plan.deletions <= n,
+        "{} deletions asked for, {n} agents connected",
+        plan.deletions
+    );
+    // 7919 is prime, so the deleted agents are distinct and spread over the fleet.
+    let deleted: Vec<usize> = (0..plan.deletions).map(|c| (c * 7919 + 1) % n).collect();
+    let disconnects = |i: usize| events.disconnects_of[i].load(Ordering::SeqCst);
+    let others_before: u64 = (0..n)
+        .filter(|i| !deleted.contains(i))
+        .map(disconnects)
+        .sum();
+    let log_offset = std::fs::metadata(log).map_or(0, |m| m.len());
+    let reloads_before = reloads(nats);
+    let load_time_before = nats.config_load_time().await?;
+    let cpu = |pid: u32| measure::cpu_time(pid).unwrap_or_default();
+    let (nats_cpu_before, program_cpu_before) = (cpu(nats.pid()), cpu(program_pid));
+    let results_before = match mode {
+        Mode::Callout => revocation_results(http).await?,
+        Mode::File => BTreeMap::new(),
+    };
+
+    let began = Instant::now();
+    let mut deleted_at = Vec::with_capacity(deleted.len());
+    for (c, &i) in deleted.iter().enumerate() {
+        let id = agent_id(i % plan.deployments, i / plan.deployments);
+        let deployment = deployment_name(i % plan.deployments);
+        let at = events.at(std::time::Instant::now());
+        ensure!(
+            world
+                .director
+                .delete_vm(&deployment, &format!("vm-{id}"))
+                .is_some(),
+            "{deployment} has no VM vm-{id} to delete"
+        );
+        deleted_at.push(at);
+        if c + 1 < deleted.len() {
+            let jitter = plan
+                .spacing
+                .mul_f64((crate::world::mix(c as u64 + 7) % 1000) as f64 / 1000.0);
+            tokio::time::sleep(plan.spacing + jitter).await;
+        }
+    }
+    let closed_after = |(k, &i): (usize, &usize)| {
+        let at = events.disconnected_at[i].load(Ordering::SeqCst);
+        (at > deleted_at[k]).then(|| Duration::from_nanos(at - deleted_at[k]))
+    };
+    while deleted
+        .iter()
+        .enumerate()
+        .any(|d| closed_after(d).is_none())
+        && began.elapsed() < CLOSE_LIMIT
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let phase = began.elapsed();
+    let closed: Vec<Duration> = deleted
+        .iter()
+        .enumerate()
+        .filter_map(closed_after)
+        .collect();
+    let (nats_cpu, program_cpu) = (
+        cpu(nats.pid()).saturating_sub(nats_cpu_before),
+        cpu(program_pid).saturating_sub(program_cpu_before),
+    );
+    let others_closed = (0..n)
+        .filter(|i| !deleted.contains(i))
+        .map(disconnects)
+        .sum::<u64>()
+        - others_before;
+    let reloads = reloads(nats) - reloads_before;
+    let config_load_time_moved = nats.config_load_time().await? != load_time_before;
+    // In file mode a pass logs its line once its reload is verified: wait for one per reload.
+    let waiting = Instant::now();
+    let passes = loop {
+        let passes: Vec<Duration> = pass_lines(log, log_offset)?
+            .0
+            .iter()
+            .filter(|l| l["written"].as_bool() == Some(true) || l["changed"].as_u64() > Some(0))
+            .filter_map(|l| l["duration_ms"].as_u64().map(Duration::from_millis))
+            .collect();
+        if mode == Mode::Callout
+            || passes.len() as u64 >= reloads
+            || waiting.elapsed() > Duration::from_secs(120)
+        {
+            break passes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let observations = log_lines(log, log_offset, "observed nats-server's connections")?
+        .iter()
+        .map(|l| Observed {
+            connections: l["connections"].as_u64().unwrap_or(0),
+            requests: l["requests"].as_u64().unwrap_or(0),
+            replies: l["replies"].as_u64().unwrap_or(0),
+            bytes: l["bytes"].as_u64().unwrap_or(0),
+            took: Duration::from_secs_f64(l["duration_ms"].as_f64().unwrap_or(0.0) / 1e3),
+        })
+        .collect();
+    let results = match mode {
+        Mode::Callout => revocation_results(http)
+            .await?
+            .into_iter()
+            .map(|(result, n)| {
+                let earlier = results_before.get(&result).copied().unwrap_or(0);
+                (result, n.saturating_sub(earlier))
+            })
+            .collect(),
+        Mode::File => BTreeMap::new(),
+    };
+    Ok(Revocation {
+        not_closed: deleted.len() - closed.len(),
+        closed,
+        waited: phase,
+        others_closed,
+        reloads,
+        config_load_time_moved,
+        passes,
+        observations,
+        results,
+        nats_cpu,
+        program_cpu,
+        phase,
+    })
+}
+
+const REVOCATIONS_TOTAL: &str = "bosh_nats_sync_callout_revocations_total{result=\"";
+
+/// The program's revocations so far by result, from `/metrics`.
+async fn revocation_results(addr: std::net::SocketAddr) -> anyhow::Result<BTreeMap<String, u64>> {
+    let (status, body) = http_get(addr, "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    Ok(body
+        .lines()
+        .filter_map(|l| {
+            let (result, value) = l.strip_prefix(REVOCATIONS_TOTAL)?.split_once("\"}")?;
+            Some((result.to_owned(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect())
 }
 
 /// How long every agent may take to come back before the driver stops waiting.
@@ -935,12 +1045,23 @@ async fn restart(
         .filter(|(_, n)| *n > 0)
         .collect();
     let connections_after = connections(nats).await?;
+    let refused_before_responder = responder.map_or(0, |back| {
+        let back = events.at(signalled + back);
+        events
+            .refused_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|&&at| at > since && at < back)
+            .count() as u64
+    });
     Ok(Restart {
         exited: restarted.exited,
         listening: restarted.listening,
         readmitted,
         waited,
         refused: events.refused.load(Ordering::SeqCst) - refused_before,
+        refused_before_responder,
         failed_attempts: events.failed_attempts.load(Ordering::SeqCst) - failed_before,
         failures,
         answers,

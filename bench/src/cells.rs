@@ -325,6 +325,11 @@ pub struct NatsCheck {
     pub file_bytes: u64,
     pub once: Finished,
     pub reload: Duration,
+    /// The same reload with `agents` connected (each its own certificate), and how long
+    /// they took to connect; `None` with none asked for.
+    pub agents: usize,
+    pub reload_with_agents: Option<Duration>,
+    pub connect_all: Duration,
     pub nats_rss_kib: u64,
     pub agent_admitted: bool,
     pub stranger_refused: bool,
@@ -337,6 +342,8 @@ pub async fn nats_reload(
     executable: &Path,
     deployments: usize,
     vms: usize,
+    agents: &[sim::pki::CertFiles],
+    connect_parallel: usize,
 ) -> anyhow::Result<NatsCheck> {
     let version = sim::nats::version(executable)?;
     let files = world.cell(&format!("nats-d{deployments}-{version}"))?;
@@ -394,7 +401,34 @@ pub async fn nats_reload(
         Ok(_) => false,
         Err(e) => sim::nats::is_authorization_violation(&e),
     };
+
+    // The same reload with the director's agents connected: nats-server re-checks each of
+    // them against every user.
+    let started = std::time::Instant::now();
+    let fleet =
+        crate::fleet::connect_fleet(nats.client_url(), nats.ca_file(), agents, connect_parallel)
+            .await?;
+    let connect_all = started.elapsed();
+    let reload_with_agents = if agents.is_empty() {
+        None
+    } else {
+        eprintln!(
+            "bench:   {} agents connected in {:.1} s; reloading",
+            agents.len(),
+            connect_all.as_secs_f64()
+        );
+        Some(nats.reload_and_wait(Duration::from_secs(1800)).await?)
+    };
+    ensure!(
+        fleet.disconnects() == 0,
+        "{} of the connected agents lost their connection in the reload",
+        fleet.disconnects()
+    );
+    drop(fleet);
     Ok(NatsCheck {
+        agents: agents.len(),
+        reload_with_agents,
+        connect_all,
         version,
         deployments,
         vms,
@@ -427,6 +461,23 @@ pub fn command(world: &World, binary: &Path, config: &Path, args: &[&str]) -> Co
         .env_remove("RUST_LOG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     c
+}
+
+/// The JSON log lines from `offset` on whose message starts with `message`.
+pub fn log_lines(log: &Path, offset: u64, message: &str) -> anyhow::Result<Vec<Value>> {
+    let Ok(text) = std::fs::read(log) else {
+        return Ok(Vec::new());
+    };
+    let from = (offset as usize).min(text.len());
+    Ok(String::from_utf8_lossy(&text[from..])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .collect())
 }
 
 /// The pass summary lines (JSON) of the log from byte `offset`, and the offset after the

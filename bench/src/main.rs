@@ -7,6 +7,7 @@
 
 mod admission;
 mod cells;
+mod fleet;
 mod measure;
 mod report;
 mod watch;
@@ -83,6 +84,10 @@ pub struct Args {
     /// VMs created one after another per callout-mode run.
     #[arg(long, default_value_t = 20)]
     pub callout_creations: usize,
+    /// Connected agents' VMs deleted one after another per run of the admission benchmark
+    /// (revocation, §12.6; 0: none).
+    #[arg(long, default_value_t = 20)]
+    pub deletions: usize,
     /// VMs created per file-mode run (default: as many as in callout mode; fewer when a
     /// file-mode run would take too long).
     #[arg(long)]
@@ -90,6 +95,11 @@ pub struct Args {
     /// Connects in flight while the agents connect.
     #[arg(long, default_value_t = 32)]
     pub connect_parallel: usize,
+    /// Agents connected to nats-server (each its own certificate) in the watch benchmark and
+    /// the reload check: a reload costs nats-server connected clients × users (default 1000;
+    /// quick: 20).
+    #[arg(long)]
+    pub agents: Option<usize>,
     /// Only the real nats-server reload check, for every `--nats-server`.
     #[arg(long)]
     pub nats_only: bool,
@@ -182,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(idle)
     };
 
+    let agents = args.agents.unwrap_or(if args.quick { 20 } else { 1000 });
     let mut nats = Vec::new();
     if nats_deployments > 0 && !args.watch_only && !args.callout_only {
         world.populate(nats_deployments, args.vms);
@@ -194,9 +205,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "bench: real nats-server {} reload with {nats_deployments} deployments ...",
                 exe.display()
             );
-            let n = cells::nats_reload(&world, &binary, exe, nats_deployments, args.vms)
-                .await
-                .with_context(|| format!("nats-server reload check ({})", exe.display()))?;
+            let certs = fleet::agent_certs(&world, agents, nats_deployments)
+                .context("the agents' certificates")?;
+            let n = cells::nats_reload(
+                &world,
+                &binary,
+                exe,
+                nats_deployments,
+                args.vms,
+                &certs,
+                args.connect_parallel,
+            )
+            .await
+            .with_context(|| format!("nats-server reload check ({})", exe.display()))?;
             eprintln!("bench:   {n:?}");
             nats.push(n);
         }
@@ -222,14 +243,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 60
             })),
+            connect_parallel: args.connect_parallel,
         };
+        let certs = fleet::agent_certs(&world, agents, plan.deployments)
+            .context("the agents' certificates")?;
         for mode in [Some(1.0), None] {
             eprintln!(
                 "bench: watch {mode:?}: {} x {} at {} ms ...",
                 plan.deployments, plan.vms, args.watch_latency_ms
             );
             world.populate(plan.deployments, plan.vms);
-            let run = watch::measure(&world, &binary, &plan, mode)
+            let run = watch::measure(&world, &binary, &plan, mode, &certs)
                 .await
                 .with_context(|| format!("the watch benchmark ({mode:?})"))?;
             eprintln!("bench:   {}", run.summary());
@@ -252,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             vms: args.vms,
             latency: Duration::from_millis(args.watch_latency_ms),
             creations: args.callout_creations,
+            deletions: args.deletions,
             file_creations: args.file_creations.unwrap_or(args.callout_creations),
             spacing: Duration::from_millis(700),
             retry: Duration::from_millis(100),
@@ -260,7 +285,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             nats_server: exe,
         };
         let most = args.callout_agents.iter().copied().max().unwrap_or(0);
-        let certs = admission::agent_certs(&world, most, plan.deployments)
+        let certs = fleet::agent_certs(&world, most, plan.deployments)
             .context("the agents' certificates")?;
         for &n in &args.callout_agents {
             for mode in [admission::Mode::File, admission::Mode::Callout] {

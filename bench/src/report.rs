@@ -385,7 +385,20 @@ impl Report<'_> {
         );
         row(
             &mut md,
-            "`once` (placeholder file → bootstrap → full write → reload verified via `/varz`): wall / CPU",
+            "**the same reload with the director's agents connected** (N agents, each its own certificate; the time to connect them)",
+            &|n| match n.reload_with_agents {
+                Some(r) => format!(
+                    "**{} s** (N = {}; {} s)",
+                    secs(r),
+                    n.agents,
+                    secs(n.connect_all)
+                ),
+                None => "– (no agent asked for)".to_owned(),
+            },
+        );
+        row(
+            &mut md,
+            "`once` (placeholder file → bootstrap → full write → reload verified via `/varz`, no agent connected): wall / CPU",
             &|n| format!("{} s / {} s", secs(n.once.wall), secs(n.once.cpu)),
         );
         row(&mut md, "`once`: peak RSS (private)", &|n| {
@@ -424,7 +437,9 @@ impl Report<'_> {
              `create`/`vm` event (its row inserted) until nats-server accepted a TLS connection \
              with the VM's bootstrap certificate, tried every {} ms; one VM created every 0.7–1.4 s \
              on a deployment of its own turn. *quiet*: every director request over {:.0} s in \
-             which nothing changed, per minute.\n",
+             which nothing changed, per minute. {} agents connected to nats-server throughout, \
+             each with its own certificate (a director's VMs' agents: a reload costs nats-server \
+             connected clients × users).\n",
             self.command,
             first.deployments,
             first.vms,
@@ -433,17 +448,20 @@ impl Report<'_> {
             first.poll_seconds,
             first.probe_every.as_millis(),
             first.quiet_window.as_secs_f64(),
+            first.agents,
         );
         let _ = writeln!(
             md,
-            "| mode | nats-server | creations | admitted p50 s | p99 s | max s | quiet requests/min (`/events` of them) | partial pass p50 s | nats-server reload alone s |\n|---|---|---|---|---|---|---|---|---|"
+            "| mode | nats-server | agents connected (disconnections) | creations | admitted p50 s | p99 s | max s | quiet requests/min (`/events` of them) | partial pass p50 s | nats-server reload alone s |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for w in self.watch {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {:.0} ({}) | {} | {} |",
+                "| {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} ({}) | {} | {} |",
                 w.label(),
                 w.nats_version,
+                w.agents,
+                w.disconnects,
                 w.admissions.len(),
                 secs(w.quantile(0.5)),
                 secs(w.quantile(0.99)),
@@ -463,7 +481,8 @@ impl Report<'_> {
             "\n*partial pass*: the median duration of the watch's passes that wrote (one `/vms`, \
              the desired state, the write, nats-server's reload and its verification), from their \
              log lines. *reload alone*: a SIGHUP to the same nats-server, with the same file, \
-             until `/varz` `config_load_time` advanced, with nothing else running.\n"
+             until `/varz` `config_load_time` advanced, with nothing else running but the \
+             connected agents.\n"
         );
         if let Some(on) = self.watch.iter().find(|w| w.watch.is_some()) {
             let p99 = on.quantile(0.99);
@@ -500,7 +519,10 @@ impl Report<'_> {
              each new VM's agent connects with its bootstrap certificate from its VM's second \
              `create`/`vm` event on, again 100 ms after each refusal, until it is let in. \
              Meanwhile a director client (the director's certificate) connects, disconnects \
-             and connects again 100 ms later, each connect timed.\n",
+             and connects again 100 ms later, each connect timed. Then (in callout mode after \
+             a restart of nats-server) the revocation: {} of the N agents' VMs deleted one \
+             after another, 0.7–1.4 s apart, each agent holding its connection; timed from the \
+             VM's `delete`/`vm` events until the agent's client sees its connection closed.\n",
             self.command,
             self.elapsed.as_secs_f64(),
             first.nats_version,
@@ -511,6 +533,10 @@ impl Report<'_> {
                 .find(|r| r.mode == Mode::File)
                 .map_or(first.users, |r| r.users),
             first.latency.as_millis(),
+            first
+                .revocation
+                .as_ref()
+                .map_or(0, |x| x.closed.len() + x.not_closed),
         );
         let _ = writeln!(md, "| machine | |\n|---|---|");
         for (k, v) in machine() {
@@ -706,7 +732,7 @@ impl Report<'_> {
         );
         row(
             &mut md,
-            "restart: reconnects refused (`Authorization Violation`) / other failed attempts (what async-nats said)",
+            "restart: reconnects refused (`Authorization Violation`; of them before the program answered again) / other failed attempts (what async-nats said)",
             &|r| {
                 r.restart.as_ref().map_or("–".to_owned(), |x| {
                     let kinds: Vec<String> = x
@@ -715,8 +741,9 @@ impl Report<'_> {
                         .map(|(k, n)| format!("{k}: {n}"))
                         .collect();
                     format!(
-                        "{} / {} ({})",
+                        "{} ({}) / {} ({})",
                         x.refused,
+                        x.refused_before_responder,
                         x.failed_attempts,
                         kinds.join("; ")
                     )
@@ -736,6 +763,108 @@ impl Report<'_> {
                         results.join(", "),
                         bound(&x.answers),
                         x.answers.mean().map_or("–".to_owned(), ms)
+                    )
+                })
+            },
+        );
+        let revocation = |r: &AdmissionRun| r.revocation.clone();
+        row(
+            &mut md,
+            "**revocation**: deleted VMs' connected agents closed, after their delete events: p50 / **p99** / max s (closed of deleted)",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "{} / **{}** / {} ({} of {}{})",
+                        secs(quantile(&x.closed, 0.5)),
+                        secs(quantile(&x.closed, 0.99)),
+                        secs(quantile(&x.closed, 1.0)),
+                        x.closed.len(),
+                        x.closed.len() + x.not_closed,
+                        if x.not_closed > 0 {
+                            format!(", the rest still connected after {} s", secs(x.waited))
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: **other agents disconnected** / **reloads** (`config_load_time`)",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "**{}** / **{}** ({})",
+                        x.others_closed,
+                        x.reloads,
+                        if x.config_load_time_moved {
+                            "moved"
+                        } else {
+                            "unchanged"
+                        }
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: the program's passes that changed something: count, p50 / max s",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    format!(
+                        "{}, {} / {}",
+                        x.passes.len(),
+                        secs(quantile(&x.passes, 0.5)),
+                        secs(quantile(&x.passes, 1.0))
+                    )
+                })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: **one observation** of every connection (CONNZ, beside the passes): checks; connections; requests / replies / bytes; time p50 / max",
+            &|r| {
+                revocation(r)
+                    .filter(|x| !x.observations.is_empty())
+                    .map_or("–".to_owned(), |x| {
+                        let o = &x.observations;
+                        let took: Vec<Duration> = o.iter().map(|o| o.took).collect();
+                        let last = o.last().expect("not empty");
+                        format!(
+                            "{}; {}; {} / {} / {:.0} KiB; {} / **{}**",
+                            o.len(),
+                            last.connections,
+                            last.requests,
+                            last.replies,
+                            last.bytes as f64 / 1024.0,
+                            ms(quantile(&took, 0.5).as_secs_f64()),
+                            ms(quantile(&took, 1.0).as_secs_f64())
+                        )
+                    })
+            },
+        );
+        row(
+            &mut md,
+            "revocation: the program's revocations by result; CPU of nats-server / bosh-nats-sync meanwhile",
+            &|r| {
+                revocation(r).map_or("–".to_owned(), |x| {
+                    let results: Vec<String> = x
+                        .results
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect();
+                    format!(
+                        "{}; {} s / {} s over {} s",
+                        if results.is_empty() {
+                            "–".to_owned()
+                        } else {
+                            results.join(", ")
+                        },
+                        secs(x.nats_cpu),
+                        secs(x.program_cpu),
+                        secs(x.phase)
                     )
                 })
             },
@@ -807,6 +936,25 @@ impl Report<'_> {
                     verdict(b.is_some_and(|b| b <= 0.005)),
                 ));
             }
+            if let Some(x) = &r.revocation {
+                let p99 = quantile(&x.closed, 0.99);
+                goals.push((
+                    format!(
+                        "N = {n}: a deleted VM's connected agent closed within 2 s of its delete event at the 99th percentile"
+                    ),
+                    if x.not_closed > 0 {
+                        format!("{} of {} not closed", x.not_closed, x.not_closed + x.closed.len())
+                    } else {
+                        format!("{} s", secs(p99))
+                    },
+                    verdict(x.not_closed == 0 && p99 <= Duration::from_secs(2)),
+                ));
+                goals.push((
+                    format!("N = {n}: revocation: 0 reloads, 0 other connections closed"),
+                    format!("{} reloads, {} others closed", x.reloads, x.others_closed),
+                    verdict(x.reloads == 0 && !x.config_load_time_moved && x.others_closed == 0),
+                ));
+            }
         }
         if !goals.is_empty() {
             let _ = writeln!(md, "| goal (callout mode) | measured | |\n|---|---|---|");
@@ -855,6 +1003,8 @@ impl Report<'_> {
                 "admissions_s": w.admissions.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 "nats_version": w.nats_version,
                 "partial_pass_p50_s": w.partial_pass_p50.as_secs_f64(),
+                "agents": w.agents, "connect_all_s": w.connect_all.as_secs_f64(),
+                "disconnects": w.disconnects,
                 "reload_alone_s": w.reload_alone.as_secs_f64(),
             })).collect::<Vec<_>>(),
             "admission": self.admission.iter().map(admission_json).collect::<Vec<_>>(),
@@ -863,6 +1013,8 @@ impl Report<'_> {
                 "file_bytes": n.file_bytes, "once_wall_s": n.once.wall.as_secs_f64(),
                 "once_max_rss_kib": n.once.max_rss_kib, "once_cpu_s": n.once.cpu.as_secs_f64(),
                 "reload_s": n.reload.as_secs_f64(), "nats_rss_kib": n.nats_rss_kib,
+                "agents": n.agents, "connect_all_s": n.connect_all.as_secs_f64(),
+                "reload_with_agents_s": n.reload_with_agents.map(|d| d.as_secs_f64()),
                 "agent_admitted": n.agent_admitted, "stranger_refused": n.stranger_refused,
             })).collect::<Vec<_>>(),
         })
@@ -875,6 +1027,7 @@ fn admission_json(r: &AdmissionRun) -> Value {
             "exited_s": x.exited.as_secs_f64(), "listening_s": x.listening.as_secs_f64(),
             "readmitted_s": x.readmitted.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "waited_s": x.waited.as_secs_f64(), "refused": x.refused,
+            "refused_before_responder": x.refused_before_responder,
             "failed_attempts": x.failed_attempts, "failures": x.failures,
             "answers": histogram_json(&x.answers),
             "results": x.results,
@@ -883,6 +1036,23 @@ fn admission_json(r: &AdmissionRun) -> Value {
             "nats_cpu_s": x.nats_cpu.as_secs_f64(),
             "program_cpu_s": x.program_cpu.as_secs_f64(),
             "driver_cpu_s": x.driver_cpu.as_secs_f64(),
+        })
+    });
+    let revocation = r.revocation.as_ref().map(|x| {
+        json!({
+            "closed_s": x.closed.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "not_closed": x.not_closed, "waited_s": x.waited.as_secs_f64(),
+            "others_closed": x.others_closed, "reloads": x.reloads,
+            "config_load_time_moved": x.config_load_time_moved,
+            "passes_s": x.passes.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "observations": x.observations.iter().map(|o| json!({
+                "connections": o.connections, "requests": o.requests, "replies": o.replies,
+                "bytes": o.bytes, "s": o.took.as_secs_f64(),
+            })).collect::<Vec<_>>(),
+            "results": x.results,
+            "nats_cpu_s": x.nats_cpu.as_secs_f64(),
+            "program_cpu_s": x.program_cpu.as_secs_f64(),
+            "phase_s": x.phase.as_secs_f64(),
         })
     });
     json!({
@@ -900,6 +1070,7 @@ fn admission_json(r: &AdmissionRun) -> Value {
         "program_cpu_s": r.program_cpu.as_secs_f64(),
         "answers": r.answers.as_ref().map(histogram_json),
         "restart": restart,
+        "revocation": revocation,
         "load_before": r.load_before, "load_after": r.load_after,
         "wall_s": r.wall.as_secs_f64(),
     })

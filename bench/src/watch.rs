@@ -40,8 +40,13 @@ pub struct WatchRun {
     /// reload and its verification), from their log lines.
     pub partial_pass_p50: Duration,
     /// nats-server's reload of the final file alone: SIGHUP until `config_load_time`
-    /// advances, with nothing else running.
+    /// advances, with nothing else running (the agents still connected).
     pub reload_alone: Duration,
+    /// Agents connected to nats-server throughout (each its own certificate), how long they
+    /// took to connect, and how many times one of them lost its connection meanwhile.
+    pub agents: usize,
+    pub connect_all: Duration,
+    pub disconnects: u64,
 }
 
 impl WatchRun {
@@ -91,15 +96,18 @@ pub struct Plan {
     /// creations land at every phase of the event poll).
     pub spacing: Duration,
     pub quiet: Duration,
+    /// Connects in flight while the agents connect.
+    pub connect_parallel: usize,
 }
 
 /// Runs `binary` against the populated director and a real nats-server with the watch
-/// `watch` (seconds; `None` = off) and measures `plan`.
+/// `watch` (seconds; `None` = off) and `agents` connected, and measures `plan`.
 pub async fn measure(
     world: &World,
     binary: &Path,
     plan: &Plan,
     watch: Option<f64>,
+    agents: &[sim::pki::CertFiles],
 ) -> anyhow::Result<WatchRun> {
     let name = format!(
         "watch-{}-d{}",
@@ -155,6 +163,22 @@ pub async fn measure(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+
+    // The director's agents, connected from here to the end.
+    let connecting = Instant::now();
+    let fleet = crate::fleet::connect_fleet(
+        nats.client_url(),
+        nats.ca_file(),
+        agents,
+        plan.connect_parallel,
+    )
+    .await?;
+    let connect_all = connecting.elapsed();
+    eprintln!(
+        "bench:   {} agents connected in {:.1} s",
+        fleet.len(),
+        connect_all.as_secs_f64()
+    );
 
     // A quiet director: nothing changes for `plan.quiet`.
     world.director.reset_stats();
@@ -216,6 +240,7 @@ pub async fn measure(
         tokio::time::sleep(probe_every).await;
     }
     drop(child);
+    let disconnects = fleet.disconnects();
     world.set_latency(Duration::ZERO);
     let mut partial: Vec<Duration> = pass_lines(&files.log, 0)?
         .0
@@ -225,8 +250,12 @@ pub async fn measure(
         .collect();
     partial.sort_unstable();
     let partial_pass_p50 = partial.get(partial.len() / 2).copied().unwrap_or_default();
-    let reload_alone = nats.reload_and_wait(Duration::from_secs(300)).await?;
+    let reload_alone = nats.reload_and_wait(Duration::from_secs(900)).await?;
+    drop(fleet);
     Ok(WatchRun {
+        agents: agents.len(),
+        connect_all,
+        disconnects,
         nats_version: nats.version().to_owned(),
         partial_pass_p50,
         reload_alone,

@@ -154,6 +154,31 @@ impl TestCa {
         self.issue(params, "127.0.0.1".to_owned())
     }
 
+    /// A NATS route certificate: valid for `127.0.0.1`, `::1` and `localhost`, for both
+    /// server and client authentication (a route is dialled by one server and accepted by the
+    /// other, each presenting the same certificate).
+    pub fn route_cert(&self) -> Result<CertifiedKeyPem, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Cloud Foundry");
+        dn.push(DnType::CommonName, "nats-route");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            SanType::DnsName("localhost".try_into()?),
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params, "O=Cloud Foundry, CN=nats-route".to_owned())
+    }
+
     /// A client certificate whose subject DN is `C=USA, O=Cloud Foundry, CN=<cn>`.
     pub fn client_cert(&self, cn: &str) -> Result<CertifiedKeyPem, PkiError> {
         let mut params = CertificateParams::default();

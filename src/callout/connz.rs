@@ -64,6 +64,11 @@ pub struct Observation {
     /// What is missing, in words (a reply that could not be read, a server that stopped
     /// answering before its last page): the check is repeated later.
     pub incomplete: Vec<String>,
+    /// What seeing them cost: CONNZ requests sent (one per round of pages), replies read
+    /// (one page of one server each) and their bytes.
+    pub requests: usize,
+    pub replies: usize,
+    pub bytes: usize,
 }
 
 impl Observation {
@@ -238,8 +243,9 @@ pub async fn observe(
 ) -> Result<Observation, ObserveError> {
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut incomplete = Vec::new();
+    let mut cost = Cost::default();
     // The first round: whoever answers, until the replies stop coming.
-    let replies = ask(client, gather, 0, None).await?;
+    let replies = ask(client, gather, 0, None, &mut cost).await?;
     if replies.is_empty() {
         return Err(ObserveError::NoAnswer(gather.first));
     }
@@ -256,7 +262,7 @@ pub async fn observe(
         let Some(offset) = paging.iter().map(|id| seen[id].next).min() else {
             break;
         };
-        let replies = ask(client, gather, offset, Some(&paging)).await?;
+        let replies = ask(client, gather, offset, Some(&paging), &mut cost).await?;
         let answered: BTreeSet<String> = replies
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -294,7 +300,18 @@ pub async fn observe(
             })
             .collect(),
         incomplete,
+        requests: cost.requests,
+        replies: cost.replies,
+        bytes: cost.bytes,
     })
+}
+
+/// Requests sent, replies read and their bytes, so far.
+#[derive(Default)]
+struct Cost {
+    requests: usize,
+    replies: usize,
+    bytes: usize,
 }
 
 /// Rounds of paging at most.
@@ -330,6 +347,7 @@ async fn ask(
     gather: &Gather,
     offset: usize,
     awaited: Option<&BTreeSet<String>>,
+    cost: &mut Cost,
 ) -> Result<Vec<Result<Page, ReplyError>>, ObserveError> {
     let request = |e: &dyn std::fmt::Display| ObserveError::Request(e.to_string());
     let inbox = client.new_inbox();
@@ -342,6 +360,7 @@ async fn ask(
         .publish_with_reply(CONNZ_SUBJECT, inbox, body.to_string().into())
         .await
         .map_err(|e| request(&e))?;
+    cost.requests += 1;
     let started = Instant::now();
     let mut pages = Vec::new();
     let mut waiting: BTreeSet<String> = awaited.cloned().unwrap_or_default();
@@ -353,6 +372,8 @@ async fn ask(
         let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await else {
             break;
         };
+        cost.replies += 1;
+        cost.bytes += message.payload.len();
         let page = parse_reply(&message.payload);
         if let Ok(page) = &page {
             waiting.remove(&page.server.id);

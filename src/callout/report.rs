@@ -11,7 +11,7 @@ use std::time::Duration;
 use metrics::{CalloutRevocation, Health, Label, Metrics};
 use tokio::time::Instant;
 
-use super::connz::Kicked;
+use super::connz::{Kicked, Observation};
 use super::decide::Refusal;
 use super::responder::Observer;
 use super::revoke::Kick;
@@ -191,9 +191,18 @@ impl Observer for Reported {
 /// The revoker's observer: every revocation counted, shown and logged with its agent and
 /// reason; the connections each check saw.
 impl RevocationObserver for Reported {
-    fn observed(&self, servers: usize, connections: usize) {
+    fn observed(&self, observation: &Observation, took: Duration) {
+        let connections = observation.connections();
         self.metrics.callout_connections_observed(connections);
-        tracing::debug!(servers, connections, "observed nats-server's connections");
+        tracing::info!(
+            servers = observation.servers.len(),
+            connections,
+            requests = observation.requests,
+            replies = observation.replies,
+            bytes = observation.bytes,
+            duration_ms = took.as_secs_f64() * 1e3,
+            "observed nats-server's connections"
+        );
     }
 
     fn revoked(&self, kick: &Kick, kicked: &Kicked) {

@@ -248,15 +248,21 @@ impl<O: Observer> Responder<O> {
             let Some(message) = message else {
                 return Err(ServeError("the subscription ended".to_owned()));
             };
+            // Timed from here: the wait for a task to run it counts as part of the answer.
+            let arrived = Instant::now();
             let this = self.clone();
             let client = client.clone();
-            tokio::spawn(async move { this.answer(&client, message).await });
+            tokio::spawn(async move { this.answer(&client, message, arrived).await });
         }
     }
 
-    /// Answers one request.
-    async fn answer(&self, client: &async_nats::Client, message: async_nats::Message) {
-        let arrived = Instant::now();
+    /// Answers one request, taken from the subscription at `arrived`.
+    async fn answer(
+        &self,
+        client: &async_nats::Client,
+        message: async_nats::Message,
+        arrived: Instant,
+    ) {
         let Some(reply_to) = message.reply.clone() else {
             self.observer.unanswerable(
                 "bad_request",

@@ -60,8 +60,9 @@ const KICKS_AT_ONCE: usize = 16;
 
 /// What the revoker tells the rest of the program (the metrics, `/status`, the log).
 pub trait RevocationObserver: Send + Sync + 'static {
-    /// A check saw `connections` client connections on `servers` servers.
-    fn observed(&self, servers: usize, connections: usize);
+    /// A check saw `observation` (every server's client connections, and what seeing them
+    /// cost); seeing them took `took`.
+    fn observed(&self, observation: &Observation, took: Duration);
     /// A connection the set no longer allows was closed, was already gone, or could not be
     /// closed.
     fn revoked(&self, kick: &Kick, kicked: &Kicked);
@@ -216,6 +217,7 @@ async fn check(
     observer: &impl RevocationObserver,
     servers_seen: &mut usize,
 ) -> Checked {
+    let began = Instant::now();
     let observation = match client.observe(&timing.gather).await {
         Ok(observation) => observation,
         Err(e) => {
@@ -224,7 +226,7 @@ async fn check(
         }
     };
     let servers = observation.servers.len();
-    observer.observed(servers, observation.connections());
+    observer.observed(&observation, began.elapsed());
     let mut failed = false;
     for why in &observation.incomplete {
         observer.incomplete(why);
@@ -355,7 +357,7 @@ mod tests {
             }
             Ok(Observation {
                 servers: cluster.servers.clone(),
-                incomplete: Vec::new(),
+                ..Observation::default()
             })
         }
 
@@ -390,7 +392,7 @@ mod tests {
     type Heard = (Vec<(String, &'static str)>, usize);
 
     impl RevocationObserver for Told {
-        fn observed(&self, _servers: usize, _connections: usize) {}
+        fn observed(&self, _observation: &Observation, _took: Duration) {}
 
         fn revoked(&self, kick: &Kick, kicked: &Kicked) {
             let result = match kicked {

@@ -53,4 +53,4 @@ export PYTHONDONTWRITEBYTECODE=1
 if [ "$update" = 1 ]; then
   "$venv/bin/python" update_fixture.py
 fi
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py test_cluster.py test_bosh.py
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${pytest_args[@]}" test_chart.py test_cluster.py test_routes.py test_bosh.py

@@ -5,6 +5,7 @@ endpoints, secrets stay out of ConfigMaps."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import pathlib
@@ -155,8 +156,7 @@ def test_the_pod_layout_is_consistent(variant):
     assert spec["shareProcessNamespace"] is True
     sync = container(spec, "bosh-nats-sync")
     nats = container(spec, "nats")
-    # File mode writes the placeholder; callout mode runs `init` (test_callout_mode_wiring).
-    init = container(spec, "callout-init" if is_callout(values) else "auth-placeholder", init=True)
+    init = container(spec, "auth-placeholder", init=True)
     config = sidecar_config(objects)
     conf = nats_conf(objects)
 
@@ -174,13 +174,14 @@ def test_the_pod_layout_is_consistent(variant):
     state = mount_of(sync, "state")
     assert mount_of(nats, "state") == state == mount_of(init, "state")
     assert posixpath.dirname(auth_file) == state
+    # The init container writes the placeholder at that very path.
+    assert {e["name"]: e.get("value") for e in init["env"]}["AUTH_FILE"] == auth_file
+    assert "{authorization: {token: f0oBar}}" in init["command"][-1]
     if is_callout(values):
-        # The init step writes the auth file from the sidecar's own configuration.
-        assert init["args"] == sync["args"] + ["init"], init["args"]
-    else:
-        # The init container writes the placeholder at that very path.
-        assert {e["name"]: e["value"] for e in init["env"]}["AUTH_FILE"] == auth_file
-        assert "{authorization: {token: f0oBar}}" in init["command"][-1]
+        # Then callout mode's init step writes the auth file from the sidecar's configuration.
+        callout_init = container(spec, "callout-init", init=True)
+        assert callout_init["args"] == sync["args"] + ["init"], callout_init["args"]
+        assert mount_of(callout_init, "state") == state
 
     # The pid file nats-server writes is the one the sidecar reads; SIGHUP, not an executable.
     assert conf_value(conf, "pid_file") == config["nats"]["nats_server_pid_file"]
@@ -246,7 +247,10 @@ def test_the_security_context_is_restrictive(variant):
 
 def test_secrets_never_reach_a_configmap(variant):
     name, values, rendered, objects = variant
-    secrets = (chartlib.PASSWORD, chartlib.CLIENT_SECRET)
+    # The director's secrets, and whatever a rendered Secret holds (the route password).
+    made = [base64.b64decode(v).decode() for o in objects if o["kind"] == "Secret"
+            for v in o.get("data", {}).values()]
+    secrets = (chartlib.PASSWORD, chartlib.CLIENT_SECRET, *[m for m in made if len(m) >= 16])
     for obj in objects:
         if obj["kind"] == "Secret":
             continue
@@ -262,7 +266,7 @@ def test_secrets_never_reach_a_configmap(variant):
     assert env["BOSH_NATS_SYNC_DIRECTOR_PASSWORD"]["name"] == secret_name
     assert env["BOSH_NATS_SYNC_DIRECTOR_PASSWORD"]["key"] == director.get("passwordKey", "password")
     assert env["BOSH_NATS_SYNC_DIRECTOR_CLIENT_SECRET"]["name"] == secret_name
-    created = [o for o in objects if o["kind"] == "Secret"]
+    created = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-director")]
     if director.get("existingSecret"):
         assert not [o for o in created if o["metadata"]["name"].endswith("-director")], \
             f"{name}: an existing Secret means the chart creates none"
@@ -438,7 +442,9 @@ def test_callout_mode_wiring(variant):
         # A pod of a cluster is ready once a pass has read the director's agents (§7).
         assert config["http"].get("ready_after_full_pass", False) is is_cluster(values)
         return
-    assert inits == ["issuer-seed", "callout-init"], inits
+    # The placeholder's step first (in a cluster it checks the route credentials; `init`
+    # replaces its file), then the seed's copy and `init`.
+    assert inits == ["auth-placeholder", "issuer-seed", "callout-init"], inits
     assert "ready_after_full_pass" not in config["http"], "callout mode's readiness is its own"
     callout = values.get("callout", {})
     sync = container(spec, "bosh-nats-sync")
@@ -504,7 +510,12 @@ def test_callout_mode_wiring(variant):
     # must not restart the pods.
     again = one(manifests(render(values)), "Secret", "-callout-issuer")
     assert again["data"] != secret["data"], "a new key when none exists yet"
-    assert workload(manifests(render(values)))["spec"]["template"] == workload(objects)["spec"]["template"]
+    def template(objs):
+        t = copy.deepcopy(workload(objs)["spec"]["template"])
+        # (The route password, drawn anew on every such render too, has its own checksum.)
+        t["metadata"]["annotations"].pop("checksum/routes", None)
+        return t
+    assert template(manifests(render(values))) == template(objects)
 
 
 @pytest.mark.skipif(chartlib.binary() is None, reason="bosh-nats-sync is not built (cargo build, or set BOSH_NATS_SYNC_BIN)")

@@ -69,16 +69,58 @@ def test_the_statefulset(cluster):
     assert set(state) == {"name", "emptyDir"}, state
 
 
+def nats_env(objects):
+    """The nats container's environment: name -> entry."""
+    nats = container(workload(objects)["spec"]["template"]["spec"], "nats")
+    env = nats.get("env", [])
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), names
+    return {e["name"]: e for e in env}
+
+
+def expand(objects, name, secrets):
+    """The value Kubernetes gives the nats container's variable `name`: a Secret's key from
+    `secrets` ({secret name: {key: value}}), or a literal with $(VAR) references to variables
+    defined before it expanded."""
+    env = nats_env(objects)
+    order = list(env)
+    entry = env[name]
+    if "valueFrom" in entry:
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert not ref.get("optional"), f"{name}: an optional Secret key would start routes without it"
+        return secrets[ref["name"]][ref["key"]]
+
+    def sub(m):
+        ref = m.group(1)
+        assert ref in env and order.index(ref) < order.index(name), f"{name}: $({ref}) is not defined before it"
+        return expand(objects, ref, secrets)
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, entry["value"])
+
+
+def route_refs(block):
+    """The `$NAME` entries of the cluster block's routes list."""
+    routes_text = re.findall(r"^  routes: \[\n(.*?)^  \]$", block, re.M | re.S)
+    assert len(routes_text) == 1, block
+    refs = re.findall(r"^\s*\$([A-Z0-9_]+)\s*$", routes_text[0], re.M)
+    assert len(refs) == len(routes_text[0].strip().splitlines()), routes_text[0]
+    return refs
+
+
 def test_the_routes_name_every_peer(cluster):
     name, values, objects = cluster
     want = settings(values)
     sts = one(objects, "StatefulSet")["metadata"]["name"]
     headless = one(objects, "Service", "-headless")["metadata"]["name"]
     block = cluster_block(objects)
-    routes_text = re.findall(r"^  routes: \[\n(.*?)^  \]$", block, re.M | re.S)
-    assert len(routes_text) == 1, block
-    routes = re.findall(r'^\s*"([^"]+)"\s*$', routes_text[0], re.M)
-    assert len(routes) == len(routes_text[0].strip().splitlines()), routes_text[0]
+    secrets = {n: {"user": "U", "password": "P", "u": "U", "p": "P"}
+               for n in (f"{chartlib.RELEASE}-bosh-nats-sync-routes", "my-routes")}
+    # The routes list names environment variables; each holds a quoted URL.
+    routes = []
+    for ref in route_refs(block):
+        value = expand(objects, ref, secrets)
+        assert value.startswith('"') and value.endswith('"'), value
+        routes.append(value[1:-1].replace("U:P@", ""))
     expected = [f"nats://{sts}-{i}.{headless}.{chartlib.NAMESPACE}.svc.{want['clusterDomain']}:{want['port']}"
                 for i in range(want["replicas"])]
     assert routes == expected, (routes, expected)
@@ -110,10 +152,11 @@ def test_the_client_service_fronts_every_pod(cluster):
     assert [p["targetPort"] for p in client["ports"]] == ["nats"], client["ports"]
 
 
-def test_the_disruption_budget_selects_the_statefulsets_pods(cluster):
-    _, _, objects = cluster
+def test_the_disruption_budget_keeps_a_quorum(cluster):
+    _, values, objects = cluster
+    replicas = settings(values)["replicas"]
     pdb = one(objects, "PodDisruptionBudget")["spec"]
-    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb, pdb
+    assert pdb["minAvailable"] == replicas // 2 + 1 and "maxUnavailable" not in pdb, pdb
     assert selects(pdb["selector"]["matchLabels"], pod_labels(objects)), pdb
     assert pdb["selector"] == one(objects, "StatefulSet")["spec"]["selector"], pdb
 
@@ -124,8 +167,8 @@ def test_every_pod_has_its_own_sidecar_and_reload(cluster):
     assert spec["shareProcessNamespace"] is True
     assert [c["name"] for c in spec["containers"]] == ["nats", "bosh-nats-sync"]
     inits = [c["name"] for c in spec["initContainers"]]
-    assert inits == (["issuer-seed", "callout-init"] if chartlib.is_callout(values)
-                     else ["auth-placeholder"]), inits
+    assert inits == (["auth-placeholder", "issuer-seed", "callout-init"]
+                     if chartlib.is_callout(values) else ["auth-placeholder"]), inits
     sync = container(spec, "bosh-nats-sync")
     assert sync["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sync["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -178,6 +221,14 @@ def test_the_schema_rejects_bad_cluster_values():
         {"cluster": {"enabled": True, "size": 3}},
         {"clusterDomain": "Not_A.Domain"},
         {"clusterDomain": ""},
+        {"cluster": {"enabled": True, "lameDuck": {"gracePeriod": 10, "duration": 29}}},
+        {"cluster": {"enabled": True, "lameDuck": {"gracePeriod": -1, "duration": 30}}},
+        {"cluster": {"enabled": True, "lameDuck": {"gracePeriod": "10s", "duration": 30}}},
+        {"cluster": {"enabled": True, "authorization": {"existingSecret": "Not A Name"}}},
+        {"cluster": {"enabled": True, "authorization": {"enabled": False}}},
+        {"cluster": {"enabled": True, "tls": {"secretName": "x", "verify": False}}},
+        {"cluster": {"enabled": True, "networkPolicy": {"enabled": "no"}}},
+        {"cluster": {"enabled": True, "insecure": True}},
     ]
     with helm.Chart.load(str(chartlib.CHART)) as chart:
         for values in bad:
@@ -201,14 +252,19 @@ def test_notes_for_the_cluster():
     notes = render(VARIANTS["cluster"])["bosh-nats-sync/templates/NOTES.txt"]
     for needle in ("rollout status statefulset/bns-bosh-nats-sync", "/routez",
                    "bns-bosh-nats-sync-0", "bns-bosh-nats-sync-2", "PodDisruptionBudget",
+                   "minAvailable 2", "Secret bns-bosh-nats-sync-routes", "NetworkPolicy",
                    "/status", " diff"):
         assert needle in notes, needle
     assert "deployment/" not in notes
 
 
-def test_the_cluster_fixture_is_up_to_date():
-    """tests/cluster.rs starts a cluster from the rendered files; they must match the chart."""
-    want = chartlib.fixture_files(VARIANTS[chartlib.CLUSTER_FIXTURE_VARIANT])
-    have = {str(p.relative_to(chartlib.CLUSTER_FIXTURE_DIR)): p.read_text()
-            for p in chartlib.CLUSTER_FIXTURE_DIR.rglob("*") if p.is_file()}
+@pytest.mark.parametrize("variant,directory", [
+    (chartlib.CLUSTER_FIXTURE_VARIANT, chartlib.CLUSTER_FIXTURE_DIR),
+    (chartlib.CLUSTER_TLS_FIXTURE_VARIANT, chartlib.CLUSTER_TLS_FIXTURE_DIR),
+])
+def test_the_cluster_fixtures_are_up_to_date(variant, directory):
+    """tests/cluster.rs starts clusters from the rendered files; they must match the chart."""
+    want = chartlib.fixture_files(VARIANTS[variant])
+    have = {str(p.relative_to(directory)): p.read_text()
+            for p in directory.rglob("*") if p.is_file()}
     assert have == want, "stale fixture: run tests/chart/run.sh --update-fixture"

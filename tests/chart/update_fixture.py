@@ -1,4 +1,4 @@
-"""Writes tests/chart/fixtures/sidecar/, cluster/ and callout-cluster/ from the chart (see
+"""Writes tests/chart/fixtures/{sidecar,cluster,cluster-tls,callout-cluster}/ from the chart (see
 chartlib.fixture_files)."""
 
 import shutil
@@ -9,6 +9,7 @@ import chartlib
 def main() -> None:
     for variant, directory in [(chartlib.FIXTURE_VARIANT, chartlib.FIXTURE_DIR),
                                (chartlib.CLUSTER_FIXTURE_VARIANT, chartlib.CLUSTER_FIXTURE_DIR),
+                               (chartlib.CLUSTER_TLS_FIXTURE_VARIANT, chartlib.CLUSTER_TLS_FIXTURE_DIR),
                                (chartlib.CALLOUT_CLUSTER_FIXTURE_VARIANT,
                                 chartlib.CALLOUT_CLUSTER_FIXTURE_DIR)]:
         files = chartlib.fixture_files(chartlib.VARIANTS[variant])

@@ -150,12 +150,11 @@ The cluster (cluster.enabled): a StatefulSet named <fullname> behind the headles
 {{- default (include "bosh-nats-sync.fullname" .) .Values.cluster.name }}
 {{- end }}
 
-{{/* The route to every peer (itself included: nats-server ignores a route to itself), one per line. */}}
+{{/* The route to every peer (itself included: nats-server ignores a route to itself), one per line:
+the nats container's NATS_ROUTE_<i>, which holds the URL (and the credentials), see routeEnv. */}}
 {{- define "bosh-nats-sync.clusterRoutes" -}}
-{{- $sts := include "bosh-nats-sync.fullname" . }}
-{{- $svc := include "bosh-nats-sync.headlessName" . }}
 {{- range $i := until (int .Values.cluster.replicas) }}
-{{ printf "nats://%s-%d.%s.%s.svc.%s:%d" $sts $i $svc $.Release.Namespace $.Values.clusterDomain (int $.Values.cluster.port) | toJson }}
+{{ printf "$NATS_ROUTE_%d" $i }}
 {{- end }}
 {{- end }}
 
@@ -170,4 +169,68 @@ podAntiAffinity:
   preferredDuringSchedulingIgnoredDuringExecution:
     {{- list (dict "weight" 100 "podAffinityTerm" $term) | toYaml | nindent 4 }}
 {{- end }}
+{{- end }}
+
+{{/*
+Route security (cluster.enabled). Routes are a trust boundary: a server that completes a route
+reads every message and publishes as anyone. Every route authenticates with a user and password
+(from cluster.authorization.existingSecret, or from the Secret the chart makes), with mutual
+TLS (cluster.tls.secretName), or both; no values leave the routes open.
+*/}}
+{{- define "bosh-nats-sync.routeTls" -}}
+{{- if .Values.cluster.tls.secretName }}true{{ end }}
+{{- end }}
+
+{{/* Whether routes carry a user and password: always, unless route TLS is named without an existing Secret. */}}
+{{- define "bosh-nats-sync.routeAuth" -}}
+{{- if or (not .Values.cluster.tls.secretName) .Values.cluster.authorization.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart makes the route credentials' Secret. */}}
+{{- define "bosh-nats-sync.routeSecretCreated" -}}
+{{- if and .Values.cluster.enabled (include "bosh-nats-sync.routeAuth" .) (not .Values.cluster.authorization.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "bosh-nats-sync.routeSecretName" -}}
+{{- default (printf "%s-routes" (include "bosh-nats-sync.fullname" .)) .Values.cluster.authorization.existingSecret }}
+{{- end }}
+
+{{- define "bosh-nats-sync.clusterTlsDir" -}}/etc/nats-cluster-tls{{- end }}
+
+{{/*
+The nats container's environment in cluster mode. ROUTE_USER and ROUTE_PASSWORD come from the
+Secret; the NATS_* variables are what nats.conf references ($NATS_ROUTE_USER, …), built by
+Kubernetes' $(VAR) expansion. nats-server parses an environment value as a configuration value,
+so each is quoted: a password of digits stays a string. Each route URL carries the credentials
+(nats-server presents a route URL's user and password when it dials a peer).
+*/}}
+{{- define "bosh-nats-sync.routeEnv" -}}
+{{- $auth := include "bosh-nats-sync.routeAuth" . }}
+{{- if $auth }}
+- name: ROUTE_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bosh-nats-sync.routeSecretName" . }}
+      key: {{ .Values.cluster.authorization.userKey }}
+- name: ROUTE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bosh-nats-sync.routeSecretName" . }}
+      key: {{ .Values.cluster.authorization.passwordKey }}
+- name: NATS_ROUTE_USER
+  value: '"$(ROUTE_USER)"'
+- name: NATS_ROUTE_PASSWORD
+  value: '"$(ROUTE_PASSWORD)"'
+{{- end }}
+{{- $sts := include "bosh-nats-sync.fullname" . }}
+{{- $svc := include "bosh-nats-sync.headlessName" . }}
+{{- range $i := until (int .Values.cluster.replicas) }}
+- name: {{ printf "NATS_ROUTE_%d" $i }}
+  value: {{ printf "\"nats://%s%s-%d.%s.%s.svc.%s:%d\"" (ternary "$(ROUTE_USER):$(ROUTE_PASSWORD)@" "" (eq $auth "true")) $sts $i $svc $.Release.Namespace $.Values.clusterDomain (int $.Values.cluster.port) | squote }}
+{{- end }}
+{{- end }}
+
+{{/* The PodDisruptionBudget's quorum: a majority of the servers stays up. */}}
+{{- define "bosh-nats-sync.quorum" -}}
+{{- add (div (int .Values.cluster.replicas) 2) 1 }}
 {{- end }}

@@ -5,6 +5,13 @@ either is put together the same way: its own auth-file volume, its own sidecar w
 probes, its own reload across the shared process namespace.
 */}}
 {{- define "bosh-nats-sync.podTemplate" -}}
+{{- $routeAuth := and .Values.cluster.enabled (include "bosh-nats-sync.routeAuth" .) }}
+{{- if .Values.cluster.enabled }}
+{{- $ld := .Values.cluster.lameDuck }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (int $ld.gracePeriod) (int $ld.duration) | int) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be longer than cluster.lameDuck.gracePeriod + cluster.lameDuck.duration (%d): the kubelet would kill nats-server before lame duck has moved its clients" .Values.terminationGracePeriodSeconds (add (int $ld.gracePeriod) (int $ld.duration))) }}
+{{- end }}
+{{- end }}
 {{- $initImage := dict "repository" (default .Values.nats.image.repository .Values.init.image.repository) "tag" (default .Values.nats.image.tag .Values.init.image.tag) -}}
 metadata:
   labels:
@@ -16,6 +23,9 @@ metadata:
     checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
     {{- if not .Values.director.existingSecret }}
     checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    {{- end }}
+    {{- if include "bosh-nats-sync.routeSecretCreated" . }}
+    checksum/routes: {{ include (print $.Template.BasePath "/secret-routes.yaml") . | sha256sum }}
     {{- end }}
     {{- if and .Values.metrics.enabled .Values.metrics.podAnnotations }}
     prometheus.io/scrape: "true"
@@ -50,6 +60,49 @@ spec:
   {{- end }}
   {{- end }}
   initContainers:
+    # nats-server refuses to start while an included file is missing; write BOSH's
+    # placeholder (valid NATS syntax, holds no users) unless a file is already there — or the
+    # one there holds callout mode's auth_callout block (a state volume kept from callout
+    # mode), which nats-server would refuse to drop on a reload. In callout mode the steps
+    # after it write the auth file nats-server starts with.
+    - name: auth-placeholder
+      image: {{ include "bosh-nats-sync.image" $initImage }}
+      imagePullPolicy: {{ .Values.init.image.pullPolicy }}
+      command:
+        - /bin/sh
+        - -c
+        {{- if $routeAuth }}
+        # The route credentials go into URLs and nats.conf values: refuse anything but
+        # letters, digits and -._~ here, before nats-server could quote a URL in an error.
+        - >-
+          case "$ROUTE_USER" in ""|*[!A-Za-z0-9._~-]*) echo "route user (Secret {{ include "bosh-nats-sync.routeSecretName" . }}, key {{ .Values.cluster.authorization.userKey }}): empty or a character other than letters, digits and -._~" >&2; exit 1;; esac;
+          case "$ROUTE_PASSWORD" in ""|*[!A-Za-z0-9._~-]*) echo "route password (Secret {{ include "bosh-nats-sync.routeSecretName" . }}, key {{ .Values.cluster.authorization.passwordKey }}): empty or a character other than letters, digits and -._~" >&2; exit 1;; esac;
+          if [ ! -e "$AUTH_FILE" ] || grep -q auth_callout "$AUTH_FILE"; then printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"; fi
+        {{- else }}
+        - 'if [ ! -e "$AUTH_FILE" ] || grep -q auth_callout "$AUTH_FILE"; then printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"; fi'
+        {{- end }}
+      env:
+        - name: AUTH_FILE
+          value: {{ include "bosh-nats-sync.authFile" . | quote }}
+        {{- if $routeAuth }}
+        - name: ROUTE_USER
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "bosh-nats-sync.routeSecretName" . }}
+              key: {{ .Values.cluster.authorization.userKey }}
+        - name: ROUTE_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "bosh-nats-sync.routeSecretName" . }}
+              key: {{ .Values.cluster.authorization.passwordKey }}
+        {{- end }}
+      securityContext:
+        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.init.resources | nindent 8 }}
+      volumeMounts:
+        - name: state
+          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
     {{- if include "bosh-nats-sync.callout" . }}
     # The issuer seed, copied where only this pod's user may read it: mounted from its Secret
     # the file is group-readable under fsGroup whatever defaultMode says, and bosh-nats-sync
@@ -92,28 +145,6 @@ spec:
         {{- toYaml .Values.init.resources | nindent 8 }}
       volumeMounts:
         {{- include "bosh-nats-sync.syncMounts" . | nindent 8 }}
-    {{- else }}
-    # nats-server refuses to start while an included file is missing; write BOSH's
-    # placeholder (valid NATS syntax, holds no users) unless a file is already there — or the
-    # one there holds callout mode's auth_callout block (a state volume kept from callout
-    # mode), which nats-server would refuse to drop on a reload.
-    - name: auth-placeholder
-      image: {{ include "bosh-nats-sync.image" $initImage }}
-      imagePullPolicy: {{ .Values.init.image.pullPolicy }}
-      command:
-        - /bin/sh
-        - -c
-        - 'if [ ! -e "$AUTH_FILE" ] || grep -q auth_callout "$AUTH_FILE"; then printf "%s\n" "{authorization: {token: f0oBar}}" > "$AUTH_FILE"; fi'
-      env:
-        - name: AUTH_FILE
-          value: {{ include "bosh-nats-sync.authFile" . | quote }}
-      securityContext:
-        {{- toYaml .Values.containerSecurityContext | nindent 8 }}
-      resources:
-        {{- toYaml .Values.init.resources | nindent 8 }}
-      volumeMounts:
-        - name: state
-          mountPath: {{ include "bosh-nats-sync.stateDir" . }}
     {{- end }}
   containers:
     - name: nats
@@ -123,6 +154,18 @@ spec:
         - nats-server
         - --config
         - {{ printf "%s/nats.conf" (include "bosh-nats-sync.natsConfDir" .) }}
+      {{- if .Values.cluster.enabled }}
+      # What nats.conf's cluster block references: the route credentials and URLs.
+      env:
+        {{- include "bosh-nats-sync.routeEnv" . | trim | nindent 8 }}
+      # Leaving, the server hands its clients to the others over cluster.lameDuck.duration;
+      # the kubelet's SIGTERM that follows does not cut lame duck short (nats-server ignores it
+      # while in lame duck).
+      lifecycle:
+        preStop:
+          exec:
+            command: ["nats-server", "--signal", {{ printf "ldm=%s" (include "bosh-nats-sync.pidFile" .) | quote }}]
+      {{- end }}
       ports:
         - name: nats
           containerPort: {{ .Values.nats.port }}
@@ -158,6 +201,11 @@ spec:
         - name: nats-tls
           mountPath: {{ include "bosh-nats-sync.natsTlsDir" . }}
           readOnly: true
+        {{- if and .Values.cluster.enabled (include "bosh-nats-sync.routeTls" .) }}
+        - name: cluster-tls
+          mountPath: {{ include "bosh-nats-sync.clusterTlsDir" . }}
+          readOnly: true
+        {{- end }}
         - name: state
           mountPath: {{ include "bosh-nats-sync.stateDir" . }}
     - name: bosh-nats-sync
@@ -244,6 +292,12 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: 1Mi
+    {{- end }}
+    {{- if and .Values.cluster.enabled (include "bosh-nats-sync.routeTls" .) }}
+    - name: cluster-tls
+      secret:
+        secretName: {{ .Values.cluster.tls.secretName }}
+        defaultMode: 0440
     {{- end }}
     - name: state
       {{- if and .Values.cluster.enabled .Values.state.volume (not (hasKey .Values.state.volume "emptyDir")) }}
