@@ -161,7 +161,7 @@ impl<O: Observer> Responder<O> {
     ///
     /// Until the set is loaded — persisted by an earlier process, or made by a first pass —
     /// the responder stays out of the queue group: it could only refuse every agent, and in a
-    /// cluster nats-server would hand it the requests of its own server first. The other
+    /// cluster nats-server would hand it a share of every server's requests. The other
     /// sidecars answer them meanwhile (§12.4).
     pub async fn run(self, connection: Connection, cancel: CancellationToken) {
         let mut admitted = self.admitted.clone();
