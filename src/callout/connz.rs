@@ -1,11 +1,15 @@
 //! Revocation's observe and apply (§12.6), through nats-server's system account on the
 //! responder's own connection (one certificate, one connection):
 //!
-//! - **Observe**: `$SYS.REQ.SERVER.PING.CONNZ` with `{"auth": true, "offset": …, "limit": …}`.
-//!   Every server of a cluster answers for its own connections, so the replies are gathered
-//!   until a short quiet period; a server that holds more than a page is asked again with the
-//!   next offset (the request goes to every server, and only those still paging are waited
-//!   for) until all of its connections have been seen.
+//! - **Observe**: `$SYS.REQ.SERVER.PING.CONNZ` with `{"auth": true, "sort": "cid", "offset": …,
+//!   "limit": …}`. Every server of a cluster answers for its own connections, so the replies
+//!   are gathered until a short quiet period; a server that holds more than a page is asked
+//!   again with the next offset (the request goes to every server, and only those still paging
+//!   are waited for) until all of its connections have been seen. A connection that closes
+//!   between two pages moves every later one a place back, so the next page would start past
+//!   one never seen: each next page starts [`overlap`] connections early, and one that does
+//!   not reach back to a connection already seen (as many closed meanwhile, or more) makes
+//!   the observation incomplete, so the check is repeated.
 //! - **Apply**: `$SYS.REQ.SERVER.<server_id>.KICK` with `{"cid": N}`, as a request —
 //!   nats-server ignores a system request without a reply subject. Its reply has no `error`
 //!   when the connection was closed, and `no such client or leafnode id` when there was none
@@ -211,6 +215,16 @@ pub fn parse_reply(bytes: &[u8]) -> Result<Page, ReplyError> {
     })
 }
 
+/// How many connections each next page re-reads of the one before, for pages of `page`
+/// (CONNZ sorted by `cid`, so a page that starts at a connection already seen left none out).
+pub fn overlap(page: usize) -> usize {
+    match page {
+        0 | 1 => 0,
+        2..=31 => 1,
+        _ => page / 16,
+    }
+}
+
 /// What one server has shown so far.
 struct Seen {
     server: Server,
@@ -222,8 +236,17 @@ struct Seen {
 }
 
 impl Seen {
-    fn take(&mut self, page: Page) {
+    /// Takes one page. `Err` when it may have skipped connections: it starts past every
+    /// connection seen so far although it was asked to start among them (`overlap` > 0).
+    fn take(&mut self, page: Page, overlap: usize) -> Result<(), String> {
         let got = page.connections.len();
+        let first = page.connections.iter().map(|c| c.cid).min();
+        let last_seen = self.connections.keys().next_back().copied();
+        let skipped = overlap > 0
+            && page.offset > 0
+            && first
+                .zip(last_seen)
+                .is_some_and(|(first, last)| first > last);
         self.total = page.total;
         for connection in page.connections {
             self.connections.insert(connection.cid, connection);
@@ -232,6 +255,14 @@ impl Seen {
         // Done when the last page came (an empty one: connections closed meanwhile).
         self.done = got == 0 || next >= page.total;
         self.next = self.next.max(next);
+        if skipped {
+            return Err(format!(
+                "server {}: at least {overlap} connections closed between two pages, so some \
+                 may not have been seen",
+                self.server.name
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -249,7 +280,8 @@ pub async fn observe(
     if replies.is_empty() {
         return Err(ObserveError::NoAnswer(gather.first));
     }
-    absorb(replies, &mut seen, &mut incomplete);
+    let overlap = overlap(gather.page);
+    absorb(replies, &mut seen, &mut incomplete, overlap);
     // Then the next pages of the servers that hold more, waiting for those only. Each round
     // moves the offset on (a server that answers brings a page, or is done); the bound only
     // guards against a server whose connections grow faster than they are read.
@@ -262,6 +294,7 @@ pub async fn observe(
         let Some(offset) = paging.iter().map(|id| seen[id].next).min() else {
             break;
         };
+        let offset = offset.saturating_sub(overlap);
         let replies = ask(client, gather, offset, Some(&paging), &mut cost).await?;
         let answered: BTreeSet<String> = replies
             .iter()
@@ -275,6 +308,7 @@ pub async fn observe(
                 .collect(),
             &mut seen,
             &mut incomplete,
+            overlap,
         );
         for id in paging.difference(&answered) {
             let s = seen.get_mut(id).expect("paging holds seen servers");
@@ -322,9 +356,10 @@ fn absorb(
     replies: Vec<Result<Page, ReplyError>>,
     seen: &mut BTreeMap<String, Seen>,
     incomplete: &mut Vec<String>,
+    overlap: usize,
 ) {
     for reply in replies {
-        match reply {
+        let taken = match reply {
             Ok(page) => seen
                 .entry(page.server.id.clone())
                 .or_insert_with(|| Seen {
@@ -334,8 +369,11 @@ fn absorb(
                     connections: BTreeMap::new(),
                     done: false,
                 })
-                .take(page),
-            Err(e) => incomplete.push(e.to_string()),
+                .take(page, overlap),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = taken {
+            incomplete.push(why);
         }
     }
 }
@@ -355,7 +393,8 @@ async fn ask(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| request(&e))?;
-    let body = serde_json::json!({"auth": true, "offset": offset, "limit": gather.page});
+    let body =
+        serde_json::json!({"auth": true, "sort": "cid", "offset": offset, "limit": gather.page});
     client
         .publish_with_reply(CONNZ_SUBJECT, inbox, body.to_string().into())
         .await
@@ -577,12 +616,12 @@ mod tests {
             connections: BTreeMap::new(),
             done: false,
         };
-        seen.take(page("n0", 5, 0, 0..2));
+        seen.take(page("n0", 5, 0, 0..2), 0).unwrap();
         assert!(!seen.done);
         assert_eq!(seen.next, 2);
-        seen.take(page("n0", 5, 2, 2..4));
+        seen.take(page("n0", 5, 2, 2..4), 0).unwrap();
         assert!(!seen.done);
-        seen.take(page("n0", 5, 4, 4..5));
+        seen.take(page("n0", 5, 4, 4..5), 0).unwrap();
         assert!(seen.done);
         assert_eq!(seen.connections.len(), 5);
         // Connections that closed meanwhile: an empty page ends it.
@@ -591,8 +630,53 @@ mod tests {
             next: 0,
             ..seen
         };
-        seen.take(page("n0", 9, 0, 0..2));
-        seen.take(page("n0", 9, 2, 0..0));
+        seen.take(page("n0", 9, 0, 0..2), 0).unwrap();
+        seen.take(page("n0", 9, 2, 0..0), 0).unwrap();
         assert!(seen.done);
+    }
+
+    fn fresh() -> Seen {
+        Seen {
+            server: page("n0", 0, 0, 0..0).server,
+            total: 0,
+            next: 0,
+            connections: BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    #[test]
+    fn pages_overlap_so_a_connection_closed_between_them_hides_none() {
+        assert_eq!(overlap(1), 0);
+        assert_eq!(overlap(2), 1);
+        assert_eq!(overlap(PAGE), 64);
+        // cids 10..18 on the server, pages of 4 re-reading 2. Between the first and the
+        // second page, cid 10 closes: every later connection moves a place back.
+        let mut seen = fresh();
+        seen.take(page("n0", 8, 0, 10..14), 2).unwrap();
+        assert_eq!(seen.next, 4);
+        // Asked from 4 - 2 = 2: now 13 is there, and 14 after it, which a page without
+        // overlap would have skipped (it would have started at 4, which is now 15).
+        seen.take(page("n0", 7, 2, 13..17), 2).unwrap();
+        assert!(!seen.done);
+        seen.take(page("n0", 7, 4, 15..18), 2).unwrap();
+        assert!(seen.done);
+        assert_eq!(seen.connections.len(), 8, "none left out");
+        // As many closed as are re-read: the page starts past everything seen, and may have
+        // skipped some (here 14), so the observation is incomplete and the check repeated.
+        let mut seen = fresh();
+        seen.take(page("n0", 8, 0, 10..14), 2).unwrap();
+        let skipped = seen.take(page("n0", 6, 2, 15..18), 2).unwrap_err();
+        assert!(
+            skipped.contains("n0") && skipped.contains("at least 2"),
+            "{skipped}"
+        );
+        // A page that re-reads what was seen is fine.
+        let mut seen = fresh();
+        seen.take(page("n0", 8, 0, 10..14), 2).unwrap();
+        seen.take(page("n0", 8, 2, 12..16), 2).unwrap();
+        seen.take(page("n0", 8, 4, 14..18), 2).unwrap();
+        assert!(seen.done);
+        assert_eq!(seen.connections.len(), 8);
     }
 }
