@@ -1065,6 +1065,21 @@ impl World {
     /// Waits until the nodes in `up` form one cluster: each one's `/routez` lists routes to
     /// exactly the other nodes in `up` (by their `/varz` server ids). nats-server 2.10 and
     /// later pool several connections per peer, so peers are counted, not connections.
+    /// Every pod as the StatefulSet starts them (Parallel): init, nats-server, then the
+    /// sidecars; returns once the servers route to each other. The pods' indexes.
+    async fn start_every_pod(&mut self) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for &i in &all {
+            self.init(i);
+            self.start_nats(i).await;
+        }
+        for &i in &all {
+            self.start_sync(i);
+        }
+        self.wait_cluster(&all).await;
+        all
+    }
+
     async fn wait_cluster(&self, up: &[usize]) {
         let ports: Vec<u16> = up.iter().map(|&i| self.nodes[i].ports.monitoring).collect();
         self.wait(&format!("nodes {up:?} to route to each other"), || {
@@ -1218,17 +1233,7 @@ async fn a_cluster_from_the_chart_admits_agents_on_every_node_and_survives_losin
     world
         .director
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
-    let all: Vec<usize> = (0..world.nodes.len()).collect();
-
-    // Every pod as the StatefulSet starts them (Parallel): init, nats-server, sidecar.
-    for &i in &all {
-        world.init(i);
-        world.start_nats(i).await;
-    }
-    for &i in &all {
-        world.start_sync(i);
-    }
-    world.wait_cluster(&all).await;
+    let all = world.start_every_pod().await;
     world.wait_admitted(&all, &agent_cn(AGENT)).await;
     for &i in &all {
         world.wait_ready(i).await;
@@ -1413,15 +1418,7 @@ async fn a_callout_cluster_from_the_chart_answers_for_every_node_through_any_sid
     world
         .director
         .create_deployment("cf", vec![Vm::agent(AGENT)]);
-    let all: Vec<usize> = (0..world.nodes.len()).collect();
-    for &i in &all {
-        world.init(i);
-        world.start_nats(i).await;
-    }
-    for &i in &all {
-        world.start_sync(i);
-    }
-    world.wait_cluster(&all).await;
+    let all = world.start_every_pod().await;
     for &i in &all {
         world.wait_ready(i).await;
     }
