@@ -136,21 +136,7 @@ impl TestCa {
 
     /// A server certificate valid for `127.0.0.1`, `::1` and `localhost`.
     pub fn server_cert(&self) -> Result<CertifiedKeyPem, PkiError> {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Cloud Foundry");
-        dn.push(DnType::CommonName, "127.0.0.1");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-            SanType::DnsName("localhost".try_into()?),
-        ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let params = local_params("127.0.0.1", vec![ExtendedKeyUsagePurpose::ServerAuth])?;
         self.issue(params, "127.0.0.1".to_owned())
     }
 
@@ -158,24 +144,13 @@ impl TestCa {
     /// server and client authentication (a route is dialled by one server and accepted by the
     /// other, each presenting the same certificate).
     pub fn route_cert(&self) -> Result<CertifiedKeyPem, PkiError> {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Cloud Foundry");
-        dn.push(DnType::CommonName, "nats-route");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-            SanType::DnsName("localhost".try_into()?),
-        ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let params = local_params(
+            "nats-route",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
         self.issue(params, "O=Cloud Foundry, CN=nats-route".to_owned())
     }
 
@@ -400,6 +375,30 @@ impl Pki {
     pub fn client_config(&self) -> rustls::ClientConfig {
         self.ca.client_config()
     }
+}
+
+/// A certificate's parameters for this machine: `O=Cloud Foundry, CN=<cn>`, valid for
+/// `127.0.0.1`, `::1` and `localhost`, for the extended key usages `usages`.
+fn local_params(
+    cn: &str,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Cloud Foundry");
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        SanType::DnsName("localhost".try_into()?),
+    ];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = usages;
+    Ok(params)
 }
 
 #[cfg(test)]
